@@ -1,0 +1,153 @@
+"""
+The local SQLite state: open, upgrade, and run short transactions.
+
+The database is a cache of what is on the grid plus the queue of work not
+yet done there; it is never the only copy of anything that was uploaded.
+Migrations are data: an ordered list of scripts, the schema version in
+``PRAGMA user_version``, upgraded on open inside ``BEGIN IMMEDIATE``; a
+database newer than this code is refused rather than guessed at.
+"""
+
+import contextlib
+import os
+import sqlite3
+
+from .errors import GridBackupError
+
+MIGRATIONS = [
+    # 1: the first schema.
+    """
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        state TEXT NOT NULL,
+        kind TEXT,
+        parent TEXT,
+        host TEXT NOT NULL,
+        paths TEXT NOT NULL DEFAULT '[]',
+        tags TEXT NOT NULL DEFAULT '[]',
+        requested REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        files INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL DEFAULT 0,
+        errors TEXT NOT NULL DEFAULT '[]',
+        log_path TEXT,
+        log_cap TEXT,
+        complete INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE packs (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        cap TEXT,
+        size INTEGER NOT NULL,
+        commit_name TEXT
+    );
+    CREATE TABLE blobs (
+        hash TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        priority REAL NOT NULL DEFAULT 0,
+        source_path BLOB,
+        source_offset INTEGER,
+        pack_id INTEGER REFERENCES packs(id),
+        offset INTEGER,
+        length INTEGER,
+        compression TEXT
+    );
+    CREATE INDEX blobs_by_state ON blobs(state, priority DESC);
+    CREATE INDEX blobs_by_pack ON blobs(pack_id);
+    CREATE TABLE snapshot_blobs (
+        snapshot TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (snapshot, hash)
+    ) WITHOUT ROWID;
+    CREATE TABLE commits (
+        name TEXT PRIMARY KEY,
+        cap TEXT NOT NULL,
+        linked INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE restores (
+        id TEXT PRIMARY KEY,
+        snapshot TEXT NOT NULL,
+        paths TEXT NOT NULL,
+        target TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created REAL NOT NULL,
+        finished REAL,
+        files_done INTEGER NOT NULL DEFAULT 0,
+        files_total INTEGER NOT NULL DEFAULT 0,
+        bytes_done INTEGER NOT NULL DEFAULT 0,
+        bytes_total INTEGER NOT NULL DEFAULT 0,
+        errors TEXT NOT NULL DEFAULT '[]'
+    );
+    """,
+]
+
+
+class DatabaseError(GridBackupError):
+    """The local database cannot be used as it is."""
+
+
+def open_database(path):
+    """
+    Open (creating if needed) the state database at ``path`` and bring its
+    schema up to date.
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA foreign_keys=ON")
+    upgrade(conn, path)
+    return conn
+
+
+def upgrade(conn, path="database"):
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise DatabaseError(
+                f"{path}: schema version {version} is newer than this gridbackupd "
+                f"understands ({len(MIGRATIONS)}); upgrade gridbackupd"
+            )
+        for number in range(version, len(MIGRATIONS)):
+            for statement in MIGRATIONS[number].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def transaction(conn):
+    """One short write transaction: committed on success, rolled back on error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    else:
+        conn.execute("COMMIT")
+
+
+def get_meta(conn, key, default=None):
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else default
+
+
+def set_meta(conn, key, value):
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )

@@ -3,17 +3,16 @@ The whole daemon in this process, against the shared real grid, driven
 through its HTTP API: back up a tree, restore it, compare.
 """
 
-import json
 import os
 import stat
 
-import treq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
+from tests.apiclient import APIClient
 from tests.sharedgrid import shared_node_url
 from tests.trees import make_tree, tree_listing
 
@@ -31,20 +30,9 @@ def write_config(directory, node_url, paths, extra=""):
     return path
 
 
-class APIClient:
-    """Just enough of a client for the tests: JSON in, (status, JSON) out."""
-
-    def __init__(self, daemon, token=None):
-        self.base = f"http://127.0.0.1:{daemon.port.getHost().port}"
-        self.token = daemon.token if token is None else token
-
-    async def call(self, method, path, body=None, raw=None, headers=None):
-        h = {"Authorization": [f"Bearer {self.token}"]}
-        h.update(headers or {})
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        response = await treq.request(method, self.base + path, data=data, headers=h)
-        content = await response.content()
-        return response.code, json.loads(content)
+def api_client(testcase, daemon, token=None):
+    base = f"http://127.0.0.1:{daemon.port.getHost().port}"
+    return APIClient(testcase, base, daemon.token if token is None else token)
 
 
 def run(coro):
@@ -69,7 +57,7 @@ class DaemonTests(TestCase):
         self.addCleanup(self.daemon.stopService)
         state = await self.daemon.when_ready()
         self.assertEqual(state, "ready", self.daemon.error)
-        self.api = APIClient(self.daemon)
+        self.api = api_client(self, self.daemon)
 
     async def backup(self):
         code, body = await self.api.call("POST", "/v1/backups")
@@ -161,7 +149,7 @@ class DaemonTests(TestCase):
 
     async def _bad_requests(self):
         cases = [
-            (APIClient(self.daemon, token="wrong"), "GET", "/v1/status", None, None, 401),
+            (api_client(self, self.daemon, token="wrong"), "GET", "/v1/status", None, None, 401),
             (self.api, "GET", "/v1/nothing", None, None, 404),
             (self.api, "DELETE", "/v1/status", None, None, 405),
             (self.api, "GET", "/v1/snapshots/nope", None, None, 404),

@@ -9,10 +9,11 @@ an ``async`` function of the daemon object and the request, returning
 """
 
 import hmac
+import io
 import json
 import re
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 from twisted.web import resource, server
 
@@ -22,20 +23,11 @@ MAX_BODY = 64 * 1024
 log = Logger()
 
 
-class _Discard:
-    """Where the body of a refused request goes: nowhere."""
+class _Discard(io.BytesIO):
+    """Where the body of a refused request goes: nowhere, so it is never buffered."""
 
     def write(self, data):
-        pass
-
-    def seek(self, *args):
-        pass
-
-    def read(self, *args):
-        return b""
-
-    def close(self):
-        pass
+        return len(data)
 
 
 class APIRequest(server.Request):
@@ -151,9 +143,41 @@ class APIResource(resource.Resource):
         request.finish()
 
 
+class APISite(server.Site):
+    """A Site that knows its open connections, so that stopping can close them."""
+
+    requestFactory = APIRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, resource):
+        super().__init__(resource)
+        self.connections = {}
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        lost = Deferred()
+        self.connections[protocol] = lost
+        original = protocol.connectionLost
+
+        def connectionLost(reason):
+            self.connections.pop(protocol, None)
+            try:
+                return original(reason)
+            finally:
+                lost.callback(None)
+
+        protocol.connectionLost = connectionLost
+        return protocol
+
+    def close_connections(self):
+        """Drop every open connection; fires when all of them are gone."""
+        waiting = list(self.connections.values())
+        for protocol in list(self.connections):
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+        return DeferredList(waiting)
+
+
 def make_site(router, app, token):
-    site = server.Site(APIResource(router, app, token))
-    site.requestFactory = APIRequest
-    site.displayTracebacks = False
-    site.noisy = False
-    return site
+    return APISite(APIResource(router, app, token))

@@ -28,7 +28,8 @@ BLOB_BATCH = 2000
 
 def new_snapshot_id(now):
     """Sortable by time, unique without coordination, safe in a URL and a file name."""
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + secrets.token_hex(4)
+    micro = int(now * 1_000_000) % 1_000_000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micro:06d}Z-" + secrets.token_hex(4)
 
 
 class BackupJobs:

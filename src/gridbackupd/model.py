@@ -21,7 +21,9 @@ BLOCKDEV = "blockdev"
 KINDS = frozenset([FILE, DIR, SYMLINK, HARDLINK, FIFO, SOCKET, CHARDEV, BLOCKDEV])
 
 # Entry flags.
-POSSIBLY_INCONSISTENT = "possibly-inconsistent"
+POSSIBLY_INCONSISTENT = "possibly-inconsistent"  # changed each time it was read
+RACY = "racy"  # modified within a second of being read: read it again next scan
+FLAGS = frozenset([POSSIBLY_INCONSISTENT, RACY])
 
 
 def _blob_list(value):

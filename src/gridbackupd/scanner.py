@@ -20,7 +20,7 @@ import attr
 
 from . import chunker
 from .model import (
-    BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, POSSIBLY_INCONSISTENT,
+    BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, POSSIBLY_INCONSISTENT, RACY,
     SOCKET, SYMLINK, Entry,
 )
 from .snapshotlog import path_key
@@ -28,7 +28,6 @@ from .snapshotlog import path_key
 # A file whose mtime is this close to the time it was read may change again
 # within the same timestamp tick: read it again on the next scan.
 RACY_WINDOW_NS = 1_000_000_000
-RACY = "racy"
 REREAD_ATTEMPTS = 3
 
 

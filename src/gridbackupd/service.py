@@ -126,9 +126,9 @@ class GridBackupDaemon(MultiService):
         self._ready.addErrback(self._start_failed)
 
     def _listen(self):
-        site = make_site(router, self, self.token)
+        self.site = make_site(router, self, self.token)
         endpoint = endpoints.serverFromString(self.reactor, self.config.api_listen)
-        d = endpoint.listen(site)
+        d = endpoint.listen(self.site)
 
         def listening(port):
             self.port = port
@@ -244,12 +244,15 @@ class GridBackupDaemon(MultiService):
             self._ready.cancel()
         if self.port is not None:
             await self.port.stopListening()
+            await self.site.close_connections()
         if self.jobs is not None:
             await _quietly(self.jobs.stop())
         if self.uploader is not None:
             await _quietly(self.uploader.stop())
         if self.restorer is not None:
             await _quietly(self.restorer.stop())
+        if self.client is not None:
+            await self.client.close()
         await super().stopService()
         self.pool.stop()
         self.conn.close()

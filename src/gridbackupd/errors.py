@@ -1,0 +1,143 @@
+"""
+Exceptions of gridbackupd, in one plain module.
+
+Tahoe-LAFS errors
+-----------------
+
+``gridbackupd.tahoe`` turns every failed call to a Tahoe node into one of
+the ``Tahoe*`` classes below, in one helper.  Callers decide what to do from
+the class (or from ``.transient``), never from a status code or a message:
+
+- ``transient`` errors may go away by themselves (a node or a storage server
+  comes back); the Tahoe client already retried them with backoff before it
+  raised one, and a caller may try again later;
+- the other errors will happen again on the same request.
+
+A message names the operation and at most an abbreviated cap
+(``gridbackupd.model.short_cap``): a full cap must never reach a log.
+"""
+
+
+class GridBackupError(Exception):
+    """Base of every error gridbackupd raises on purpose."""
+
+
+class ConfigError(GridBackupError):
+    """The configuration cannot be used; the message names file, section, key."""
+
+
+class APIError(GridBackupError):
+    """
+    An error the control API answers with: HTTP ``status``, a stable
+    machine-readable ``code`` and a human ``message``.
+    """
+
+    def __init__(self, status, code, message):
+        super().__init__(status, code, message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def __str__(self):
+        return f"{self.status} {self.code}: {self.message}"
+
+
+class TahoeError(GridBackupError):
+    """
+    A call to the Tahoe node failed.
+
+    :ivar operation: what we were doing, e.g. ``"upload"``, ``"list_dir"``.
+    :ivar status: the HTTP status code, or ``None`` when there was no answer
+        (or no request: an argument was refused before sending).
+    :ivar detail: a short, cap-free description of what the node said.
+    :ivar sent: ``False`` when the request certainly never reached the node
+        (so even a non-idempotent request may be sent again), ``True`` when
+        it reached it or may have.
+    """
+
+    transient = False
+
+    def __init__(self, operation, status=None, detail="", cap=None, sent=True):
+        # Imported here so that this module stays a plain list of classes.
+        from gridbackupd.model import short_cap
+
+        self.operation = operation
+        self.status = status
+        self.detail = detail
+        self.sent = sent
+        self.short_cap = short_cap(cap) if cap is not None else None
+        parts = [operation]
+        if self.short_cap is not None:
+            parts.append(self.short_cap)
+        head = " ".join(parts)
+        if status is not None:
+            head = f"{head}: HTTP {status}"
+        message = f"{head}: {detail}" if detail else head
+        super().__init__(message)
+
+    def __reduce__(self):
+        # The default would call __init__(message) and lose the fields.
+        return (_rebuild, (type(self), self.__dict__, self.args))
+
+
+def _rebuild(cls, state, args):
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
+
+class TahoeUnavailable(TahoeError):
+    """
+    The node did not answer: connection refused, name lookup failed, the
+    connection dropped or timed out; or it has too few storage servers
+    connected for a mutable write.
+    """
+
+    transient = True
+
+
+class TahoeUnhappy(TahoeError):
+    """
+    An upload could not place its shares on enough servers (HTTP 500 with
+    UploadUnhappinessError / NotEnoughSharesError in the body).
+    """
+
+    transient = True
+
+
+class TahoeSharesMissing(TahoeError):
+    """
+    Too few shares of an object were found to read it (HTTP 410 Gone).
+
+    Transient: a storage server that holds them may come back.
+    """
+
+    transient = True
+
+
+class TahoeNotFound(TahoeError):
+    """The node answered 404: no such child, or no such resource."""
+
+
+class TahoeBadRequest(TahoeError):
+    """
+    The node refused the request (a 4xx other than 404 and 410, such as a
+    malformed cap (400), a conflict (409) or a range past the end (416)),
+    or we refused it before sending (a write through a read-only cap), or
+    a 500 that says the same thing again on every attempt (NotWriteableError).
+    """
+
+
+class TahoeServerError(TahoeError):
+    """Any other 5xx: the node failed in a way we do not recognise."""
+
+    transient = True
+
+
+class TahoeBadResponse(TahoeError):
+    """
+    The node answered with a success status but the answer is not what the
+    web API promises: a body of the wrong length, a range that is not the
+    one asked for, JSON of the wrong shape, a cap that is not a cap.
+    """

@@ -54,7 +54,7 @@ class DaemonTests(TestCase):
         config = parse_config(write_config(self.base, self.node_url, [self.tree]))
         self.daemon = from_config(reactor, config)
         self.daemon.startService()
-        self.addCleanup(self.daemon.stopService)
+        self.addCleanup(lambda: self.daemon.running and self.daemon.stopService())
         state = await self.daemon.when_ready()
         self.assertEqual(state, "ready", self.daemon.error)
         self.api = api_client(self, self.daemon)
@@ -101,6 +101,26 @@ class DaemonTests(TestCase):
         self.assertEqual(status["files_done"], status["files_total"])
         restored = os.path.join(target, self.tree.lstrip("/"))
         self.assertEqual(tree_listing(restored), tree_listing(self.tree))
+
+    def test_few_thousand_files(self):
+        return run(self._few_thousand())
+
+    async def _few_thousand(self):
+        big = os.path.join(self.base, "many")
+        make_tree(big, files=3000, seed=9, large=3_000_000)
+        # The configured root is self.tree: back up a second root by a new daemon config.
+        await self.daemon.stopService()
+        config = parse_config(write_config(self.base, self.node_url, [self.tree, big]))
+        self.daemon = from_config(reactor, config)
+        self.daemon.startService()
+        self.assertEqual(await self.daemon.when_ready(), "ready")
+        self.api = api_client(self, self.daemon)
+        await self.backup()
+        target = os.path.join(self.base, "restored-many")
+        state, status = await self.restore({"snapshot": "latest", "paths": [big], "target": target})
+        self.assertEqual(state, "done", status["errors"][:5])
+        self.assertGreater(status["files_done"], 3000)
+        self.assertEqual(tree_listing(os.path.join(target, big.lstrip("/"))), tree_listing(big))
 
     def test_incremental_change_and_old_snapshot(self):
         return run(self._incremental())

@@ -13,21 +13,23 @@ import json
 import os
 import secrets
 import tempfile
+import threading
 import time
 
 import attr
+import zstandard
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import db as dbmod
-from . import packer, snapshotlog
+from . import packer, restoreplan, snapshotlog
 from .errors import APIError, TahoeError
 from .model import DIR, FILE, HARDLINK, SYMLINK
 from .restorefs import TargetWriter, UnsafePath
 from .waiters import Waiters
 
-PARALLEL_FILES = 8
+PARALLEL_SPANS = 4
 
 
 @attr.define
@@ -213,11 +215,7 @@ class Restorer:
             dirs = [e for e in entries if e.kind == DIR]
             for entry in dirs:
                 await self._guard(progress, entry, writer.make_dir, entry)
-            sem = DeferredSemaphore(PARALLEL_FILES)
-            await gatherResults([
-                sem.run(lambda e=e: Deferred.fromCoroutine(self._guard_async(writer, progress, e)))
-                for e in files
-            ])
+            await self._restore_files(writer, files, progress)
             for entry in entries:
                 if entry.kind == SYMLINK:
                     await self._guard(progress, entry, writer.make_symlink, entry)
@@ -238,63 +236,132 @@ class Restorer:
         except (OSError, UnsafePath) as e:
             progress.errors.append({"path": os.fsdecode(entry.path), "reason": str(e)})
 
-    async def _guard_async(self, writer, progress, entry):
+    def _locate(self, blob_hash):
+        row = self.conn.execute(
+            "SELECT p.cap, b.offset, b.length, b.compression FROM blobs b "
+            "JOIN packs p ON p.id = b.pack_id WHERE b.hash = ? AND p.cap IS NOT NULL",
+            (blob_hash,),
+        ).fetchone()
+        return None if row is None else tuple(row)
+
+    async def _restore_files(self, writer, files, progress):
+        """Regular files: inline ones directly, the rest pack by pack."""
+        jobs, spans, pending = restoreplan.plan(files, self._locate)
+        for entry in pending:
+            progress.pending.append(
+                {"path": os.fsdecode(entry.path), "reason": "content not uploaded yet"})
+        apply = _SpanWriter(writer, progress)
+        for job in jobs:
+            if job.remaining == 0:
+                await self._guard(progress, job.entry, apply.write_inline, job)
+        sem = DeferredSemaphore(PARALLEL_SPANS)
+        await gatherResults([
+            sem.run(lambda span=span: Deferred.fromCoroutine(self._fetch_span(apply, span, progress)))
+            for span in spans
+        ])
+        await deferToThreadPool(self.reactor, self.pool, apply.abort_unfinished, jobs)
+
+    async def _fetch_span(self, apply, span, progress):
         if self._stopping:
             return
         try:
-            await self.restore_file(writer, entry, progress)
-        except (OSError, UnsafePath, TahoeError, packer.PackFormatError, _Corrupt) as e:
-            progress.errors.append({"path": os.fsdecode(entry.path), "reason": str(e)})
-
-    def _locations(self, entry):
-        result = []
-        for h, size in entry.blobs:
-            row = self.conn.execute(
-                "SELECT p.cap, b.offset, b.length, b.compression FROM blobs b "
-                "JOIN packs p ON p.id = b.pack_id WHERE b.hash = ? AND p.cap IS NOT NULL",
-                (h,),
-            ).fetchone()
-            result.append(None if row is None else (h, size) + tuple(row))
-        return result
-
-    async def restore_file(self, writer, entry, progress):
-        """Fetch, check and write one regular file."""
-        locations = self._locations(entry)
-        if any(loc is None for loc in locations):
-            progress.pending.append(
-                {"path": os.fsdecode(entry.path), "reason": "content not uploaded yet"}
-            )
+            data = await self.client_getter().download(span.cap, span.start, span.end - span.start)
+        except TahoeError as e:
+            apply.fail_span(span, f"cannot fetch content from the grid: {e}")
             return
-        out = await deferToThreadPool(self.reactor, self.pool, writer.open_file, entry)
-        if out is None:
-            progress.errors.append(
-                {"path": os.fsdecode(entry.path), "reason": "exists in the target (overwrite is off)"}
-            )
-            return
+        await deferToThreadPool(self.reactor, self.pool, apply.write_span, span, data)
+
+
+class _SpanWriter:
+    """
+    Writes fetched spans into their files, from worker threads.  A file is
+    opened at its first blob and committed (renamed into place with its
+    metadata) after its last; a file whose blob fails is aborted.
+    """
+
+    def __init__(self, writer, progress):
+        self.writer = writer
+        self.progress = progress
+        self.lock = threading.Lock()
+
+    def _error(self, job, reason):
+        if not job.failed:
+            job.failed = True
+            self.progress.errors.append({"path": os.fsdecode(job.entry.path), "reason": reason})
+
+    def _open(self, job):
+        """Under the lock: the job's open file, or None if it must not be written."""
+        if job.failed or job.skipped:
+            return None
+        if job.out is None:
+            try:
+                job.out = self.writer.open_file(job.entry)
+            except (OSError, UnsafePath) as e:
+                self._error(job, str(e))
+                return None
+            if job.out is None:
+                job.skipped = True
+                self.progress.errors.append({"path": os.fsdecode(job.entry.path),
+                                             "reason": "exists in the target (overwrite is off)"})
+                return None
+        return job.out
+
+    def _finish(self, job):
+        """Under the lock: commit a job whose writes are all done."""
         try:
-            whole = hashlib.sha256()
-            if entry.inline is not None:
-                whole.update(entry.inline)
-                await deferToThreadPool(self.reactor, self.pool, out.write, 0, entry.inline)
-            offset = 0
-            client = self.client_getter()
-            for h, size, cap, pack_offset, length, compression in locations:
-                stored = await client.download(cap, pack_offset, length)
-                data = await deferToThreadPool(
-                    self.reactor, self.pool, _decode_checked, stored, compression, size, h
-                )
-                whole.update(data)
-                await deferToThreadPool(self.reactor, self.pool, out.write, offset, data)
-                offset += size
-                progress.bytes_done += size
-            if entry.sha256 is not None and whole.hexdigest() != entry.sha256:
-                raise _Corrupt("restored content does not match the file's SHA-256")
-            await deferToThreadPool(self.reactor, self.pool, out.commit)
-            out = None
-            progress.files_done += 1
-        finally:
-            if out is not None:
-                await deferToThreadPool(self.reactor, self.pool, out.abort)
+            job.out.commit()
+            self.progress.files_done += 1
+        except OSError as e:
+            self._error(job, str(e))
+        job.out = None
+
+    def write_inline(self, job):
+        with self.lock:
+            out = self._open(job)
+            if out is None:
+                return
+            if job.entry.inline:
+                out.write(0, job.entry.inline)
+            self._finish(job)
+
+    def write_span(self, span, data):
+        for read in span.reads:
+            stored = data[read.offset - span.start:read.offset - span.start + read.length]
+            try:
+                blob = _decode_checked(stored, read.compression, read.size, read.hash)
+            except (packer.PackFormatError, _Corrupt, zstandard.ZstdError) as e:
+                with self.lock:
+                    for job, _ in read.targets:
+                        self._error(job, str(e))
+                continue
+            for job, file_offset in read.targets:
+                with self.lock:
+                    out = self._open(job)
+                if out is None:
+                    continue
+                try:
+                    out.write(file_offset, blob)
+                except OSError as e:
+                    with self.lock:
+                        self._error(job, str(e))
+                    continue
+                with self.lock:
+                    self.progress.bytes_done += read.size
+                    job.remaining -= 1
+                    if job.remaining == 0 and not job.failed:
+                        self._finish(job)
+
+    def fail_span(self, span, reason):
+        with self.lock:
+            for read in span.reads:
+                for job, _ in read.targets:
+                    self._error(job, reason)
+
+    def abort_unfinished(self, jobs):
+        for job in jobs:
+            if job.out is not None:
+                job.out.abort()
+                job.out = None
 
 
 class _Corrupt(Exception):

@@ -136,7 +136,7 @@ class BackupJobs:
         )
         header = LogHeader(
             snapshot=snapshot_id, kind="full", host=self.config.hostname,
-            paths=tuple(os.fsencode(p) for p in self.config.backup.paths),
+            paths=tuple(dict.fromkeys(os.fsencode(os.path.normpath(p)) for p in self.config.backup.paths)),
             started=started,
         )
         try:
@@ -188,6 +188,18 @@ class BackupJobs:
         }
 
 
+def _previous_entries(fileobj):
+    """
+    The previous snapshot's entries, for the streaming merge.  A damaged
+    previous log only costs reading every file again, never the scan.
+    """
+    try:
+        _, records = snapshotlog.read_log(fileobj)
+        yield from records
+    except snapshotlog.LogFormatError as e:
+        BackupJobs.log.warn("previous log unusable, reading every file again: {error}", error=e)
+
+
 def scan_to_log(db_path, snapshot_id, header, options, previous_log, log_path, progress):
     """
     In a worker thread: walk, write the log, queue the blobs.  Uses its own
@@ -211,7 +223,7 @@ def scan_to_log(db_path, snapshot_id, header, options, previous_log, log_path, p
     try:
         prev_file = open(previous_log, "rb") if previous_log else None
         try:
-            previous = snapshotlog.read_log(prev_file)[1] if prev_file else None
+            previous = _previous_entries(prev_file) if prev_file else None
             with open(tmp, "wb") as out:
                 writer = snapshotlog.LogWriter(out, header)
                 Scanner(options, previous, writer.add, emit_blob, progress).run()

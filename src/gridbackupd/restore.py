@@ -322,6 +322,7 @@ class _SpanWriter:
                 return
             if job.entry.inline:
                 out.write(0, job.entry.inline)
+                self.progress.bytes_done += len(job.entry.inline)
             self._finish(job)
 
     def write_span(self, span, data):

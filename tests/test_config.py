@@ -132,3 +132,21 @@ class TwistdTests(SynchronousTestCase):
         self.assertEqual(len(lines), 1, result.stderr)
         self.assertIn("[tahoe] node_url = 'nowhere'", lines[0])
         self.assertNotIn("Traceback", result.stdout + result.stderr)
+
+    def test_unusable_state_one_line(self):
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(os.path.join(d, "state"))
+        with open(os.path.join(d, "state", "state.sqlite"), "wb") as f:
+            f.write(b"this is not a database" * 100)
+        path = os.path.join(d, "gridbackup.ini")
+        with open(path, "w") as f:
+            f.write("[gridbackup]\nstate_dir = %(here)s/state\n[tahoe]\nnode_url = http://127.0.0.1:9/\n")
+        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
+        result = subprocess.run(
+            [twistd, "--nodaemon", "--pidfile=", "gridbackup", "--config", path],
+            capture_output=True, text=True, cwd=d, timeout=60,
+        )
+        self.assertNotEqual(result.returncode, 0)
+        lines = [l for l in result.stderr.splitlines() if l.strip()]
+        self.assertEqual(len(lines), 1, result.stderr)
+        self.assertIn("state database", lines[0])

@@ -98,7 +98,11 @@ def open_database(path):
     schema up to date.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA user_version").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise DatabaseError(f"{path}: cannot open the state database: {e}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=10000")

@@ -22,7 +22,7 @@ from . import db as dbmod
 from .api import make_site
 from .backup import BackupJobs
 from .chunker import ChunkParams
-from .errors import APIError, TahoeError
+from .errors import APIError, GridBackupError, TahoeError
 from .handlers import router
 from .localgrid import LocalGrid
 from .publisher import Publisher, settings_document
@@ -307,6 +307,26 @@ async def _quietly(d):
         await d
     except Exception:
         pass
+
+
+def preflight(config):
+    """
+    Check, before twistd starts anything, what would otherwise fail later
+    with a traceback: the state directory is usable and its database is one
+    this version understands.  Raises GridBackupError with one clear line.
+    """
+    try:
+        os.makedirs(config.state_dir, exist_ok=True)
+        probe = os.path.join(config.state_dir, ".write-test")
+        with open(probe, "w"):
+            pass
+        os.unlink(probe)
+    except OSError as e:
+        raise GridBackupError(
+            f"{config.path}: [gridbackup] state_dir = {config.state_dir!r}: not a writable directory ({e.strerror})"
+        )
+    conn = dbmod.open_database(os.path.join(config.state_dir, "state.sqlite"))
+    conn.close()
 
 
 def from_config(reactor, config):

@@ -36,6 +36,13 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
-    from .service import from_config
+    from .errors import GridBackupError
+    from .service import from_config, preflight
 
+    try:
+        preflight(options["parsed"])
+    except GridBackupError as e:
+        sys.stderr.write(f"gridbackup: {e}\n")
+        sys.stderr.flush()
+        raise SystemExit(1)
     return from_config(reactor, options["parsed"])

@@ -192,13 +192,14 @@ class DaemonTests(TestCase):
         return run(self._join())
 
     async def _join(self):
-        # The first request's scan may already run; later ones while one waits join it.
-        ids = []
-        for _ in range(3):
-            code, body = await self.api.call("POST", "/v1/backups")
-            self.assertEqual(code, 202)
-            ids.append(body["id"])
+        # Within one turn of the reactor no scan can finish: the first
+        # request's scan may start at once; every later one while a scan
+        # waits joins the waiting one.
+        ids = [self.daemon.jobs.request() for _ in range(3)]
         self.assertEqual(ids[1], ids[2])
+        code, body = await self.api.call("POST", "/v1/backups")
+        self.assertEqual(code, 202)
+        ids.append(body["id"])
         for snapshot_id in set(ids):
             self.assertEqual(await self.daemon.wait_for_snapshot(snapshot_id), "complete")
 
@@ -227,7 +228,7 @@ class SecretsTests(TestCase):
         self.assertTrue(rootcap.startswith("URI:DIR2:"))
         # The root holds the layout that a new machine needs.
         children = await daemon.client.list_dir(rootcap)
-        self.assertEqual(set(children), {"snapshots", "commits", "gridbackup.json"})
+        self.assertEqual(set(children), {"snapshots", "commits", "gridbackup.json", "lock"})
         # The cap never reaches the daemon's own files other than private/.
         for dirpath, _, files in os.walk(os.path.join(base, "state")):
             if dirpath.startswith(private):

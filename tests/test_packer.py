@@ -67,3 +67,47 @@ class PackTests(SynchronousTestCase):
             pack = f.read()
         for bad in (pack[:-1], pack[:-12] + b"\0" * 12, b"", pack[:-20] + b"x" * 20):
             self.assertRaises(PackFormatError, parse_trailer, bad, len(bad))
+
+    def test_trailer_rules(self):
+        import json
+
+        from gridbackupd.packer import FOOTER, MAGIC
+
+        h1, h2 = "1" * 64, "2" * 64
+
+        def pack(doc, data_len):
+            body = json.dumps(doc, separators=(",", ":")).encode()
+            whole = b"x" * data_len + body + FOOTER.pack(len(body), MAGIC)
+            return whole
+
+        good = {"format": "gridbackup-pack", "version": 1,
+                "blobs": [[h1, 0, 10, 10, "none"], [h2, 10, 5, 20, "zstd"]]}
+        data = pack(good, 15)
+        self.assertEqual(len(parse_trailer(data, len(data))), 2)
+        # The footer's bytes: trailer length, big-endian, then GBPACK\0\1.
+        self.assertEqual(data[-8:], b"GBPACK\x00\x01")
+        bad = [
+            ({**good, "extra": 1}, 15),
+            ({**good, "version": 2}, 15),
+            ({**good, "version": True}, 15),
+            ({**good, "blobs": [[h1, 0, 10, 10, "none"], [h2, 11, 4, 20, "zstd"]]}, 15),  # gap
+            ({**good, "blobs": [[h1, 0, 10, 10, "none"], [h1, 10, 5, 20, "zstd"]]}, 15),  # twice
+            ({**good, "blobs": [[h1, 0, 10, 11, "none"]]}, 10),  # none but sizes differ
+            ({**good, "blobs": [[h1, 0, 10, 10, "none"]]}, 15),  # data left over
+            ({**good, "blobs": [[h1, 0, 10, 10.0, "none"]]}, 10),
+            ({**good, "blobs": [["A" * 64, 0, 10, 10, "none"]]}, 10),
+        ]
+        for doc, n in bad:
+            data = pack(doc, n)
+            self.assertRaises(PackFormatError, parse_trailer, data, len(data))
+
+    def test_read_verified(self):
+        from gridbackupd.packer import read_verified
+
+        blobs = self.blobs()
+        with open(blobs[0].source_path, "wb") as f:
+            f.write(b"changed")
+        found, stale = read_verified(blobs)
+        self.assertEqual(stale, (blobs[0].hash,))
+        self.assertEqual({hashlib.sha256(d).hexdigest() for d in found.values()}, set(found))
+        self.assertEqual(len(found), 2)

@@ -2,7 +2,7 @@
 
 import os
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gridbackupd.model import DIR, FILE, SYMLINK, Entry
 from gridbackupd.restorefs import TargetWriter, UnsafePath, components
@@ -73,3 +73,70 @@ class WriterTests(SynchronousTestCase):
         out.write(0, b"par")
         out.abort()
         self.assertEqual(os.listdir(self.target), [])
+
+
+class SparseTests(SynchronousTestCase):
+    def test_holes_stay_holes(self):
+        target = os.path.abspath(self.mktemp())
+        writer = TargetWriter(target)
+        self.addCleanup(writer.close)
+        mib = 1024 * 1024
+        data = b"a" * 4096 + bytes(4 * mib) + b"b" * 4096 + bytes(2 * mib)
+        entry = Entry(path=b"/sparse", kind=FILE, mode=0o644, size=len(data),
+                      holes=((4096, 4 * mib), (8192 + 4 * mib, 2 * mib)))
+        out = writer.open_file(entry)
+        out.write(0, data[:3 * mib])  # a blob boundary inside the first hole
+        out.write(3 * mib, data[3 * mib:])
+        out.commit()
+        path = os.path.join(target, "sparse")
+        with open(path, "rb") as f:
+            self.assertEqual(f.read(), data)
+        st = os.stat(path)
+        self.assertLess(st.st_blocks * 512, mib)  # the 6 MiB of holes take no space
+        # A hole that the content says is not zeros is written as data.
+        lying = Entry(path=b"/lying", kind=FILE, size=8192, holes=((0, 8192),))
+        out = writer.open_file(lying)
+        out.write(0, b"x" * 8192)
+        out.commit()
+        with open(os.path.join(target, "lying"), "rb") as f:
+            self.assertEqual(f.read(), b"x" * 8192)
+
+
+class MetadataTests(SynchronousTestCase):
+    def test_acl_and_xattrs_after_chmod(self):
+        import struct
+
+        target = os.path.abspath(self.mktemp())
+        writer = TargetWriter(target)
+        self.addCleanup(writer.close)
+        # A POSIX access ACL as Linux stores it: user::rw-, user:1234:rwx,
+        # group::r--, mask::rwx, other::---.
+        acl = struct.pack("<I", 2) + b"".join(
+            struct.pack("<HHI", tag, perm, ident) for tag, perm, ident in (
+                (0x01, 6, 0xFFFFFFFF), (0x02, 7, 1234), (0x04, 4, 0xFFFFFFFF),
+                (0x10, 7, 0xFFFFFFFF), (0x20, 0, 0xFFFFFFFF)))
+        entry = Entry(path=b"/f", kind=FILE, mode=0o100670, size=1, mtime_ns=10**18,
+                      xattrs=((b"system.posix_acl_access", acl), (b"user.k", b"v")))
+        out = writer.open_file(entry)
+        out.write(0, b"x")
+        out.commit()
+        path = os.path.join(target, "f")
+        if writer.warnings:
+            raise SkipTest(f"this file system refuses: {writer.warnings}")
+        self.assertEqual(os.getxattr(path, "user.k"), b"v")
+        self.assertEqual(os.getxattr(path, "system.posix_acl_access"), acl)
+        st = os.stat(path)
+        self.assertEqual((st.st_mode & 0o777, st.st_mtime_ns), (0o670, 10**18))
+
+    def test_refused_xattr_is_reported_and_the_file_kept(self):
+        target = os.path.abspath(self.mktemp())
+        writer = TargetWriter(target)
+        self.addCleanup(writer.close)
+        entry = Entry(path=b"/f", kind=FILE, size=1, xattrs=((b"bogus.namespace", b"v"),))
+        out = writer.open_file(entry)
+        out.write(0, b"x")
+        out.commit()
+        self.assertTrue(os.path.exists(os.path.join(target, "f")))
+        [(path, reason)] = writer.warnings
+        self.assertEqual(path, b"/f")
+        self.assertIn("bogus.namespace", reason)

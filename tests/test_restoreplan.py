@@ -34,10 +34,13 @@ class PlanTests(SynchronousTestCase):
             Entry(path=b"/y", kind=FILE, size=20, blobs=(("b", 10), ("a", 10))),
             Entry(path=b"/z", kind=FILE, size=10, blobs=(("missing", 10),)),
             Entry(path=b"/e", kind=FILE, size=0, inline=b""),
+            Entry(path=b"/i", kind=FILE, size=13, blobs=(("tiny", 3), ("c", 10))),
         ]
+        locations["tiny"] = b"abc"  # a blob the index holds inline
         jobs, spans, pending = plan(files, locations.get)
         self.assertEqual([e.path for e in pending], [b"/z"])
-        self.assertEqual([j.remaining for j in jobs], [2, 2, 0])
+        self.assertEqual([j.remaining for j in jobs], [2, 2, 0, 1])
+        self.assertEqual(jobs[3].direct, ((0, "tiny", b"abc"),))
         by_cap = {s.cap: s for s in spans}
         self.assertEqual(set(by_cap), {"cap1", "cap2"})
         # Blob "a" is fetched once and written to both files at their offsets.

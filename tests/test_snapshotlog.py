@@ -122,6 +122,14 @@ def entries(draw, path=None, kind=None):
                 fields["sha256"] = draw(hexes)
         elif draw(st.booleans()):
             fields["sha256"] = draw(hexes)
+        if fields["size"] and draw(st.booleans()):
+            cuts = sorted(draw(st.sets(st.integers(0, fields["size"]), max_size=6)))
+            # pairs of cuts, kept apart by at least one byte
+            holes = []
+            for offset, end in zip(cuts[::2], cuts[1::2]):
+                if end > offset and (not holes or offset > sum(holes[-1])):
+                    holes.append((offset, end - offset))
+            fields["holes"] = tuple(holes)
     xattr_names = st.binary(min_size=1, max_size=12).filter(lambda b: b"\0" not in b)
     names = draw(st.lists(xattr_names, max_size=3, unique=True))
     fields["xattrs"] = tuple((n, draw(st.binary(max_size=20))) for n in sorted(names))
@@ -614,6 +622,13 @@ class WriterTests(Base):
             Entry(path=b"/a", kind=DIR, flags=("new-flag",)),
             Entry(path=b"/a", kind=DIR, flags=(POSSIBLY_INCONSISTENT, POSSIBLY_INCONSISTENT)),
             Entry(path=b"/a", kind=DIR, xattrs=((b"a", b"x" * MAX_LINE_LENGTH),)),
+            Entry(path=b"/a", kind=DIR, holes=((0, 1),)),
+            Entry(path=b"/a", kind=FILE, size=4, holes=((0, 5),)),
+            Entry(path=b"/a", kind=FILE, size=4, holes=((0, 0),)),
+            Entry(path=b"/a", kind=FILE, size=4, holes=((2, 1), (0, 1))),
+            Entry(path=b"/a", kind=FILE, size=4, holes=((0, 2), (2, 1))),
+            Entry(path=b"/a", kind=FILE, size=4, holes=((True, 1),)),
+            Entry(path=b"/a", kind=FILE, size=4, holes=[(0, 1)]),
             Deletion(b"/a"),
             "not a record",
         ]
@@ -766,6 +781,9 @@ class ReaderStrictnessTests(Base):
             {"flags": [POSSIBLY_INCONSISTENT, POSSIBLY_INCONSISTENT]},
             {"flags": sorted(FLAGS, reverse=True)},
             {"flags": "possibly-inconsistent"},
+            {"holes": []},
+            {"holes": [[0, 1]]},  # a dir
+            {"holes": None},
         ]:
             self.assertRejected(one_entry(**changes), "line 2")
 
@@ -775,11 +793,27 @@ class ReaderStrictnessTests(Base):
 
         decode(f(size=1, inline="eA=="))
         decode(f(size=3, blobs=[[HASH_A, 1], [HASH_B, 2]], sha256=HASH_A))
+        decode(f(size=10, holes=[[0, 2], [5, 5]]))
         for changes in [
+            {"size": 10, "holes": [[0, 11]]},
+            {"size": 10, "holes": [[5, 1], [0, 1]]},
+            {"size": 10, "holes": [[0, 1], [1, 1]]},
+            {"size": 10, "holes": [[0, 0]]},
+            {"size": 10, "holes": [[-1, 1]]},
+            {"size": 10, "holes": [[0, 1.0]]},
+            {"size": 10, "holes": [[0, True]]},
+            {"size": 10, "holes": [[0, 1, 2]]},
+            {"size": 10, "holes": [{"offset": 0}]},
             {"size": 2, "inline": "eA=="},
             {"size": 1, "inline": "eA==", "blobs": [[HASH_A, 1]]},
             {"size": 1, "inline": None},
             {"size": 1, "inline": "eA==", "sha256": HASH_A},
+            {"size": 1, "inline": "eA\n=="},
+            {"size": 1, "inline": " eA=="},
+            {"size": 1, "inline": "e*A=="},
+            {"size": 1, "inline": "eA"},
+            {"size": 1, "inline": "eB=="},
+            {"size": 1, "inline": "\u00e9A=="},
             {"size": 2, "blobs": [[HASH_A, 1]]},
             {"size": 0, "blobs": []},
             {"size": 0, "blobs": [[HASH_A, 0]]},
@@ -1110,3 +1144,41 @@ class GarbageTests(Base):
         i = data.draw(st.integers(0, len(text) - 1))
         text[i] = data.draw(st.integers(0, 255))
         self.assertNoOtherException(frame(bytes(text)))
+
+
+class CheckpointTests(Base):
+    """A log being written can be read up to its last checkpoint (a resumed scan)."""
+
+    @PROPERTY
+    @given(logs(), st.data())
+    def test_read_partial_at_each_checkpoint(self, log, data):
+        from gridbackupd.snapshotlog import read_partial
+
+        header, records = log
+        buf = io.BytesIO()
+        writer = LogWriter(buf, header)
+        marks = [(writer.checkpoint(), 0)]
+        for i, record in enumerate(records):
+            writer.add(record)
+            if data.draw(st.booleans()):
+                marks.append((writer.checkpoint(), i + 1))
+        writer.close()
+        for offset, count in marks:
+            partial = io.BytesIO(buf.getvalue())
+            got_header, got = read_partial(partial, offset)
+            self.assertEqual(got_header, header)
+            self.assertEqual(list(got), records[:count])
+        # The finished log is an ordinary, strict log.
+        self.assertEqual(decode(buf.getvalue())[1], records)
+
+    def test_partial_garbage_is_rejected(self):
+        from gridbackupd.snapshotlog import read_partial
+
+        buf = io.BytesIO()
+        writer = LogWriter(buf, LogHeader(snapshot="s", kind="full"))
+        writer.add(Entry(path=b"/a", kind=DIR))
+        offset = writer.checkpoint()
+        data = bytearray(buf.getvalue()[:offset])
+        data[-3] ^= 0xFF
+        with self.assertRaises(LogFormatError):
+            list(read_partial(io.BytesIO(bytes(data)), offset)[1])

@@ -5,22 +5,68 @@ Every request carries ``Authorization: Bearer <token>``; every failure is
 ``{"error": {"code", "message"}}`` with a 4xx or 5xx, never a traceback or an
 HTML page.  Routes are a table of (method, pattern) -> handler; a handler is
 an ``async`` function of the daemon object and the request, returning
-``(status, document)`` or raising ``APIError``.
+``(status, document)`` or raising ``APIError``.  ``document`` is a JSON value,
+or ``Raw`` (bytes of another content type, e.g. the Prometheus metrics); a
+handler that streams its answer writes and finishes the request itself and
+returns ``STREAMED``.  A failure after a streamed answer has started can no
+longer become a JSON error: the connection is dropped instead, so that the
+client sees a short body rather than a wrong one.
 """
 
 import hmac
 import io
 import json
+import os
 import re
 
+from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import resource, server
+
+from zope.interface import implementer
 
 from .errors import APIError
 
 MAX_BODY = 64 * 1024
 log = Logger()
+
+STREAMED = object()
+
+
+class Raw:
+    """An answer that is not JSON: its bytes and its content type."""
+
+    def __init__(self, body, content_type):
+        self.body = body
+        self.content_type = content_type
+
+
+def query_arg(request, name, default=None):
+    """One query parameter as text (the last one if repeated), or ``default``."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "bad_request", f"the query parameter {name!r} is not valid UTF-8")
+
+
+def query_int(request, name, default, low, high):
+    """An integer query parameter within [low, high], or APIError 400."""
+    text = query_arg(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise APIError(400, "bad_request", f"{name} must be an integer from {low} to {high}, got {text!r}")
+    return value
 
 
 class _Discard(io.BytesIO):
@@ -31,14 +77,18 @@ class _Discard(io.BytesIO):
 
 
 class APIRequest(server.Request):
-    """Refuses a body larger than MAX_BODY from its Content-Length, before reading it."""
+    """
+    Refuses a body larger than MAX_BODY from its Content-Length, before
+    reading it: the JSON 413 goes out at once and the connection is closed,
+    so the client is not left sending a body nobody reads.  A chunked body
+    that grows past the limit is refused the same way.
+    """
 
     too_large = False
 
     def gotLength(self, length):
         if length is not None and length > MAX_BODY:
-            self.too_large = True
-            self.content = _Discard()
+            self._refuse_too_large()
             return
         super().gotLength(length)
 
@@ -46,11 +96,74 @@ class APIRequest(server.Request):
         if self.too_large:
             return
         if self.content.tell() + len(data) > MAX_BODY:
-            # A chunked body that grows past the limit.
-            self.too_large = True
-            self.content = _Discard()
+            self._refuse_too_large()
             return
         super().handleContentChunk(data)
+
+    def _refuse_too_large(self):
+        self.too_large = True
+        self.content = _Discard()
+        # No "100 Continue" after the answer.
+        self.requestHeaders.removeHeader(b"expect")
+        body = json.dumps({"error": {
+            "code": "too_large", "message": f"the request body is larger than {MAX_BODY} bytes"}},
+            indent=1, sort_keys=True).encode("utf-8") + b"\n"
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return
+        channel.transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: application/json\r\n"
+            b"Cache-Control: no-store\r\n"
+            b"Connection: close\r\n"
+            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
+        # Whatever the client still sends is dropped unread.
+        channel.dataReceived = channel.lineReceived = lambda *args: None
+        channel.loseConnection()
+
+
+@implementer(IPushProducer)
+class Pacer:
+    """
+    Writes a streamed answer at the pace the client reads it: ``await
+    pacer.write(data)`` returns once the transport wants more, so a large
+    file never piles up in memory.  Raises ``ConnectionDone`` once the client
+    has gone.
+    """
+
+    def __init__(self, request):
+        self.request = request
+        self.stopped = False
+        self._paused = None
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(lambda _: self.stopProducing())
+
+    def pauseProducing(self):
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self):
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self):
+        self.stopped = True
+        self.resumeProducing()
+
+    async def write(self, data):
+        if self.stopped or self.request._disconnected:
+            raise ConnectionDone("the client went away")
+        self.request.write(data)
+        if self._paused is not None:
+            await self._paused
+        if self.stopped and not self.request.finished:
+            raise ConnectionDone("the client went away")
+
+    def finish(self):
+        self.request.unregisterProducer()
+        if not self.request.finished and not self.request._disconnected:
+            self.request.finish()
 
 
 def json_body(request):
@@ -104,10 +217,19 @@ class APIResource(resource.Resource):
         self.token = token.encode("ascii")
 
     def render(self, request):
+        if getattr(request, "too_large", False):
+            return server.NOT_DONE_YET  # answered already, from the Content-Length
         d = Deferred.fromCoroutine(self._handle(request))
-        d.addCallback(lambda result: self._respond(request, *result))
+        d.addCallback(self._answer, request)
         d.addErrback(self._failed, request)
+        # Last resort: a failure while answering must not stay unlogged.
+        d.addErrback(lambda f: log.failure("answering the API request failed", f))
         return server.NOT_DONE_YET
+
+    def _answer(self, result, request):
+        if result is STREAMED:
+            return None
+        return self._respond(request, *result)
 
     async def _handle(self, request):
         if getattr(request, "too_large", False):
@@ -123,6 +245,14 @@ class APIResource(resource.Resource):
         return await fn(self.app, request, **args)
 
     def _failed(self, failure, request):
+        if request.startedWriting:
+            # Part of a streamed answer is out: a JSON error cannot follow it.
+            if not failure.check(APIError):
+                log.failure("API request {method} {path} failed while streaming", failure,
+                            method=request.method, path=request.path)
+            if not request.finished and not request._disconnected and request.channel is not None:
+                request.channel.transport.abortConnection()
+            return None
         if failure.check(APIError):
             e = failure.value
             return self._respond(request, e.status, {"error": {"code": e.code, "message": e.message}})
@@ -134,9 +264,13 @@ class APIResource(resource.Resource):
     def _respond(self, request, status, document):
         if request.finished or request._disconnected:
             return
-        body = json.dumps(document, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+        if isinstance(document, Raw):
+            body, content_type = document.body, document.content_type
+        else:
+            body = json.dumps(document, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+            content_type = "application/json"
         request.setResponseCode(status)
-        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"content-type", content_type.encode("ascii"))
         request.setHeader(b"content-length", str(len(body)).encode("ascii"))
         request.setHeader(b"cache-control", b"no-store")
         request.write(body)
@@ -174,9 +308,44 @@ class APISite(server.Site):
         """Drop every open connection; fires when all of them are gone."""
         waiting = list(self.connections.values())
         for protocol in list(self.connections):
-            if protocol.transport is not None:
-                protocol.transport.abortConnection()
+            # twisted.web wraps its HTTPChannel in a proxy that does not show .transport.
+            channel = getattr(protocol, "_channel", protocol)
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
         return DeferredList(waiting)
+
+
+def listen(reactor, description, site):
+    """
+    Listen on the Twisted endpoint ``description``; fires with the port.
+    A ``unix:`` socket is created mode 0600 (umask while it is made, then
+    chmod), so only the daemon's user can talk to it.
+    """
+    endpoint = endpoints.serverFromString(reactor, description)
+    if not description.startswith("unix:"):
+        return endpoint.listen(site)
+    old = os.umask(0o177)
+    try:
+        d = endpoint.listen(site)
+    finally:
+        os.umask(old)
+
+    def restrict(port):
+        name = port.getHost().name
+        os.chmod(name, 0o600)
+        return port
+
+    return d.addCallback(restrict)
+
+
+def endpoint_description(port):
+    """What a client connects to: ``unix:/path`` or ``tcp:PORT:interface=HOST``."""
+    address = port.getHost()
+    name = getattr(address, "name", None)
+    if name is not None:
+        return "unix:" + (os.fsdecode(name) if isinstance(name, bytes) else str(name))
+    return f"tcp:{address.port}:interface={address.host}"
 
 
 def make_site(router, app, token):

@@ -17,6 +17,8 @@ import attr
 from .errors import ConfigError
 
 DEFAULT_LISTEN = "tcp:7234:interface=127.0.0.1"
+# Very small blobs go inline in the index segment up to this size.
+INLINE_MAX_DEFAULT = 2048
 
 _SIZE_UNITS = {
     "": 1,
@@ -55,12 +57,24 @@ class BackupConfig:
     tiny_max: int = 128
     chunk_threshold: int = 1024**2
     full_every: int = 10
+    exclude_if_present: tuple = ()  # marker file names
+    exclude_caches: bool = True  # leave out directories with a valid CACHEDIR.TAG
+    one_file_system: bool = False
+    pre_command: str | None = None  # shell command run before each scan
+    post_command: str | None = None  # shell command run after each scan
 
 
 @attr.frozen
 class UploadConfig:
     parallel: int = 4
     pack_size: int = 8 * 1024**2
+    inline_max: int = 2048  # INLINE_MAX_DEFAULT
+    max_rate: int = 0  # bytes/s, 0 = no limit
+    user_roots: tuple = (b"/home", b"/root")
+    weight_recency: float = 10.0
+    weight_small: float = 1.0
+    weight_user: float = 4.0
+    weight_age: float = 1.0
 
 
 @attr.frozen
@@ -86,8 +100,11 @@ class Config:
 _KNOWN = {
     "gridbackup": {"state_dir", "hostname"},
     "tahoe": {"node_url", "storage_nodes", "shares_needed", "shares_happy", "shares_total"},
-    "backup": {"paths", "exclude", "scan_interval", "tiny_max", "chunk_threshold", "full_every"},
-    "upload": {"parallel", "pack_size"},
+    "backup": {"paths", "exclude", "scan_interval", "tiny_max", "chunk_threshold", "full_every",
+               "exclude_if_present", "exclude_caches", "one_file_system", "pre_command",
+               "post_command"},
+    "upload": {"parallel", "pack_size", "inline_max", "max_rate", "user_roots", "weight_recency",
+               "weight_small", "weight_user", "weight_age"},
     "api": {"listen"},
 }
 
@@ -159,11 +176,33 @@ class _Reader:
             self.fail(section, key, value, "expected a duration such as 30s, 15m, 1h or 0 (off)")
         return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
+    def number(self, section, key, default, minimum=0.0, maximum=1e6):
+        value = self.raw(section, key)
+        if value is None or value == "":
+            return default
+        allowed = f"expected a number from {minimum:g} to {maximum:g}"
+        if not re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", value):
+            self.fail(section, key, value, allowed)
+        number = float(value)
+        if not minimum <= number <= maximum:
+            self.fail(section, key, value, allowed)
+        return number
+
     def lines(self, section, key):
         value = self.raw(section, key)
         if not value:
             return ()
         return tuple(line.strip() for line in value.splitlines() if line.strip())
+
+    def boolean(self, section, key, default):
+        value = self.raw(section, key)
+        if value is None or value == "":
+            return default
+        if value.lower() in ("yes", "true", "on", "1"):
+            return True
+        if value.lower() in ("no", "false", "off", "0"):
+            return False
+        self.fail(section, key, value, "expected yes or no (true/false, on/off, 1/0)")
 
 
 def parse_config(path):
@@ -241,12 +280,27 @@ def parse_config(path):
         tiny_max=tiny_max,
         chunk_threshold=threshold,
         full_every=r.integer("backup", "full_every", 10, 1),
+        exclude_if_present=_marker_names(r),
+        exclude_caches=r.boolean("backup", "exclude_caches", True),
+        one_file_system=r.boolean("backup", "one_file_system", False),
+        pre_command=r.string("backup", "pre_command"),
+        post_command=r.string("backup", "post_command"),
     )
+    _check_patterns(r, backup)
 
     upload = UploadConfig(
         parallel=r.integer("upload", "parallel", 4, 1, 64),
         pack_size=r.size("upload", "pack_size", 8 * 1024**2, 64 * 1024),
+        inline_max=r.size("upload", "inline_max", INLINE_MAX_DEFAULT, 0),
+        max_rate=r.size("upload", "max_rate", 0, 0),
+        user_roots=_user_roots(r),
+        weight_recency=r.number("upload", "weight_recency", 10.0),
+        weight_small=r.number("upload", "weight_small", 1.0),
+        weight_user=r.number("upload", "weight_user", 4.0),
+        weight_age=r.number("upload", "weight_age", 1.0),
     )
+    if upload.inline_max > 65536:
+        r.fail("upload", "inline_max", str(upload.inline_max), "expected at most 64KiB")
 
     listen = r.string("api", "listen", default=DEFAULT_LISTEN)
     _check_endpoint(r, listen)
@@ -260,6 +314,34 @@ def parse_config(path):
         upload=upload,
         api_listen=listen,
     )
+
+
+def _marker_names(r):
+    names = r.lines("backup", "exclude_if_present")
+    for name in names:
+        if "/" in name or name in (".", ".."):
+            r.fail("backup", "exclude_if_present", name, "expected file names (no /), one per line")
+    return names
+
+
+def _check_patterns(r, backup):
+    from .excludes import PatternError, compile_pattern
+
+    for pattern in backup.exclude:
+        try:
+            compile_pattern(pattern, [os.fsencode(p) for p in backup.paths])
+        except PatternError as e:
+            r.fail("backup", "exclude", pattern, f"not a usable pattern ({e})")
+
+
+def _user_roots(r):
+    roots = r.lines("upload", "user_roots")
+    if r.raw("upload", "user_roots") is None:
+        return UploadConfig().user_roots
+    for p in roots:
+        if not os.path.isabs(p):
+            r.fail("upload", "user_roots", p, "expected absolute paths, one per line")
+    return tuple(os.fsencode(os.path.normpath(p)) for p in roots)
 
 
 def _check_endpoint(r, listen):

@@ -85,6 +85,27 @@ MIGRATIONS = [
         errors TEXT NOT NULL DEFAULT '[]'
     );
     """,
+    # 2: the upload queue's ageing rank and inline blobs (queue.py, uploader.py).
+    # rank = priority - age_weight * queued_hours, so "ORDER BY rank DESC" is
+    # the order of priority + age_weight * hours waited, on an index.
+    # inline_data holds a very small blob's bytes (it has no pack), and
+    # commit_name the commit whose index segment carries them.
+    """
+    ALTER TABLE blobs ADD COLUMN queued REAL NOT NULL DEFAULT 0;
+    ALTER TABLE blobs ADD COLUMN mtime_ns INTEGER;
+    ALTER TABLE blobs ADD COLUMN rank REAL NOT NULL DEFAULT 0;
+    ALTER TABLE blobs ADD COLUMN inline_data BLOB;
+    ALTER TABLE blobs ADD COLUMN commit_name TEXT;
+    UPDATE blobs SET rank = priority;
+    DROP INDEX blobs_by_state;
+    CREATE INDEX blobs_by_rank ON blobs(state, rank DESC, hash);
+    """,
+    # 3: a restore's result beyond its counters (restore.py): JSON with
+    # "pending" (files whose content is not uploaded yet), "plan" (a dry
+    # run's summary) and "files_verified".
+    """
+    ALTER TABLE restores ADD COLUMN result TEXT NOT NULL DEFAULT '{}';
+    """,
 ]
 
 

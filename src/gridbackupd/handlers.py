@@ -10,8 +10,16 @@ import json
 import os
 import time
 
-from .api import Router, json_body
-from .errors import APIError
+from twisted.internet.threads import deferToThreadPool
+
+from . import browse, metrics
+from .api import STREAMED, Pacer, Raw, Router, json_body, query_arg, query_int
+from .errors import APIError, TahoeError
+from .model import FILE
+from .restore import _decode_checked, check_snapshot_spec
+
+PAGE = 1000
+MAX_PAGE = 10000
 
 router = Router()
 
@@ -57,15 +65,22 @@ async def status(daemon, request):
 
 @router.route("POST", "/v1/backups")
 async def start_backup(daemon, request):
-    daemon.require_ready()
+    daemon.require_writable()
     snapshot_id = daemon.jobs.request()
     return 202, {"id": snapshot_id}
 
 
 @router.route("GET", "/v1/snapshots")
 async def list_snapshots(daemon, request):
-    rows = daemon.conn.execute(f"SELECT {_SUMMARY} FROM snapshots ORDER BY id").fetchall()
-    return 200, {"snapshots": [_snapshot_summary(r) for r in rows]}
+    limit = query_int(request, "limit", PAGE, 1, MAX_PAGE)
+    after = query_arg(request, "cursor", "")
+    rows = daemon.conn.execute(
+        f"SELECT {_SUMMARY} FROM snapshots WHERE id > ? ORDER BY id LIMIT ?", (after, limit + 1)
+    ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return 200, {"snapshots": [_snapshot_summary(r) for r in rows],
+                 "next_cursor": rows[-1][0] if more else None}
 
 
 @router.route("GET", "/v1/snapshots/{snapshot_id}")
@@ -82,10 +97,152 @@ async def get_snapshot(daemon, request, snapshot_id):
     doc["error_count"] = len(doc["errors"])
     if daemon.jobs and daemon.jobs.current == snapshot_id:
         doc["progress"] = daemon.jobs.status()
+    doc["figures"] = await _figures(daemon, snapshot_id, doc)
     return 200, doc
 
 
-_RESTORE_KEYS = {"snapshot", "paths", "target", "overwrite"}
+_FIGURES_CACHE = {}
+
+
+async def _reading(daemon, fn, *args):
+    """Run a log-reading function of browse.py in a worker thread; a bad log is a JSON 500."""
+    try:
+        return await deferToThreadPool(daemon.reactor, daemon.pool, fn, *args)
+    except LogFormatError as e:
+        raise APIError(500, "log_unreadable", f"a backup log cannot be read: {e}")
+
+
+async def _figures(daemon, snapshot_id, doc):
+    """Files and bytes added, changed and deleted since the snapshot before (None: no log yet)."""
+    if doc["state"] in ("queued", "scanning", "failed"):
+        return None
+    parent = daemon.conn.execute(
+        "SELECT id FROM snapshots WHERE id < ? AND host = ? AND log_path IS NOT NULL "
+        "AND state NOT IN ('queued', 'scanning', 'failed') ORDER BY id DESC LIMIT 1",
+        (snapshot_id, doc["host"]),
+    ).fetchone()
+    parent = parent[0] if parent else None
+    key = (daemon.config.state_dir, parent, snapshot_id)
+    if key not in _FIGURES_CACHE:
+        try:
+            logs = browse.log_chain(daemon.conn, snapshot_id)
+            parent_logs = browse.log_chain(daemon.conn, parent) if parent else None
+        except APIError:
+            return None
+        counts = await _reading(daemon, browse.figures, parent_logs, logs)
+        counts["parent"] = parent
+        if len(_FIGURES_CACHE) > 256:
+            _FIGURES_CACHE.clear()
+        _FIGURES_CACHE[key] = counts
+    result = dict(_FIGURES_CACHE[key])
+    result["errors"] = doc["error_count"]
+    return result
+
+
+@router.route("GET", "/v1/snapshots/{snapshot_id}/files")
+async def list_files(daemon, request, snapshot_id):
+    top = browse.path_arg(request) or b"/"
+    recursive = query_arg(request, "recursive", "false")
+    if recursive not in ("true", "false", "1", "0"):
+        raise APIError(400, "bad_request", f"recursive must be true or false, got {recursive!r}")
+    limit = query_int(request, "limit", PAGE, 1, MAX_PAGE)
+    cursor = browse.decode_cursor(query_arg(request, "cursor"))
+    snapshot_id = browse.resolve(daemon.conn, snapshot_id)
+    logs = browse.log_chain(daemon.conn, snapshot_id)
+    top_entry, found, next_cursor = await _reading(
+        daemon, browse.list_entries,
+        logs, top, recursive in ("true", "1"), cursor, limit)
+    if top_entry is None and top != b"/" and not found and cursor is None:
+        if not await _reading(daemon, browse.has_below, logs, top):
+            raise APIError(404, "unknown_path", f"{os.fsdecode(top)!r} is not in snapshot {snapshot_id}")
+    doc = {"snapshot": snapshot_id, "entry": browse.entry_doc(top_entry) if top_entry else None,
+           "entries": found, "next_cursor": next_cursor}
+    doc.update(browse.path_doc(top))
+    return 200, doc
+
+
+@router.route("GET", "/v1/snapshots/{snapshot_id}/content")
+async def get_content(daemon, request, snapshot_id):
+    path = browse.path_arg(request)
+    if path is None:
+        raise APIError(400, "bad_request", "the query parameter path (or path_b64) is required")
+    snapshot_id = browse.resolve(daemon.conn, snapshot_id)
+    logs = browse.log_chain(daemon.conn, snapshot_id)
+    entry = await _reading(daemon, browse.find_entry, logs, path)
+    if entry is None:
+        raise APIError(404, "unknown_path", f"{os.fsdecode(path)!r} is not in snapshot {snapshot_id}")
+    if entry.kind != FILE:
+        raise APIError(400, "not_a_file", f"{os.fsdecode(path)!r} is a {entry.kind}, not a file")
+    if entry.inline is not None or entry.size == 0:
+        return 200, Raw(entry.inline or b"", "application/octet-stream")
+    # Where each blob is, as the restorer finds it: (pack cap, offset,
+    # length, compression), the bytes the index holds inline, or None.
+    locations = []
+    for blob_hash, size in entry.blobs:
+        location = daemon.restorer._locate(blob_hash)
+        if location is None:
+            raise APIError(409, "not_uploaded",
+                           f"the content of {os.fsdecode(path)!r} is not on the grid yet")
+        locations.append((blob_hash, size, location))
+    client = daemon._client()
+    request.setResponseCode(200)
+    request.setHeader(b"content-type", b"application/octet-stream")
+    request.setHeader(b"content-length", str(entry.size).encode("ascii"))
+    request.setHeader(b"cache-control", b"no-store")
+    pacer = Pacer(request)
+    for blob_hash, size, location in locations:
+        if isinstance(location, bytes):
+            data = await deferToThreadPool(
+                daemon.reactor, daemon.pool, _decode_checked, location, "none", size, blob_hash)
+        else:
+            cap, offset, length, compression = location
+            try:
+                stored = await client.download(cap, offset, length)
+            except TahoeError as e:
+                # A JSON 502 if nothing was sent yet; else the connection drops.
+                raise APIError(502, "grid_error", f"cannot fetch the content from the grid: {e}")
+            data = await deferToThreadPool(
+                daemon.reactor, daemon.pool, _decode_checked, stored, compression, size, blob_hash)
+        await pacer.write(data)
+    pacer.finish()
+    return STREAMED
+
+
+async def _diff(daemon, request, a, b):
+    top = browse.path_arg(request) or b"/"
+    limit = query_int(request, "limit", PAGE, 1, MAX_PAGE)
+    cursor = browse.decode_cursor(query_arg(request, "cursor"))
+    a = browse.resolve(daemon.conn, a)
+    b = browse.resolve(daemon.conn, b)
+    logs_a = browse.log_chain(daemon.conn, a)
+    logs_b = browse.log_chain(daemon.conn, b)
+    changes, next_cursor = await _reading(
+        daemon, browse.diff, logs_a, logs_b, top, cursor, limit)
+    return 200, {"from": a, "to": b, "changes": changes, "next_cursor": next_cursor}
+
+
+@router.route("GET", "/v1/snapshots/{a}/diff/{b}")
+async def diff_snapshots(daemon, request, a, b):
+    return await _diff(daemon, request, a, b)
+
+
+@router.route("GET", "/v1/diff")
+async def diff_query(daemon, request):
+    a, b = query_arg(request, "from"), query_arg(request, "to")
+    if not a or not b:
+        raise APIError(400, "bad_request", "both from and to (snapshot ids or 'latest') are required")
+    return await _diff(daemon, request, a, b)
+
+
+@router.route("GET", "/metrics")
+async def get_metrics(daemon, request):
+    registry = getattr(daemon, "_metrics_registry", None)
+    if registry is None:
+        registry = daemon._metrics_registry = metrics.registry_for(daemon)
+    return 200, Raw(metrics.render(registry), metrics.CONTENT_TYPE)
+
+
+_RESTORE_KEYS = {"snapshot", "paths", "target", "overwrite", "dry_run", "verify"}
 
 
 def _check_path(value, what):
@@ -103,9 +260,7 @@ async def start_restore(daemon, request):
     if unknown:
         raise APIError(400, "bad_request",
                        f"unknown fields {sorted(unknown)}; allowed: {sorted(_RESTORE_KEYS)}")
-    snapshot = doc.get("snapshot", "latest")
-    if not isinstance(snapshot, str) or not snapshot:
-        raise APIError(400, "bad_request", "snapshot must be 'latest' or a snapshot id")
+    snapshot = check_snapshot_spec(doc.get("snapshot", "latest"))
     if "target" not in doc:
         raise APIError(400, "bad_request", "target (an absolute directory) is required")
     target = _check_path(doc["target"], "target")
@@ -113,19 +268,91 @@ async def start_restore(daemon, request):
     if not isinstance(paths, list):
         raise APIError(400, "bad_request", "paths must be a list of absolute paths")
     paths = [_check_path(p, "each path") for p in paths]
-    overwrite = doc.get("overwrite", False)
-    if not isinstance(overwrite, bool):
-        raise APIError(400, "bad_request", "overwrite must be true or false")
-    restore_id = daemon.restorer.request(snapshot, paths, target, overwrite)
+    flags = {}
+    for key in ("overwrite", "dry_run", "verify"):
+        flags[key] = doc.get(key, False)
+        if not isinstance(flags[key], bool):
+            raise APIError(400, "bad_request", f"{key} must be true or false")
+    restore_id = daemon.restorer.request(snapshot, paths, target, **flags)
     return 202, {"id": restore_id}
 
 
 @router.route("GET", "/v1/restores")
 async def list_restores(daemon, request):
-    rows = daemon.conn.execute("SELECT id FROM restores ORDER BY created").fetchall()
-    return 200, {"restores": [daemon.restorer.status(r[0]) for r in rows]}
+    limit = query_int(request, "limit", PAGE, 1, MAX_PAGE)
+    after = query_arg(request, "cursor")
+    if after is None:
+        rows = daemon.conn.execute(
+            "SELECT id FROM restores ORDER BY created, id LIMIT ?", (limit + 1,)).fetchall()
+    else:
+        rows = daemon.conn.execute(
+            "SELECT id FROM restores WHERE (created, id) > "
+            "(SELECT created, id FROM restores WHERE id = ?) ORDER BY created, id LIMIT ?",
+            (after, limit + 1)).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return 200, {"restores": [daemon.restorer.status(r[0]) for r in rows],
+                 "next_cursor": rows[-1][0] if more else None}
 
 
 @router.route("GET", "/v1/restores/{restore_id}")
 async def get_restore(daemon, request, restore_id):
     return 200, daemon.restorer.status(restore_id)
+
+
+@router.route("DELETE", "/v1/restores/{restore_id}")
+async def cancel_restore(daemon, request, restore_id):
+    return 200, daemon.restorer.cancel(restore_id)
+
+
+# -- the upload queue (issue 4) ---------------------------------------------------
+
+def _uploader(daemon):
+    if daemon.uploader is None:
+        raise APIError(503, "starting", "the uploader starts once the grid is connected")
+    return daemon.uploader
+
+
+def _json_path(path):
+    """A path as the logs write it: a string if it is UTF-8, else {"b64": ...}."""
+    try:
+        return path.decode("utf-8")
+    except UnicodeDecodeError:
+        import base64
+
+        return {"b64": base64.b64encode(path).decode("ascii")}
+
+
+@router.route("GET", "/v1/uploads/queue")
+async def upload_queue(daemon, request):
+    from . import queue
+
+    uploader = _uploader(daemon)
+    limit = query_int(request, "limit", 20, 1, 1000)
+    head = queue.head(daemon.conn, limit)
+    blobs, nbytes = queue.pending_totals(daemon.conn)
+    return 200, {
+        "paused": uploader.paused,
+        "pending_blobs": blobs,
+        "pending_bytes": nbytes,
+        "next": [
+            {"path": _json_path(h.path), "offset": h.offset, "size": h.size,
+             "mtime": h.mtime_ns / 1e9 if h.mtime_ns is not None else None,
+             "priority": round(h.priority, 3), "queued": h.queued, "hash": h.hash}
+            for h in head
+        ],
+    }
+
+
+@router.route("POST", "/v1/uploads/pause")
+async def pause_uploads(daemon, request):
+    uploader = _uploader(daemon)
+    uploader.pause()
+    return 200, {"paused": True, "in_flight_packs": uploader.packs_in_flight}
+
+
+@router.route("POST", "/v1/uploads/resume")
+async def resume_uploads(daemon, request):
+    uploader = _uploader(daemon)
+    uploader.resume()
+    return 200, {"paused": False}

@@ -27,6 +27,8 @@ FLAGS = frozenset([POSSIBLY_INCONSISTENT, RACY])
 
 
 def _blob_list(value):
+    if not value:
+        return ()  # most entries: a directory, a tiny file (scans build millions)
     return tuple((str(h), int(n)) for h, n in value)
 
 
@@ -60,6 +62,9 @@ class Entry:
     sha256: str | None = None
     xattrs: tuple = ()
     flags: tuple = ()
+    # A sparse file's holes as (offset, length) pairs in file order; the
+    # content (blobs, sha256) still covers them, as zero bytes.
+    holes: tuple = ()
 
 
 @attr.frozen

@@ -12,6 +12,7 @@ built again after a crash converges on the same cap.
 import hashlib
 import json
 import os
+import re
 import struct
 
 import attr
@@ -23,6 +24,7 @@ FORMAT_VERSION = 1
 ZSTD_LEVEL = 3
 # Compress a blob only when that saves at least this fraction.
 MIN_SAVING = 0.05
+_HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
 class PackFormatError(ValueError):
@@ -85,6 +87,7 @@ def decode_blob(stored, compression, size):
 def build_pack(blobs, directory):
     """Write the given queued blobs into a new pack file under ``directory``."""
     ordered = sorted(blobs, key=lambda b: (b.source_path, b.source_offset, b.hash))
+    os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, f"building-{os.getpid()}-{id(ordered)}")
     whole = hashlib.sha256()
     packed = []
@@ -126,36 +129,76 @@ def encode_trailer(packed):
     return body + FOOTER.pack(len(body), MAGIC)
 
 
+MAX_TRAILER = 64 * 1024 * 1024
+
+
 def parse_trailer(tail, pack_size):
     """
     Read the blob list from the last bytes of a pack (``tail`` must hold the
-    whole trailer and footer).  Strict: anything unexpected is refused.
+    whole trailer and footer; ``pack_size`` is the size of the whole pack).
+    Strict: anything docs/FORMAT.md does not allow is refused.
     """
-    if len(tail) < FOOTER.size:
+    from .index import IndexFormatError, _load
+
+    if len(tail) < FOOTER.size or pack_size < FOOTER.size:
         raise PackFormatError("pack too short for its footer")
     length, magic = FOOTER.unpack(tail[-FOOTER.size:])
     if magic != MAGIC:
         raise PackFormatError("not a gridbackup pack (bad magic)")
-    if length + FOOTER.size > len(tail):
+    if length > MAX_TRAILER:
+        raise PackFormatError(f"trailer of {length} bytes is larger than {MAX_TRAILER}")
+    if length + FOOTER.size > len(tail) or length + FOOTER.size > pack_size:
         raise PackFormatError("trailer longer than the bytes given")
     try:
-        doc = json.loads(tail[-FOOTER.size - length:-FOOTER.size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise PackFormatError(f"trailer is not JSON: {e}")
-    if not isinstance(doc, dict) or doc.get("format") != "gridbackup-pack":
+        doc = _load(bytes(tail[len(tail) - FOOTER.size - length:len(tail) - FOOTER.size]), "pack trailer")
+    except IndexFormatError as e:
+        raise PackFormatError(str(e)) from None
+    if set(doc) != {"format", "version", "blobs"} or doc["format"] != "gridbackup-pack":
         raise PackFormatError("trailer is not a gridbackup pack trailer")
-    if doc.get("version") != FORMAT_VERSION:
-        raise PackFormatError(f"pack version {doc.get('version')!r} is not supported")
+    if type(doc["version"]) is not int or doc["version"] != FORMAT_VERSION:
+        raise PackFormatError(f"pack version {doc['version']!r:.20} is not supported")
+    if type(doc["blobs"]) is not list:
+        raise PackFormatError("trailer blobs must be an array")
     data_end = pack_size - FOOTER.size - length
     result = []
-    for item in doc.get("blobs", ()):
+    seen = set()
+    expected = 0
+    for item in doc["blobs"]:
         if (
-            not isinstance(item, list) or len(item) != 5
-            or not isinstance(item[0], str) or len(item[0]) != 64
-            or not all(type(v) is int and v >= 0 for v in item[1:4])
-            or item[4] not in ("none", "zstd")
-            or item[1] + item[2] > data_end
+            type(item) is not list or len(item) != 5
+            or type(item[0]) is not str or not _HEX64.match(item[0])
+            or not all(type(v) is int for v in item[1:4])
+            or item[2] < 1 or item[3] < 1
+            or type(item[4]) is not str or item[4] not in ("none", "zstd")
+            or (item[4] == "none" and item[2] != item[3])
         ):
             raise PackFormatError(f"bad trailer record {item!r:.80}")
+        if item[1] != expected:
+            raise PackFormatError(f"trailer record {item[0][:12]} is not where the previous one ended")
+        if item[0] in seen:
+            raise PackFormatError(f"blob {item[0][:12]} twice in one pack")
+        seen.add(item[0])
+        expected = item[1] + item[2]
         result.append(PackedBlob(*item))
+    if expected != data_end:
+        raise PackFormatError(f"the blobs end at {expected}, the trailer starts at {data_end}")
     return result
+
+
+def read_verified(blobs):
+    """
+    For inline blobs: read each from its file and check its SHA-256 (a worker
+    thread).  Returns ({hash: bytes}, stale hashes).
+    """
+    found = {}
+    stale = []
+    for blob in blobs:
+        try:
+            data = _read_source(blob)
+        except OSError:
+            data = None
+        if data is None or hashlib.sha256(data).hexdigest() != blob.hash:
+            stale.append(blob.hash)
+        else:
+            found[blob.hash] = data
+    return found, tuple(stale)

@@ -3,52 +3,48 @@ The one writer of the backup set's mutable directories.
 
 Publish order is what keeps the grid consistent after a crash at any
 moment: packs first (the uploader), then a commit (an immutable directory
-of those packs plus the index segment that describes them), then its link
-in ``commits/``, and only then the logs of the snapshots whose content is
-all committed.  Every step is idempotent: a commit of the same packs is the
-same immutable directory, and linking a name again to the same cap is a
-no-op, so a restart simply does the unfinished steps again.
+of those packs plus the index segment that describes them and the inline
+blobs read since the last commit), then its link in ``commits/``, and only
+then the logs of the snapshots whose content is all committed.  Every step
+is idempotent: a commit of the same packs is the same immutable directory,
+and linking a name again to the same cap is a no-op, so a restart simply
+does the unfinished steps again.
+
+Only one daemon writes a backup set: before any mutable write the publisher
+holds the writer lock, a small document linked as ``lock`` in the root with
+this daemon's writer id, its host and a heartbeat.  A lock whose heartbeat
+is older than ``LOCK_STALE`` is taken over.
 """
 
-import hashlib
-import json
+import time
 
 import attr
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from . import db as dbmod
+from .errors import GridBackupError
+from .index import (
+    IndexFormatError, commit_name, encode_index_segment, encode_lock, encode_settings, parse_lock,
+    settings_document,
+)
 from .model import short_cap
 from .waiters import Waiters
 
-LAYOUT_VERSION = 1
-INDEX_VERSION = 1
+__all__ = ["Publisher", "settings_document", "WriterLockHeld"]
+
 SNAPSHOTS = "snapshots"
 COMMITS = "commits"
 SETTINGS = "gridbackup.json"
+LOCK = "lock"
+# Renew the lock before a mutable write when it is older than this...
+LOCK_HEARTBEAT = 240.0
+# ...and take over another writer's lock older than this.
+LOCK_STALE = 900.0
 
 
-def settings_document(chunk_params, tiny_max, chunk_threshold):
-    return {
-        "format": "gridbackup",
-        "version": LAYOUT_VERSION,
-        "hash": "sha256",
-        "chunking": {
-            "algorithm": "fastcdc",
-            "min_size": chunk_params.min_size,
-            "avg_size": chunk_params.avg_size,
-            "max_size": chunk_params.max_size,
-        },
-        "tiers": {"tiny_max": tiny_max, "chunk_threshold": chunk_threshold},
-    }
-
-
-def encode_index_segment(rows):
-    """rows: (hash, pack name, offset, length, size, compression), sorted by hash."""
-    return json.dumps(
-        {"format": "gridbackup-index", "version": INDEX_VERSION, "blobs": [list(r) for r in rows]},
-        separators=(",", ":"),
-    ).encode("utf-8")
+class WriterLockHeld(GridBackupError):
+    """Another daemon writes this backup set."""
 
 
 @attr.define
@@ -61,13 +57,19 @@ class Layout:
 class Publisher:
     log = Logger()
 
-    def __init__(self, conn, client, settings, waiters=None):
+    def __init__(self, conn, client, settings, waiters=None, writer_id=None, host="localhost",
+                 now=time.time):
         self.conn = conn
         self.client = client
         self.settings = settings
         self.waiters = waiters if waiters is not None else Waiters()
+        self.writer_id = writer_id or _writer_id(conn)
+        self.host = host
+        self.now = now
         self.layout = None
         self.lock = DeferredLock()
+        self.lock_error = None
+        self._lock_time = None
 
     async def ensure_layout(self, rootcap):
         """Find (or create the missing parts of) the directories under the root."""
@@ -81,23 +83,86 @@ class Publisher:
             else:
                 caps[name] = missing[name] = await self.client.mkdir()
         if SETTINGS not in children:
-            body = json.dumps(self.settings, indent=1, sort_keys=True).encode("utf-8")
-            missing[SETTINGS] = await self.client.upload_bytes(body)
-        if missing:
-            await self.client.set_children(rootcap, missing)
+            missing[SETTINGS] = await self.client.upload_bytes(encode_settings(self.settings))
         self.layout = Layout(rootcap, caps[SNAPSHOTS], caps[COMMITS])
+        if missing:
+            await self.lock.acquire()
+            try:
+                await self._take_lock(children, extra=missing)
+            finally:
+                self.lock.release()
         return self.layout
 
-    async def commit(self):
-        """Publish every uploaded pack that is not yet in a linked commit."""
+    # -- the writer lock ---------------------------------------------------------
+
+    async def _take_lock(self, children=None, extra=None):
+        """Write our lock (with ``extra`` children of the root in the same write)."""
+        if children is None:
+            children = await self.client.list_dir(self.layout.root)
+        now = self.now()
+        current = children.get(LOCK)
+        if current is not None:
+            other = await self._read_lock(current.cap)
+            if other is not None and other["writer"] != self.writer_id:
+                age = now - other["heartbeat"]
+                if age < LOCK_STALE:
+                    self.lock_error = (
+                        f"another gridbackupd (host {other['host']!r}) writes this backup set "
+                        f"(its heartbeat is {max(age, 0):.0f}s old); this daemon does not write "
+                        f"to it until that lock is {LOCK_STALE:.0f}s old"
+                    )
+                    raise WriterLockHeld(self.lock_error)
+                self.log.warn("taking over the writer lock of host {host}, silent for {age:.0f}s",
+                              host=other["host"], age=age)
+        cap = await self.client.upload_bytes(encode_lock(self.writer_id, self.host, now))
+        await self.client.set_children(self.layout.root, {**(extra or {}), LOCK: cap})
+        # Two daemons may have written at once: the one whose lock is linked now won.
+        linked = await self.client.child_cap(self.layout.root, LOCK)
+        if linked != cap:
+            other = await self._read_lock(linked) if linked else None
+            if other is None or other["writer"] != self.writer_id:
+                self.lock_error = "another gridbackupd took the writer lock at the same moment"
+                raise WriterLockHeld(self.lock_error)
+        self._lock_time = now
+        self.lock_error = None
+
+    async def _read_lock(self, cap):
+        try:
+            return parse_lock(await self.client.download(cap))
+        except IndexFormatError as e:
+            self.log.warn("the writer lock in the root is unreadable, taking it over: {e}", e=e)
+            return None
+
+    async def hold_lock(self):
+        """Make sure this daemon holds the writer lock (call with ``self.lock`` held)."""
+        if self._lock_time is None or self.now() - self._lock_time > LOCK_HEARTBEAT:
+            await self._take_lock()
+
+    async def check_writer(self):
+        """For the uploader: raise WriterLockHeld unless this daemon may write."""
         await self.lock.acquire()
         try:
+            await self.hold_lock()
+        finally:
+            self.lock.release()
+
+    # -- commits -----------------------------------------------------------------
+
+    async def commit(self):
+        """Publish every uploaded pack and inline blob that is not yet in a linked commit."""
+        await self.lock.acquire()
+        try:
+            await self.hold_lock()
             await self._link_unlinked_commits()
             packs = self.conn.execute(
                 "SELECT id, name, cap FROM packs WHERE commit_name IS NULL AND cap IS NOT NULL "
                 "ORDER BY name"
             ).fetchall()
-            if not packs:
+            inline = self.conn.execute(
+                "SELECT hash, inline_data FROM blobs WHERE state = 'uploaded' "
+                "AND inline_data IS NOT NULL AND commit_name IS NULL ORDER BY hash"
+            ).fetchall()
+            if not packs and not inline:
                 return None
             ids = [p[0] for p in packs]
             marks = ",".join("?" * len(ids))
@@ -107,8 +172,8 @@ class Publisher:
                 "ORDER BY b.hash",
                 ids,
             ).fetchall()
-            segment = encode_index_segment(rows)
-            name = "commit-" + hashlib.sha256(segment).hexdigest()[:32]
+            segment = encode_index_segment(rows, [(h, bytes(d)) for h, d in inline])
+            name = commit_name(segment)
             index_cap = await self.client.upload_bytes(segment)
             children = {p[1]: p[2] for p in packs}
             children["index"] = index_cap
@@ -120,8 +185,12 @@ class Publisher:
                 self.conn.execute(
                     f"UPDATE packs SET commit_name = ? WHERE id IN ({marks})", [name, *ids]
                 )
+                self.conn.executemany(
+                    "UPDATE blobs SET commit_name = ? WHERE hash = ?", [(name, h) for h, _ in inline]
+                )
             await self._link_unlinked_commits()
-            self.log.info("committed {packs} packs as {name}", packs=len(packs), name=name)
+            self.log.info("committed {packs} packs and {inline} inline blobs as {name}",
+                          packs=len(packs), inline=len(inline), name=name)
             return name
         finally:
             self.lock.release()
@@ -139,6 +208,10 @@ class Publisher:
                     "(SELECT id FROM packs WHERE commit_name = ?)",
                     (name,),
                 )
+                self.conn.execute(
+                    "UPDATE blobs SET state = 'committed' WHERE commit_name = ? AND pack_id IS NULL",
+                    (name,),
+                )
 
     async def publish_snapshots(self):
         """Upload and link the logs of snapshots that have nothing left to upload."""
@@ -151,6 +224,7 @@ class Publisher:
         for snapshot_id, log_path in ready:
             await self.lock.acquire()
             try:
+                await self.hold_lock()
                 cap = await self.client.upload_file(log_path)
                 await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
                 stale = self.conn.execute(
@@ -172,3 +246,15 @@ class Publisher:
                 self.lock.release()
             self.waiters.fire(snapshot_id, "complete" if not stale else "incomplete")
         return [r[0] for r in ready]
+
+
+def _writer_id(conn):
+    """This state directory's writer id: a restart of the same daemon keeps its lock."""
+    import secrets
+
+    value = dbmod.get_meta(conn, "writer_id")
+    if value is None:
+        value = "w-" + secrets.token_hex(8)
+        with dbmod.transaction(conn):
+            dbmod.set_meta(conn, "writer_id", value)
+    return value

@@ -6,21 +6,33 @@ the way is opened relative to its parent with ``O_NOFOLLOW``, so neither a
 hostile log nor a symlink already in the target can make a write land
 outside the target.  Files are written to a temporary name and renamed
 into place.  Metadata goes on in the order that keeps it: lchown (root's
-chown clears set-uid bits), chmod, utime; directories last.
+chown clears set-uid bits), chmod, extended attributes (ACLs are the
+``system.posix_acl_*`` ones), utime; directories last.  Regular files and
+directories get their metadata through an open descriptor, so nothing is
+looked up by name again once the object is open.
 """
 
 import contextlib
 import errno
+import functools
 import grp
+import hashlib
 import os
 import pwd
 import stat
+import threading
 
-from .model import BLOCKDEV, CHARDEV, FIFO
+from .model import BLOCKDEV, CHARDEV, FIFO, SOCKET
+
+READ_BLOCK = 1024 * 1024
 
 
 class UnsafePath(ValueError):
     """A path from a snapshot that must not be written."""
+
+
+class VerifyFailed(ValueError):
+    """What was written does not read back as the snapshot's content."""
 
 
 def components(path):
@@ -36,6 +48,7 @@ def components(path):
     return parts
 
 
+@functools.lru_cache(maxsize=4096)
 def _uid(user, uid):
     if user:
         try:
@@ -45,6 +58,7 @@ def _uid(user, uid):
     return uid
 
 
+@functools.lru_cache(maxsize=4096)
 def _gid(group, gid):
     if group:
         try:
@@ -63,8 +77,21 @@ class TargetWriter:
         self.overwrite = overwrite
         self.root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.as_root = os.geteuid() == 0
+        # (path, reason) of metadata that could not be set; the file stays.
+        self.warnings = []
+        self._warn_lock = threading.Lock()
+        self._dir_fds = {}
+        self._dir_lock = threading.Lock()
+
+    def _warn(self, entry, reason):
+        with self._warn_lock:
+            self.warnings.append((entry.path, reason))
 
     def close(self):
+        with self._dir_lock:
+            for fd in self._dir_fds.values():
+                os.close(fd)
+            self._dir_fds.clear()
         os.close(self.root_fd)
 
     @contextlib.contextmanager
@@ -73,9 +100,11 @@ class TargetWriter:
         parts = components(path)
         if not parts:
             raise UnsafePath("the root itself has no parent")
-        fd = os.dup(self.root_fd)
+        dirs = tuple(parts[:-1])
+        fd, done = self._cached(dirs)
         try:
-            for part in parts[:-1]:
+            for n in range(done, len(dirs)):
+                part = dirs[n]
                 if create:
                     try:
                         os.mkdir(part, 0o755, dir_fd=fd)
@@ -93,9 +122,43 @@ class TargetWriter:
                     raise
                 os.close(fd)
                 fd = child
+                self._remember(dirs[:n + 1], fd)
             yield fd, parts[-1]
         finally:
             os.close(fd)
+
+    # Directories already opened (each checked on the way, O_NOFOLLOW from
+    # the target down), so that a file deep in a tree costs one open, not
+    # one per component.  Callers get a dup; the cache keeps its own fd.
+    MAX_CACHED_DIRS = 256
+
+    def _cached(self, dirs):
+        """(a dup of the fd of the longest cached prefix of ``dirs``, its length)."""
+        with self._dir_lock:
+            for n in range(len(dirs), 0, -1):
+                fd = self._dir_fds.get(dirs[:n])
+                if fd is not None:
+                    return os.dup(fd), n
+            return os.dup(self.root_fd), 0
+
+    def _remember(self, dirs, fd):
+        with self._dir_lock:
+            if dirs in self._dir_fds:
+                return
+            if len(self._dir_fds) >= self.MAX_CACHED_DIRS:
+                for cached in self._dir_fds.values():
+                    os.close(cached)
+                self._dir_fds.clear()
+            self._dir_fds[dirs] = os.dup(fd)
+
+    def matches(self, entry):
+        """Whether the target already holds this regular file: same size and mtime."""
+        try:
+            with self.parent(entry.path, create=False) as (fd, name):
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except (OSError, UnsafePath):
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
 
     def _exists(self, fd, name):
         try:
@@ -104,12 +167,36 @@ class TargetWriter:
         except FileNotFoundError:
             return False
 
+    def _set_xattrs(self, target, entry, follow):
+        for name, value in entry.xattrs:
+            try:
+                os.setxattr(target, name, value, follow_symlinks=follow)
+            except OSError as e:
+                # Without root, trusted.* and security.* cannot be set; a
+                # file system without xattrs refuses them all.  The file
+                # itself is still restored: say what is missing.
+                self._warn(entry, f"extended attribute {os.fsdecode(name)!r} not set: {e.strerror}")
+
+    def _set_metadata_fd(self, fd, entry):
+        """Metadata of an open regular file or directory."""
+        if self.as_root:
+            os.chown(fd, _uid(entry.user, entry.uid), _gid(entry.group, entry.gid))
+        os.chmod(fd, stat.S_IMODE(entry.mode))
+        if entry.xattrs:
+            self._set_xattrs(fd, entry, True)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+
     def _set_metadata(self, fd, name, entry, is_link=False):
+        """Metadata of a symlink or special file, by name under ``fd``, never following."""
         if self.as_root:
             os.chown(name, _uid(entry.user, entry.uid), _gid(entry.group, entry.gid),
                      dir_fd=fd, follow_symlinks=False)
         if not is_link:
-            os.chmod(name, entry.mode, dir_fd=fd)
+            os.chmod(name, stat.S_IMODE(entry.mode), dir_fd=fd)
+        if entry.xattrs:
+            # setxattr has no dir_fd form: name the object through the
+            # directory's descriptor, without following the last component.
+            self._set_xattrs(b"/proc/self/fd/%d/%s" % (fd, name), entry, False)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=fd, follow_symlinks=False)
 
     def make_dir(self, entry):
@@ -128,7 +215,50 @@ class TargetWriter:
         if entry.path == b"/":
             return
         with self.parent(entry.path, create=False) as (fd, name):
-            self._set_metadata(fd, name, entry)
+            dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=fd)
+            try:
+                self._set_metadata_fd(dfd, entry)
+            finally:
+                os.close(dfd)
+
+    def verify_file(self, entry):
+        """
+        Read a restored regular file back and check it against the entry:
+        each blob's SHA-256 at its offset, the whole file's SHA-256 when the
+        log has it, the inline content.  Raises VerifyFailed.
+        """
+        with self.parent(entry.path, create=False) as (fd, name):
+            ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                          dir_fd=fd)
+            try:
+                if not stat.S_ISREG(os.fstat(ffd).st_mode):
+                    raise VerifyFailed("is not a regular file")
+                whole = hashlib.sha256()
+                if entry.inline is not None:
+                    pieces = [(hashlib.sha256(entry.inline).hexdigest(), len(entry.inline))]
+                else:
+                    pieces = entry.blobs
+                offset = 0
+                for expected, size in pieces:
+                    piece = hashlib.sha256()
+                    done = 0
+                    while done < size:
+                        data = os.pread(ffd, min(READ_BLOCK, size - done), offset + done)
+                        if not data:
+                            raise VerifyFailed(f"is shorter than {entry.size} bytes")
+                        piece.update(data)
+                        whole.update(data)
+                        done += len(data)
+                    if piece.hexdigest() != expected:
+                        raise VerifyFailed(f"bytes {offset}-{offset + size} do not match their SHA-256")
+                    offset += size
+                if os.pread(ffd, 1, offset):
+                    raise VerifyFailed(f"is longer than {entry.size} bytes")
+                if entry.sha256 and whole.hexdigest() != entry.sha256:
+                    raise VerifyFailed("does not match the SHA-256 of the whole file")
+            finally:
+                os.close(ffd)
 
     def open_file(self, entry):
         """
@@ -172,6 +302,12 @@ class TargetWriter:
                 return True
 
     def make_special(self, entry):
+        """A FIFO or device node (devices need root).  Sockets are not
+        restored: the program that serves one makes it again."""
+        if entry.kind == SOCKET:
+            return False
+        if entry.kind in (CHARDEV, BLOCKDEV) and not self.as_root:
+            raise OSError(errno.EPERM, "device nodes are restored only when running as root")
         with self.parent(entry.path) as (fd, name):
             if self._exists(fd, name):
                 if not self.overwrite:
@@ -179,9 +315,9 @@ class TargetWriter:
                 os.unlink(name, dir_fd=fd)
             kinds = {FIFO: stat.S_IFIFO, CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK}
             if entry.kind == FIFO:
-                os.mkfifo(name, entry.mode, dir_fd=fd)
+                os.mkfifo(name, stat.S_IMODE(entry.mode), dir_fd=fd)
             else:
-                os.mknod(name, kinds[entry.kind] | entry.mode, entry.rdev, dir_fd=fd)
+                os.mknod(name, kinds[entry.kind] | stat.S_IMODE(entry.mode), entry.rdev, dir_fd=fd)
             self._set_metadata(fd, name, entry)
             return True
 
@@ -199,6 +335,27 @@ class _OpenFile:
         self.entry = entry
 
     def write(self, offset, data):
+        """Write ``data`` at ``offset``; the entry's holes are left unwritten (where
+        the data is zeros there, as it must be), so they stay holes."""
+        holes = getattr(self.entry, "holes", ())
+        if not holes:
+            return self._pwrite(offset, data)
+        view = memoryview(data)
+        end = offset + len(view)
+        start = offset
+        for hole_start, hole_length in holes:
+            hole_end = hole_start + hole_length
+            if hole_end <= start or hole_start >= end:
+                continue
+            a, b = max(hole_start, start), min(hole_end, end)
+            gap = view[a - offset:b - offset]
+            if gap.tobytes().count(0) != len(gap):
+                continue  # not zeros: write it as data
+            self._pwrite(start, view[start - offset:a - offset])
+            start = b
+        self._pwrite(start, view[start - offset:])
+
+    def _pwrite(self, offset, data):
         view = memoryview(data)
         while view:
             n = os.pwrite(self.fd, view, offset)
@@ -208,9 +365,9 @@ class _OpenFile:
     def commit(self):
         try:
             os.ftruncate(self.fd, self.entry.size)
+            self.writer._set_metadata_fd(self.fd, self.entry)
             os.close(self.fd)
             self.fd = None
-            self.writer._set_metadata(self.dir_fd, self.tmp, self.entry)
             os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         finally:
             self._close()

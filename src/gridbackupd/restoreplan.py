@@ -21,9 +21,11 @@ class FileJob:
 
     entry: object
     remaining: int
+    direct: tuple = ()  # (file offset, hash, bytes) of blobs the index holds inline
     out: object = None
     failed: bool = False
     skipped: bool = False
+    done: bool = False
 
 
 @attr.frozen
@@ -51,7 +53,9 @@ class Span:
 def plan(files, locate):
     """
     files: Entries of regular files; locate(hash) -> (cap, offset, length,
-    compression) or None.  Returns (jobs, spans, pending entries).
+    compression), the blob's bytes (a very small blob the index holds
+    inline), or None (not uploaded yet).  Returns (jobs, spans, pending
+    entries); a job's ``remaining`` counts its blobs in packs only.
     """
     by_pack = {}
     jobs = []
@@ -61,10 +65,20 @@ def plan(files, locate):
         if any(loc is None for loc in locations):
             pending.append(entry)
             continue
-        job = FileJob(entry, remaining=len(entry.blobs))
+        direct = []
+        file_offset = 0
+        for (h, size), location in zip(entry.blobs, locations):
+            if isinstance(location, (bytes, bytearray, memoryview)):
+                direct.append((file_offset, h, bytes(location)))
+            file_offset += size
+        job = FileJob(entry, remaining=len(entry.blobs) - len(direct), direct=tuple(direct))
         jobs.append(job)
         file_offset = 0
-        for (h, size), (cap, offset, length, compression) in zip(entry.blobs, locations):
+        for (h, size), location in zip(entry.blobs, locations):
+            if isinstance(location, (bytes, bytearray, memoryview)):
+                file_offset += size
+                continue
+            cap, offset, length, compression = location
             key = (offset, length, h)
             pack = by_pack.setdefault(cap, {})
             if key not in pack:

@@ -12,20 +12,22 @@ import os
 import secrets
 
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from . import db as dbmod
-from .api import make_site
+from .api import endpoint_description, make_site
+from .api import listen as api_listen
 from .backup import BackupJobs
 from .chunker import ChunkParams
 from .errors import APIError, GridBackupError, TahoeError
 from .handlers import router
 from .localgrid import LocalGrid
 from .publisher import Publisher, settings_document
+from .queue import Weights
+from .recover import is_read_only, mark_pending, needs_recovery, recover_state
 from .restore import Restorer
 from .tahoe import TahoeClient
 from .uploader import Uploader
@@ -89,6 +91,9 @@ class GridBackupDaemon(MultiService):
         self._grid_poll = None
         self._schedule = None
         self._ready = None
+        self.read_only = False  # the root cap gives read access only
+        self.recovering = False  # rebuilding the local state from the grid
+        self.recovery = None  # what the last recovery found (RecoveryReport.as_dict())
         self.snapshot_waiters = Waiters()
         if config.tahoe.embedded:
             self.grid = LocalGrid(
@@ -106,7 +111,15 @@ class GridBackupDaemon(MultiService):
         os.makedirs(self.config.state_dir, exist_ok=True)
         self.private_dir, self.token = ensure_private_dir(self.config.state_dir)
         self.db_path = os.path.join(self.config.state_dir, "state.sqlite")
+        fresh = not os.path.exists(self.db_path)
         self.conn = dbmod.open_database(self.db_path)
+        # A root cap without a database: this is a new machine (or a lost
+        # state_dir); rebuild the state from the grid before the first scan.
+        existing_cap = read_private(os.path.join(self.private_dir, "rootcap"))
+        self.read_only = existing_cap is not None and is_read_only(existing_cap)
+        if existing_cap is not None and fresh:
+            mark_pending(self.conn)
+        self.recovering = needs_recovery(self.conn)
         self.pool = ThreadPool(minthreads=0, maxthreads=WORKER_THREADS, name="gridbackup-work")
         self.pool.start()
         self.jobs = BackupJobs(
@@ -121,21 +134,18 @@ class GridBackupDaemon(MultiService):
         self.restorer.recover_interrupted()
         super().startService()
         self._listen()
-        self._start_schedule()
+        if not self.recovering and not self.read_only:
+            self._start_schedule()
         self._ready = Deferred.fromCoroutine(self._start_grid_side())
         self._ready.addErrback(self._start_failed)
 
     def _listen(self):
         self.site = make_site(router, self, self.token)
-        endpoint = endpoints.serverFromString(self.reactor, self.config.api_listen)
-        d = endpoint.listen(self.site)
+        d = api_listen(self.reactor, self.config.api_listen, self.site)
 
         def listening(port):
             self.port = port
-            address = port.getHost()
-            description = getattr(address, "name", None) or f"tcp:{address.port}:interface={address.host}"
-            if isinstance(description, bytes):
-                description = description.decode()
+            description = endpoint_description(port)
             with open(os.path.join(self.config.state_dir, "api_endpoint"), "w") as f:
                 f.write(str(description) + "\n")
             self.log.info("API listening on {where}", where=description)
@@ -172,14 +182,33 @@ class GridBackupDaemon(MultiService):
         self.client = TahoeClient(node_url, clock=self.reactor, min_servers=self.config.tahoe.shares_happy)
         await self._wait_for_grid()
         rootcap = await self._root_cap()
+        if self.recovering:
+            self.state = "recovering"
+            self.log.info("no local state: recovering it from the grid")
+            report = await recover_state(self.reactor, self.conn, self.db_path, self.client, rootcap,
+                                         os.path.join(self.config.state_dir, "logs"), self.pool)
+            self.recovery = report.as_dict()
+            self.recovering = False
+            if not self.read_only:
+                self._start_schedule()
+        if self.read_only:
+            # A read-only root cap: list and restore, never write.
+            self._start_read_only(node_url)
+            return
+        up = self.config.upload
         self.publisher = Publisher(self.conn, self.client, settings_document(
-            ChunkParams(), self.config.backup.tiny_max, self.config.backup.chunk_threshold),
-            self.snapshot_waiters)
+            ChunkParams(), self.config.backup.tiny_max, self.config.backup.chunk_threshold,
+            up.inline_max),
+            self.snapshot_waiters, host=self.config.hostname)
         await self.publisher.ensure_layout(rootcap)
         self.uploader = Uploader(
             self.reactor, self.conn, self.client, self.publisher, self.pool,
             os.path.join(self.config.state_dir, "packs"),
-            pack_size=self.config.upload.pack_size, parallel=self.config.upload.parallel,
+            pack_size=up.pack_size, parallel=up.parallel, inline_max=up.inline_max,
+            max_rate=up.max_rate,
+            weights=Weights(up.weight_recency, up.weight_small, up.weight_user, up.weight_age,
+                            up.user_roots),
+            spool_dir=os.path.join(self.config.state_dir, "spool"),
         )
         self.uploader.start()
         self._grid_poll = LoopingCall(self._poll_grid)
@@ -189,6 +218,14 @@ class GridBackupDaemon(MultiService):
         self.log.info("ready: grid at {url}", url=node_url)
         self.restorer.kick()
         self.jobs.kick()
+
+    def _start_read_only(self, node_url):
+        self._grid_poll = LoopingCall(self._poll_grid)
+        self._grid_poll.clock = self.reactor
+        self._grid_poll.start(GRID_POLL, now=False)
+        self.state = "ready"
+        self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
+        self.restorer.kick()
 
     async def _wait_for_grid(self):
         """Wait, however long it takes, until enough storage servers are connected."""
@@ -273,10 +310,8 @@ class GridBackupDaemon(MultiService):
         return self.snapshot_waiters.wait(snapshot_id)
 
     def wait_for_restore(self, restore_id):
-        row = self.conn.execute("SELECT state FROM restores WHERE id = ?", (restore_id,)).fetchone()
-        if row is not None and row[0] in ("done", "failed"):
-            return succeed(row[0])
-        return self.restorer.waiters.wait(restore_id)
+        """Fires with the end state of a restore: done, failed or cancelled."""
+        return self.restorer.wait(restore_id)
 
     def _client(self):
         if self.client is None:
@@ -286,6 +321,16 @@ class GridBackupDaemon(MultiService):
     def require_ready(self):
         if self.jobs is None:
             raise APIError(503, "starting", "the daemon is still starting")
+
+    def require_writable(self):
+        """For requests that would write to the backup set (a backup)."""
+        self.require_ready()
+        if self.read_only:
+            raise APIError(403, "read_only",
+                           "the root cap is read-only: this daemon lists and restores, it never backs up")
+        if self.recovering:
+            raise APIError(503, "recovering",
+                           "the daemon is rebuilding its state from the grid; back up when it is ready")
 
     def _scanned(self, snapshot_id):
         if self.uploader is not None:

@@ -48,6 +48,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KNOWN_FLAGS",
     "MAX_BLOBS",
+    "MAX_HOLES",
     "MAX_LINE_LENGTH",
     "MAX_WINDOW_SIZE",
     "LogFormatError",
@@ -57,6 +58,7 @@ __all__ = [
     "merge_records",
     "path_key",
     "read_log",
+    "read_partial",
     "validate_path",
     "write_log",
 ]
@@ -125,13 +127,23 @@ _ENTRY_REQUIRED = frozenset(
         "rdev",
     ]
 )
-_ENTRY_OPTIONAL = frozenset(["target", "inline", "blobs", "sha256", "xattrs", "flags"])
+_ENTRY_OPTIONAL = frozenset(
+    ["target", "inline", "blobs", "sha256", "xattrs", "flags", "holes"]
+)
+
+# Holes of one sparse file, all on its entry line: at most this many
+# (2**14 pairs of 19-digit integers take about 690 KB, so they fit the line
+# limit with a long path beside them).  A scanner that finds more records
+# none: holes are an optimization, the content covers them as zeros.
+MAX_HOLES = 1 << 14
 _ENTRY_ALLOWED = _ENTRY_REQUIRED | _ENTRY_OPTIONAL
+_ENTRY_REQUIRED_COUNT = len(_ENTRY_REQUIRED)
 _DELETION_KEYS = frozenset(["t", "path"])
 _CONTINUATION_KEYS = frozenset(["t", "blobs"])
 _TRAILER_KEYS = frozenset(["t", "records"])
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_B64_CHARS = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 _ID_CHARS = re.compile(r"[^\x00-\x1f\x7f/]+")
 
 
@@ -413,6 +425,9 @@ def _check_entry(entry, blobs_checked=False, blobs_continue=False):
     elif inline is not None or blobs or entry.sha256 is not None:
         raise ValueError(f"a {kind} entry has no content (inline, blobs, sha256)")
 
+    holes = entry.holes
+    if holes != ():
+        _check_holes(holes, kind, entry.size)
     xattrs = entry.xattrs
     flags = entry.flags
     if xattrs == () and flags == ():
@@ -441,6 +456,30 @@ def _check_entry(entry, blobs_checked=False, blobs_continue=False):
         if previous is not None and flag <= previous:
             raise ValueError(f"flags are not strictly increasing at {flag!r}")
         previous = flag
+
+
+def _check_holes(holes, kind, size):
+    """Holes: (offset, length) pairs, in order, apart, inside the file."""
+    if kind != FILE:
+        raise ValueError(f"a {kind} entry has no holes")
+    if type(holes) is not tuple:
+        raise ValueError("holes must be a tuple of (offset, length) pairs")
+    if len(holes) > MAX_HOLES:
+        raise ValueError(f"more than {MAX_HOLES} holes in one entry")
+    end = -1
+    for pair in holes:
+        if type(pair) is not tuple or len(pair) != 2:
+            raise ValueError("a hole must be an (offset, length) pair")
+        offset, length = pair
+        if type(offset) is not int or type(length) is not int:
+            raise ValueError("a hole's offset and length must be integers")
+        if offset < 0 or length < 1:
+            raise ValueError(f"hole ({offset}, {length}) is not an offset >= 0 and a length >= 1")
+        if offset <= end:
+            raise ValueError(f"holes overlap, touch or are out of order at offset {offset}")
+        end = offset + length
+        if end > size:
+            raise ValueError(f"hole ({offset}, {length}) runs past the size {size}")
 
 
 def _json_type(value):
@@ -532,6 +571,8 @@ def _entry_object(entry):
         obj["xattrs"] = [[_encode_bytes(n), _b64(v)] for n, v in entry.xattrs]
     if entry.flags:
         obj["flags"] = list(entry.flags)
+    if entry.holes:
+        obj["holes"] = [[offset, length] for offset, length in entry.holes]
     return obj
 
 
@@ -569,6 +610,7 @@ class LogWriter:
         self._buffer = [first_line]
         self._buffered = len(first_line)
         self._last_key = None
+        self._last_path = None
         self._closed = False
         self.records = 0
 
@@ -594,12 +636,34 @@ class LogWriter:
         else:
             line = _encode_line({"t": "d", "path": _encode_bytes(record.path)}, "a deletion")
         self._last_key = key
+        self._last_path = record.path
         self.records += 1
         self._write(line)
         blobs = record.blobs if type(record) is Entry else ()
         for start in range(BLOBS_PER_LINE, len(blobs), BLOBS_PER_LINE):
             part = _blob_list(blobs[start : start + BLOBS_PER_LINE])
             self._write(_encode_line({"t": "b", "blobs": part}, "blob references"))
+
+    def checkpoint(self):
+        """
+        Make everything added so far readable from the file as it is: end
+        a zstd block (not the frame) and flush.  Returns the file offset up
+        to which ``read_partial`` reads the records added so far.  The log
+        goes on; a scan killed after this resumes from here.
+        """
+        if self._closed:
+            raise ValueError("the log is closed")
+        self._flush_buffer()
+        self._compressor.flush(zstandard.FLUSH_BLOCK)
+        flush = getattr(self._fileobj, "flush", None)
+        if flush is not None:
+            flush()
+        return self._fileobj.tell()
+
+    @property
+    def last_path(self):
+        """The path of the last record added, or None."""
+        return self._last_path
 
     def _write(self, line):
         self._buffer.append(line)
@@ -791,6 +855,7 @@ def _unique_keys(pairs):
 
 
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+_SCAN_ONCE = _DECODER.scan_once
 
 
 def _decode_b64(text, what):
@@ -798,10 +863,14 @@ def _decode_b64(text, what):
         raise ValueError(f"{what} must be a base64 string, not {_json_type(text)}")
     try:
         raw = text.encode("ascii")
-        data = base64.b64decode(raw, validate=True)
+        data = binascii.a2b_base64(raw)
     except (UnicodeEncodeError, binascii.Error):
         raise ValueError(f"{what} is not valid base64") from None
-    if base64.b64encode(data) != raw:
+    # Canonical: re-encoding gives the same text.  This also rejects what
+    # a2b_base64 skips over (characters outside the alphabet, whitespace).
+    if binascii.b2a_base64(data, newline=False) != raw:
+        if not _B64_CHARS.fullmatch(raw):
+            raise ValueError(f"{what} is not valid base64")
         raise ValueError(f"{what} is not canonical base64")
     return data
 
@@ -900,51 +969,76 @@ def _decode_header(obj):
     return header
 
 
+_MISSING = object()
+
+
 def _decode_entry(obj):
     _check_keys(obj, _ENTRY_REQUIRED, _ENTRY_ALLOWED, "entry")
     kind = obj["kind"]
     if type(kind) is not str or kind not in KINDS:
         raise ValueError(f"unknown entry kind {kind!r}")
-    target = obj.get("target")
-    if target is not None:
-        target = _decode_bytes(target, "target")
-    elif "target" in obj:
-        raise ValueError("target must not be null")
-    inline = obj.get("inline")
-    if inline is not None:
-        inline = _decode_b64(inline, "inline content")
-    elif "inline" in obj:
-        raise ValueError("inline must not be null")
-    blobs = ()
-    if "blobs" in obj:
-        blobs = _decode_blob_refs(obj["blobs"])
-    sha256 = obj.get("sha256")
-    if sha256 is None and "sha256" in obj:
-        raise ValueError("sha256 must not be null")
-    xattrs = ()
-    if "xattrs" in obj:
-        value = obj["xattrs"]
-        if type(value) is not list or not value:
-            raise ValueError("xattrs must be a non-empty array")
-        pairs = []
-        for pair in value:
-            if type(pair) is not list or len(pair) != 2:
-                raise ValueError("an xattr must be a [name, base64 value] array")
-            pairs.append(
-                (
-                    _decode_bytes(pair[0], "an xattr name"),
-                    _decode_b64(pair[1], "an xattr value"),
+    path = obj["path"]
+    if type(path) is str:
+        try:
+            path = path.encode("utf-8")
+        except UnicodeEncodeError:
+            path = _decode_bytes(path, "path")  # says what is wrong
+    else:
+        path = _decode_bytes(path, "path")
+    target = inline = sha256 = None
+    blobs = xattrs = flags = holes = ()
+    if len(obj) > _ENTRY_REQUIRED_COUNT:  # optional keys (checked: all known)
+        get = obj.get
+        value = get("target", _MISSING)
+        if value is not _MISSING:
+            if value is None:
+                raise ValueError("target must not be null")
+            target = _decode_bytes(value, "target")
+        value = get("inline", _MISSING)
+        if value is not _MISSING:
+            if value is None:
+                raise ValueError("inline must not be null")
+            inline = _decode_b64(value, "inline content")
+        value = get("blobs", _MISSING)
+        if value is not _MISSING:
+            blobs = _decode_blob_refs(value)
+        value = get("sha256", _MISSING)
+        if value is not _MISSING:
+            if value is None:
+                raise ValueError("sha256 must not be null")
+            sha256 = value
+        value = get("xattrs", _MISSING)
+        if value is not _MISSING:
+            if type(value) is not list or not value:
+                raise ValueError("xattrs must be a non-empty array")
+            pairs = []
+            for pair in value:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("an xattr must be a [name, base64 value] array")
+                pairs.append(
+                    (
+                        _decode_bytes(pair[0], "an xattr name"),
+                        _decode_b64(pair[1], "an xattr value"),
+                    )
                 )
-            )
-        xattrs = tuple(pairs)
-    flags = ()
-    if "flags" in obj:
-        value = obj["flags"]
-        if type(value) is not list or not value:
-            raise ValueError("flags must be a non-empty array")
-        flags = tuple(value)
+            xattrs = tuple(pairs)
+        value = get("flags", _MISSING)
+        if value is not _MISSING:
+            if type(value) is not list or not value:
+                raise ValueError("flags must be a non-empty array")
+            flags = tuple(value)
+        value = get("holes", _MISSING)
+        if value is not _MISSING:
+            if type(value) is not list or not value:
+                raise ValueError("holes must be a non-empty array")
+            pairs = []
+            for pair in value:
+                if type(pair) is not list or len(pair) != 2:
+                    raise ValueError("a hole must be an [offset, length] array")
+                pairs.append((pair[0], pair[1]))
+            holes = tuple(pairs)
     entry = Entry(
-        path=_decode_bytes(obj["path"], "path"),
+        path=path,
         kind=kind,
         mode=obj["mode"],
         uid=obj["uid"],
@@ -963,6 +1057,7 @@ def _decode_entry(obj):
         sha256=sha256,
         xattrs=xattrs,
         flags=flags,
+        holes=holes,
     )
     _check_entry(entry, blobs_checked=True, blobs_continue=len(blobs) == BLOBS_PER_LINE)
     return entry
@@ -981,11 +1076,16 @@ class LogReader:
     that the log was complete.  ``fileobj`` is never closed.
     """
 
-    def __init__(self, fileobj):
-        self._source = _FrameSource(fileobj)
-        self._stream = zstandard.ZstdDecompressor(
-            max_window_size=MAX_WINDOW_SIZE
-        ).stream_reader(self._source, read_size=_READ_SIZE, closefd=False)
+    def __init__(self, fileobj, _partial_length=None):
+        self._partial = _partial_length is not None
+        if self._partial:
+            self._source = _PartialSource(fileobj, _partial_length)
+            self._stream = _PartialStream(self._source)
+        else:
+            self._source = _FrameSource(fileobj)
+            self._stream = zstandard.ZstdDecompressor(
+                max_window_size=MAX_WINDOW_SIZE
+            ).stream_reader(self._source, read_size=_READ_SIZE, closefd=False)
         self._lines = self._read_lines()
         self._lineno = 0
         self._started = False
@@ -1038,7 +1138,16 @@ class LogReader:
         if line is None:
             return None
         try:
-            obj = _DECODER.decode(line.decode("utf-8"))
+            text = line.decode("utf-8")
+            # The common case, a compact line, without decode()'s wrapping;
+            # anything else (whitespace around, an error) goes through
+            # decode() for its exact behaviour and message.
+            try:
+                obj, end = _SCAN_ONCE(text, 0)
+            except StopIteration:
+                end = -1
+            if end != len(text):
+                obj = _DECODER.decode(text)
         except UnicodeDecodeError:
             raise self._fail("not valid UTF-8") from None
         except RecursionError:
@@ -1074,6 +1183,10 @@ class LogReader:
         while True:
             obj = self._next_object()
             if obj is None:
+                if self._partial:
+                    if pending is not None:
+                        yield self._complete(pending, blobs, pending_line)
+                    return
                 raise self._fail("the log is truncated (no trailer)", self._lineno + 1)
             tag = obj.get("t")
             if tag == "b":
@@ -1139,6 +1252,54 @@ class LogReader:
         return attr.evolve(entry, blobs=blobs)
 
 
+class _PartialSource:
+    """The first ``length`` bytes of a log being written, as a frame source."""
+
+    error = None
+
+    def __init__(self, fileobj, length):
+        self._fileobj = fileobj
+        self._left = length
+
+    def read(self, size):
+        data = self._fileobj.read(min(size, self._left)) if self._left > 0 else b""
+        self._left -= len(data)
+        return data
+
+    def finish(self):
+        pass
+
+
+class _PartialStream:
+    """Decompress the start of a zstd frame that has no end yet."""
+
+    def __init__(self, source):
+        self._source = source
+        self._decompressor = zstandard.ZstdDecompressor(
+            max_window_size=MAX_WINDOW_SIZE
+        ).decompressobj()
+
+    def read(self, size):
+        while True:
+            data = self._source.read(_READ_SIZE)
+            if not data:
+                return b""
+            out = self._decompressor.decompress(data)
+            if out:
+                return out
+
+
+def read_partial(fileobj, length):
+    """
+    ``(header, records)`` of a log still being written, from its first
+    ``length`` bytes (an offset ``LogWriter.checkpoint`` returned): the
+    records are checked as strictly as in a whole log, but there is no
+    trailer and no end of frame to check.
+    """
+    reader = LogReader(fileobj, _partial_length=length)
+    return reader.header, iter(reader)
+
+
 def read_log(fileobj):
     """Return ``(header, records)``: a log's header and an iterator of its records."""
     reader = LogReader(fileobj)
@@ -1157,6 +1318,14 @@ def merge_records(base, *changes):
     deletion of a path the snapshot before it does not have raises
     ``LogFormatError``.
     """
+
+    if not changes:
+        # A full log alone: its records are the entries (it has no deletions).
+        for record in base:
+            if type(record) is Deletion:
+                raise LogFormatError(f"a full log deletes {record.path!r}")
+            yield record
+        return
 
     def keyed(layer, records):
         for record in records:

@@ -1,6 +1,5 @@
 """Index segments, gridbackup.json and the writer lock: exact bytes, strict readers."""
 
-import base64
 import hashlib
 import json
 import os
@@ -144,3 +143,35 @@ class LockTests(SynchronousTestCase):
         lock = self.successResultOf(run(self.client.child_cap(self.root, "lock")))
         doc = parse_lock(self.successResultOf(run(self.client.download(lock))))
         self.assertEqual((doc["writer"], doc["host"]), ("w-two", "beta"))
+
+
+class PublishOrderTests(SynchronousTestCase):
+    """An incremental snapshot's log is linked only after its parent's."""
+
+    def test_child_waits_for_parent(self):
+        client, _ = fake_client()
+        root = self.successResultOf(run(client.mkdir()))
+        base = self.mktemp()
+        conn = dbmod.open_database(os.path.join(base, "state.sqlite"))
+        self.addCleanup(conn.close)
+        settings = settings_document(ChunkParams(), 128, 1048576, 2048)
+        publisher = Publisher(conn, client, settings, writer_id="w", host="h", now=lambda: 1e9)
+        self.successResultOf(run(publisher.ensure_layout(root)))
+        logs = {}
+        for name in ("parent", "child"):
+            logs[name] = os.path.join(base, name + ".log")
+            with open(logs[name], "wb") as f:
+                f.write(name.encode())
+        with dbmod.transaction(conn):
+            conn.execute(
+                "INSERT INTO snapshots (id, state, kind, parent, host, requested, log_path) "
+                "VALUES ('1-parent', 'uploading', 'full', NULL, 'h', 1, ?), "
+                "       ('2-child', 'uploading', 'incremental', '1-parent', 'h', 2, ?)",
+                (logs["parent"], logs["child"]))
+            conn.execute("INSERT INTO blobs (hash, size, state) VALUES (?, 1, 'pending')", (H1,))
+            conn.execute("INSERT INTO snapshot_blobs (snapshot, hash) VALUES ('1-parent', ?)", (H1,))
+        self.assertEqual(self.successResultOf(run(publisher.publish_snapshots())), [])
+        with dbmod.transaction(conn):
+            conn.execute("UPDATE blobs SET state = 'committed'")
+        self.assertEqual(self.successResultOf(run(publisher.publish_snapshots())), ["1-parent"])
+        self.assertEqual(self.successResultOf(run(publisher.publish_snapshots())), ["2-child"])

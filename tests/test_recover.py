@@ -8,7 +8,6 @@ real grid: back up with one, start another with only the root cap.
 """
 
 import hashlib
-import json
 import os
 import stat
 
@@ -358,3 +357,23 @@ class RecoverDaemonTests(TestCase):
             return await read_only_cap(client, rootcap)
         finally:
             await client.close()
+
+
+class WritableTests(SynchronousTestCase):
+    def test_backups_refused_while_recovering_or_read_only(self):
+        from gridbackupd.config import parse_config
+        from gridbackupd.errors import APIError
+        from gridbackupd.service import from_config
+        from tests.test_daemon import write_config
+
+        base = os.path.abspath(self.mktemp())
+        os.makedirs(base)
+        daemon = from_config(reactor, parse_config(write_config(base, "http://127.0.0.1:1/", [base])))
+        daemon.jobs = object()
+        daemon.require_writable()
+        daemon.recovering = True
+        e = self.assertRaises(APIError, daemon.require_writable)
+        self.assertEqual((e.status, e.code), (503, "recovering"))
+        daemon.read_only = True
+        e = self.assertRaises(APIError, daemon.require_writable)
+        self.assertEqual((e.status, e.code), (403, "read_only"))

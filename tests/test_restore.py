@@ -270,8 +270,25 @@ class RestoreTests(TestCase):
         state, status = await self.restore(paths=["/home/shared-1"])
         self.assertEqual((state, status["files_total"], status["files_done"]), ("done", 1, 1))
         self.assertEqual(os.listdir(self.out(b"/home")), [b"shared-1"])
+        # The directory on the way has the snapshot's mode and time.
+        home = os.lstat(self.out(b"/home"))
+        self.assertEqual((stat.S_IMODE(home.st_mode), home.st_mtime_ns), (0o750, T0 + 5))
         with open(self.out(b"/home/shared-1"), "rb") as f:
             self.assertEqual(f.read(), data["shared"])
+
+    def test_hard_link_whose_target_is_not_restored(self):
+        return run(self._lonely_link())
+
+    async def _lonely_link(self):
+        self.standard_set()
+        state, status = await self.restore(paths=["/home/text-again"])
+        self.assertEqual(state, "failed")
+        [error] = status["errors"]
+        self.assertEqual(error["path"], "/home/text-again")
+        self.assertIn("/home/text, which this restore does not include", error["reason"])
+        state, status = await self.restore(paths=["/home/text-again", "/home/text"])
+        self.assertEqual(state, "done", status["errors"])
+        self.assertEqual(os.lstat(self.out(b"/home/text-again")).st_ino, os.lstat(self.out(b"/home/text")).st_ino)
 
     def test_dry_run_writes_nothing(self):
         return run(self._dry_run())

@@ -20,7 +20,6 @@ from gridbackupd import index as indexmod
 from gridbackupd import packer, queue
 from gridbackupd.chunker import ChunkParams
 from gridbackupd.config import parse_config
-from gridbackupd.errors import TahoeError
 from gridbackupd.index import parse_index_segment, settings_document
 from gridbackupd.publisher import Publisher
 from gridbackupd.scanner import NewBlob

@@ -24,7 +24,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from zope.interface import implementer
 
@@ -105,18 +105,11 @@ class APIRequest(server.Request):
         self.content = _Discard()
         # No "100 Continue" after the answer.
         self.requestHeaders.removeHeader(b"expect")
-        body = json.dumps({"error": {
-            "code": "too_large", "message": f"the request body is larger than {MAX_BODY} bytes"}},
-            indent=1, sort_keys=True).encode("utf-8") + b"\n"
         channel = self.channel
         if channel is None or channel.transport is None:
             return
-        channel.transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: application/json\r\n"
-            b"Cache-Control: no-store\r\n"
-            b"Connection: close\r\n"
-            b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
+        _raw_json_error(channel.transport, b"413 Request Entity Too Large", "too_large",
+                        f"the request body is larger than {MAX_BODY} bytes")
         # Whatever the client still sends is dropped unread.
         channel.dataReceived = channel.lineReceived = lambda *args: None
         channel.loseConnection()
@@ -277,9 +270,37 @@ class APIResource(resource.Resource):
         request.finish()
 
 
+def _raw_json_error(transport, status_line, code, message):
+    """Write a whole JSON error answer straight to a transport (no Request to go through)."""
+    body = json.dumps({"error": {"code": code, "message": message}},
+                      indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    transport.write(
+        b"HTTP/1.1 " + status_line + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
+
+
+class APIChannel(http.HTTPChannel):
+    """
+    HTTP/1.1 only (no HTTP/2 negotiation: loopback needs none), and a
+    request that twisted.web cannot even parse (a bad request line or header,
+    headers too large, bad chunked encoding) is answered with a JSON 400,
+    not an empty one.
+    """
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self.transport is not None:
+            _raw_json_error(self.transport, b"400 Bad Request", "bad_http",
+                            "the request is not well-formed HTTP/1.1")
+        self.loseConnection()
+
+
 class APISite(server.Site):
     """A Site that knows its open connections, so that stopping can close them."""
 
+    protocol = APIChannel
     requestFactory = APIRequest
     displayTracebacks = False
     noisy = False

@@ -16,11 +16,20 @@ sorted by ``snapshotlog.path_key``, "after the cursor" is a key comparison.
 import base64
 import binascii
 import contextlib
+import hashlib
 import os
+
+import attr
+import zstandard
 
 from . import chain, snapshotlog
 from .errors import APIError
 from .model import FILE, HARDLINK
+from .packer import decode_blob
+
+# A content request fetches neighbouring blobs of one pack in one ranged
+# GET, up to this many bytes.
+MAX_RUN = 8 * 1024 * 1024
 
 MAX_CHAIN = chain.MAX_CHAIN
 
@@ -311,3 +320,70 @@ def figures(paths_a, paths_b):
                 elif change == "added" or old.kind != FILE or old.blobs != new.blobs or old.inline != new.inline:
                     counts["bytes_added"] += new.size
     return counts
+
+
+# -- one file's content ---------------------------------------------------------
+
+
+@attr.frozen
+class Run:
+    """
+    Blobs of a file fetched together: a byte range ``[start, end)`` of one
+    pack (``cap``), or one blob the index holds inline (``cap`` None, its
+    bytes in ``inline``).  ``blobs`` are ``(hash, size, offset, length,
+    compression)`` in file order.
+    """
+
+    cap: str | None = attr.field(repr=False)
+    start: int
+    end: int
+    blobs: tuple
+    inline: bytes | None = None
+
+
+def content_runs(locations, max_run=MAX_RUN):
+    """
+    ``locations``: ``(hash, size, location)`` in file order, where location
+    is what ``Restorer._locate`` gives (``(cap, offset, length,
+    compression)`` or inline bytes).  Yields the Runs that fetch them, in
+    order; a blob that starts where the one before it ended in the same pack
+    joins its run.
+    """
+    current = None
+    for blob_hash, size, location in locations:
+        if isinstance(location, bytes):
+            if current is not None:
+                yield current
+                current = None
+            yield Run(None, 0, len(location), ((blob_hash, size, 0, len(location), "none"),), location)
+            continue
+        cap, offset, length, compression = location
+        blob = (blob_hash, size, offset, length, compression)
+        if (current is not None and current.cap == cap and current.end == offset
+                and offset + length - current.start <= max_run):
+            current = attr.evolve(current, end=offset + length, blobs=current.blobs + (blob,))
+            continue
+        if current is not None:
+            yield current
+        current = Run(cap, offset, offset + length, (blob,))
+    if current is not None:
+        yield current
+
+
+class CorruptContent(Exception):
+    """Content fetched from the grid is not what the snapshot says."""
+
+
+def decode_run(run, stored, start):
+    """A run's plaintext, each blob decompressed and checked against its SHA-256 (worker thread)."""
+    parts = []
+    for blob_hash, size, offset, length, compression in run.blobs:
+        piece = stored[offset - start:offset - start + length]
+        try:
+            data = decode_blob(piece, compression, size)
+        except (ValueError, zstandard.ZstdError) as e:
+            raise CorruptContent(f"blob {blob_hash[:12]} cannot be decoded: {e}") from None
+        if hashlib.sha256(data).hexdigest() != blob_hash:
+            raise CorruptContent(f"blob {blob_hash[:12]} does not match its SHA-256")
+        parts.append(data)
+    return b"".join(parts)

@@ -6,10 +6,13 @@ Handlers read the daemon's parts (``daemon.conn``, ``daemon.jobs``,
 is a short SQLite read, and long work is only queued.
 """
 
+import collections
+import itertools
 import json
 import os
 import time
 
+from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from . import browse, metrics
@@ -20,6 +23,7 @@ from .restore import _decode_checked, check_snapshot_spec
 
 PAGE = 1000
 MAX_PAGE = 10000
+CONTENT_AHEAD = 4
 
 router = Router()
 
@@ -104,6 +108,20 @@ async def get_snapshot(daemon, request, snapshot_id):
 _FIGURES_CACHE = {}
 
 
+async def _result_or_error(coro):
+    try:
+        return await coro
+    except Exception as e:
+        return e
+
+
+def _shared(d):
+    """A Deferred with d's result (d never fails) that leaves it in place for the next waiter."""
+    result = Deferred()
+    d.addCallback(lambda r: result.callback(r) or r)
+    return result
+
+
 async def _reading(daemon, fn, *args):
     """Run a log-reading function of browse.py in a worker thread; a bad log is a JSON 500."""
     try:
@@ -123,18 +141,24 @@ async def _figures(daemon, snapshot_id, doc):
     ).fetchone()
     parent = parent[0] if parent else None
     key = (daemon.config.state_dir, parent, snapshot_id)
-    if key not in _FIGURES_CACHE:
+    cached = _FIGURES_CACHE.get(key)
+    if cached is None:
         try:
             logs = browse.log_chain(daemon.conn, snapshot_id)
             parent_logs = browse.log_chain(daemon.conn, parent) if parent else None
         except APIError:
             return None
-        counts = await _reading(daemon, browse.figures, parent_logs, logs)
-        counts["parent"] = parent
         if len(_FIGURES_CACHE) > 256:
             _FIGURES_CACHE.clear()
-        _FIGURES_CACHE[key] = counts
-    result = dict(_FIGURES_CACHE[key])
+        # Requests that come while the logs are read wait for the same reading.
+        cached = _FIGURES_CACHE[key] = Deferred.fromCoroutine(
+            _result_or_error(_reading(daemon, browse.figures, parent_logs, logs)))
+    counts = await _shared(cached)
+    if isinstance(counts, Exception):
+        # The snapshot is still worth showing without its figures.
+        _FIGURES_CACHE.pop(key, None)
+        return None
+    result = dict(counts, parent=parent)
     result["errors"] = doc["error_count"]
     return result
 
@@ -190,20 +214,39 @@ async def get_content(daemon, request, snapshot_id):
     request.setHeader(b"content-length", str(entry.size).encode("ascii"))
     request.setHeader(b"cache-control", b"no-store")
     pacer = Pacer(request)
-    for blob_hash, size, location in locations:
-        if isinstance(location, bytes):
-            data = await deferToThreadPool(
-                daemon.reactor, daemon.pool, _decode_checked, location, "none", size, blob_hash)
+
+    async def fetch(run):
+        """One run's blobs, checked, in file order."""
+        if run.cap is None:
+            stored, start = run.inline, 0
         else:
-            cap, offset, length, compression = location
+            start = run.start
             try:
-                stored = await client.download(cap, offset, length)
+                stored = await client.download(run.cap, run.start, run.end - run.start)
             except TahoeError as e:
                 # A JSON 502 if nothing was sent yet; else the connection drops.
                 raise APIError(502, "grid_error", f"cannot fetch the content from the grid: {e}")
-            data = await deferToThreadPool(
-                daemon.reactor, daemon.pool, _decode_checked, stored, compression, size, blob_hash)
-        await pacer.write(data)
+        try:
+            return await deferToThreadPool(daemon.reactor, daemon.pool, browse.decode_run, run, stored, start)
+        except (browse.CorruptContent, ValueError) as e:
+            raise APIError(502, "corrupt_content", f"{os.fsdecode(path)!r}: {e}")
+
+    # Up to CONTENT_AHEAD runs are fetched while the one before is written:
+    # the grid's latency overlaps, and memory stays at a few runs.
+    runs = iter(browse.content_runs(locations))
+    ahead = collections.deque()
+    try:
+        for run in itertools.islice(runs, CONTENT_AHEAD):
+            ahead.append(Deferred.fromCoroutine(fetch(run)))
+        while ahead:
+            data = await ahead.popleft()
+            for run in itertools.islice(runs, 1):
+                ahead.append(Deferred.fromCoroutine(fetch(run)))
+            await pacer.write(data)
+    finally:
+        for d in ahead:
+            d.addErrback(lambda f: None)
+            d.cancel()
     pacer.finish()
     return STREAMED
 

@@ -219,7 +219,11 @@ class Publisher:
             "SELECT s.id, s.log_path FROM snapshots s WHERE s.state = 'uploading' AND NOT EXISTS ("
             "  SELECT 1 FROM snapshot_blobs sb JOIN blobs b ON b.hash = sb.hash "
             "  WHERE sb.snapshot = s.id AND b.state IN ('pending', 'uploaded')"
-            ") ORDER BY s.id"
+            # An incremental log is only worth linking once its parent's is:
+            # a new machine reads the chain from the grid.
+            ") AND (s.parent IS NULL OR EXISTS ("
+            "  SELECT 1 FROM snapshots p WHERE p.id = s.parent AND p.log_cap IS NOT NULL"
+            ")) ORDER BY s.id"
         ).fetchall()
         for snapshot_id, log_path in ready:
             await self.lock.acquire()

@@ -46,7 +46,7 @@ class RestoreProgress:
     files_verified: int | None = None
 
 
-def selected(path, wanted):
+def within(path, wanted):
     """Whether ``path`` is one of ``wanted`` or below one of them."""
     if not wanted:
         return True
@@ -54,6 +54,18 @@ def selected(path, wanted):
         if path == w or path.startswith(w.rstrip(b"/") + b"/"):
             return True
     return False
+
+
+def selected(path, wanted):
+    """
+    Whether a restore of ``wanted`` reads the entry at ``path``: one of them,
+    below one, or above one (a directory on the way, whose mode and times
+    the restore sets as the snapshot has them; ``run`` keeps only the
+    directories among those).
+    """
+    if within(path, wanted):
+        return True
+    return any(path == b"/" or w.startswith(path + b"/") for w in wanted)
 
 
 def _load_entries(log_path, wanted):
@@ -333,6 +345,8 @@ class Restorer:
             if temporary:
                 os.unlink(log_path)
         self._check_cancelled(progress)
+        if wanted:
+            entries = [e for e in entries if e.kind == DIR or within(e.path, wanted)]
         files = [e for e in entries if e.kind == FILE]
         progress.files_total = len(files)
         progress.bytes_total = sum(e.size for e in files)
@@ -348,6 +362,13 @@ class Restorer:
                 return
             self._check_cancelled(progress)
             makers = {SYMLINK: writer.make_symlink, HARDLINK: writer.make_hardlink}
+            for entry in entries:
+                if entry.kind == HARDLINK and not within(entry.target, wanted):
+                    progress.errors.append({
+                        "path": os.fsdecode(entry.path),
+                        "reason": f"a hard link to {os.fsdecode(entry.target)}, which this restore "
+                                  "does not include: restore that path too"})
+            entries = [e for e in entries if e.kind != HARDLINK or within(e.target, wanted)]
             await self._each(progress, [e for e in entries if e.kind not in (FILE, DIR)],
                              lambda e: makers.get(e.kind, writer.make_special)(e))
             # Directory metadata last, deepest first, so writing into them

@@ -274,25 +274,30 @@ class GridBackupDaemon(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self):
+        """Stop every part, each even if another failed to; the pool and database last."""
         for loop in (self._schedule, self._grid_poll):
             if loop is not None and loop.running:
                 loop.stop()
         if self._ready is not None and not self._ready.called:
             self._ready.cancel()
+        steps = []
         if self.port is not None:
-            await self.port.stopListening()
-            await self.site.close_connections()
-        if self.jobs is not None:
-            await _quietly(self.jobs.stop())
-        if self.uploader is not None:
-            await _quietly(self.uploader.stop())
-        if self.restorer is not None:
-            await _quietly(self.restorer.stop())
+            steps += [self.port.stopListening, self.site.close_connections]
+        for part in (self.jobs, self.uploader, self.restorer):
+            if part is not None:
+                steps.append(part.stop)
         if self.client is not None:
-            await self.client.close()
-        await super().stopService()
-        self.pool.stop()
-        self.conn.close()
+            steps.append(self.client.close)
+        steps.append(super().stopService)
+        try:
+            for step in steps:
+                try:
+                    await _as_deferred(step())
+                except Exception:
+                    self.log.failure("while stopping: {step}", step=getattr(step, "__qualname__", step))
+        finally:
+            self.pool.stop()
+            self.conn.close()
 
     # -- for the API and for tests ----------------------------------------------
 
@@ -345,13 +350,13 @@ class GridBackupDaemon(MultiService):
         }
 
 
-async def _quietly(d):
-    if d is None:
-        return
-    try:
-        await d
-    except Exception:
-        pass
+async def _as_deferred(result):
+    """Await what a stop method returned: a Deferred, a coroutine or nothing."""
+    if result is None:
+        return None
+    if hasattr(result, "__await__"):
+        return await result
+    return result
 
 
 def preflight(config):

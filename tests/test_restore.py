@@ -344,6 +344,14 @@ class RestoreTests(TestCase):
         self.assertEqual(restorer.resolve_snapshot({"as_of": "2026-02-01T00:00:00Z"})[0], "s2")
         self.assertEqual(restorer.resolve_snapshot({"as_of": "2027-01-01T00:00:00+02:00"})[0], "s2")
         self.assertEqual(restorer.resolve_snapshot("latest")[0], "s2")
+        # 'latest' is this host's newest; another host's only when this one has none.
+        self.set.add_snapshot("s4", [file_entry(b"/f", b"four")], started=parse_time("2026-04-01T00:00:00Z"))
+        with dbmod.transaction(self.set.conn):
+            self.set.conn.execute("UPDATE snapshots SET host = 'other' WHERE id = 's4'")
+        restorer.hostname = "h"
+        self.assertEqual(restorer.resolve_snapshot("latest")[0], "s2")
+        restorer.hostname = "new-machine"
+        self.assertEqual(restorer.resolve_snapshot("latest")[0], "s4")
         e = self.assertRaises(APIError, restorer.resolve_snapshot, {"as_of": "2025-12-31T00:00:00Z"})
         self.assertEqual(e.status, 404)
         e = self.assertRaises(APIError, restorer.resolve_snapshot, "nope")

@@ -114,12 +114,13 @@ def check_snapshot_spec(spec):
 class Restorer:
     log = Logger()
 
-    def __init__(self, reactor, conn, client_getter, pool, tmpdir):
+    def __init__(self, reactor, conn, client_getter, pool, tmpdir, hostname=None):
         self.reactor = reactor
         self.conn = conn
         self.client_getter = client_getter
         self.pool = pool
         self.tmpdir = tmpdir
+        self.hostname = hostname
         self.progress = {}
         self._running = None
         self._stopping = False
@@ -136,15 +137,18 @@ class Restorer:
         """
         spec = check_snapshot_spec(spec)
         if spec == "latest":
+            # This host's newest; another host's only if this one has none
+            # (a new machine restoring the old one's backups).
             row = self.conn.execute(
                 "SELECT id, log_path, log_cap FROM snapshots WHERE complete = 1 "
-                "ORDER BY id DESC LIMIT 1"
+                "ORDER BY host = ? DESC, id DESC LIMIT 1",
+                (self.hostname,),
             ).fetchone()
         elif isinstance(spec, dict):
             row = self.conn.execute(
                 "SELECT id, log_path, log_cap FROM snapshots WHERE complete = 1 "
-                "AND coalesce(started, requested) <= ? ORDER BY id DESC LIMIT 1",
-                (parse_time(spec["as_of"]),),
+                "AND coalesce(started, requested) <= ? ORDER BY host = ? DESC, id DESC LIMIT 1",
+                (parse_time(spec["as_of"]), self.hostname),
             ).fetchone()
         else:
             row = self.conn.execute(

@@ -128,7 +128,7 @@ class GridBackupDaemon(MultiService):
         )
         self.restorer = Restorer(
             self.reactor, self.conn, self._client, self.pool,
-            os.path.join(self.config.state_dir, "tmp"),
+            os.path.join(self.config.state_dir, "tmp"), hostname=self.config.hostname,
         )
         self.jobs.recover_interrupted()
         self.restorer.recover_interrupted()

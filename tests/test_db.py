@@ -46,3 +46,20 @@ class DatabaseTests(SynchronousTestCase):
                 db.set_meta(conn, "k", "v")
                 1 / 0
         self.assertIsNone(db.get_meta(conn, "k"))
+
+
+class PreflightTests(SynchronousTestCase):
+    """The start-up check must not create the database: its absence means recovery."""
+
+    def test_preflight_leaves_a_missing_database_missing(self):
+        from gridbackupd.config import parse_config
+        from gridbackupd.service import preflight
+
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        path = os.path.join(d, "gridbackup.ini")
+        with open(path, "w") as f:
+            f.write("[gridbackup]\nstate_dir = %(here)s/state\n[tahoe]\nnode_url = http://127.0.0.1:9/\n")
+        preflight(parse_config(path))
+        self.assertTrue(os.path.isdir(os.path.join(d, "state")))
+        self.assertFalse(os.path.exists(os.path.join(d, "state", "state.sqlite")))

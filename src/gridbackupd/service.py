@@ -375,8 +375,11 @@ def preflight(config):
         raise GridBackupError(
             f"{config.path}: [gridbackup] state_dir = {config.state_dir!r}: not a writable directory ({e.strerror})"
         )
-    conn = dbmod.open_database(os.path.join(config.state_dir, "state.sqlite"))
-    conn.close()
+    # An existing database must be one this version can use; a missing one
+    # is left missing, because a root cap without a database means recovery.
+    db_path = os.path.join(config.state_dir, "state.sqlite")
+    if os.path.exists(db_path):
+        dbmod.open_database(db_path).close()
 
 
 def from_config(reactor, config):

@@ -4,6 +4,7 @@ with its embedded grid; killed with kill -9 and started again.
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -195,6 +196,27 @@ class ProcessTests(TestCase):
         status = await daemon.eventually(restored, "the restore")
         self.assertEqual(status["state"], "done", status["errors"])
         self.assertEqual(tree_listing(os.path.join(target, tree.lstrip("/"))), tree_listing(tree))
+
+        # A new machine with nothing but the root cap, on the same grid,
+        # started the way a person starts it, recovers the same snapshots.
+        other = os.path.join(base, "new-machine")
+        os.makedirs(os.path.join(other, "state", "private"), mode=0o700)
+        shutil.copy(os.path.join(state, "private", "rootcap"),
+                    os.path.join(other, "state", "private", "rootcap"))
+        with open(os.path.join(state, "grid", "client", "node.url")) as f:
+            node_url = f.read().strip()
+        other_port = free_port()
+        with open(os.path.join(other, "gridbackup.ini"), "w") as f:
+            f.write(CONFIG.format(tree=tree, port=other_port).replace("embedded", node_url)
+                    .replace("scan_interval = 1h", "scan_interval = 0"))
+        recovered = Daemon(self, other, other_port)
+        recovered.start()
+        self.addCleanup(recovered.stop)
+        await recovered.ready()
+        code, listing = await recovered.call("GET", "/v1/snapshots")
+        self.assertEqual([s["id"] for s in listing["snapshots"]], [s["id"] for s in after["snapshots"]])
+        self.assertTrue(all(s["complete"] for s in listing["snapshots"]))
+        recovered.stop()
 
         # A clean stop stops the grid too.
         new_pids = node_pids(state)

@@ -42,6 +42,23 @@ class _Collect(Protocol):
         self.done.callback(b"".join(self.chunks))
 
 
+class _HangUp(Protocol):
+    """Asks, and drops the connection at the first bytes of the answer."""
+
+    def __init__(self, data):
+        self.data = data
+        self.done = Deferred()
+
+    def connectionMade(self):
+        self.transport.write(self.data)
+
+    def dataReceived(self, data):
+        self.transport.abortConnection()
+
+    def connectionLost(self, reason):
+        self.done.callback(None)
+
+
 async def raw_request(endpoint, data):
     """Send raw bytes, read until the server closes: (status, headers, body)."""
     protocol = _Collect(data)
@@ -286,6 +303,13 @@ class BrowseTests(DaemonCase):
             self.assertEqual(headers["content-type"], "application/octet-stream")
             self.assertEqual(headers["content-length"], str(len(expected)))
             self.assertEqual(hashlib.sha256(body).hexdigest(), hashlib.sha256(expected).hexdigest(), rel)
+        # A client that hangs up in the middle of a large file: nothing logged, the daemon goes on.
+        hangup = _HangUp((f"GET /v1/snapshots/latest/content?path={tree}/photos/big.raw HTTP/1.1\r\n"
+                          f"Host: x\r\nAuthorization: Bearer {self.daemon.token}\r\n\r\n").encode())
+        await connectProtocol(_tcp(self.daemon), hangup)
+        await hangup.done
+        status, headers, body = await get(f"/v1/snapshots/latest/content?path={tree}/tiny")
+        self.assertEqual((status, body), (200, b"tiny\n"))
         b64 = base64.urlsafe_b64encode(os.fsencode(tree) + b"/caf\xe9-latin1.txt").decode()
         status, headers, body = await get(f"/v1/snapshots/latest/content?path_b64={b64}")
         self.assertEqual((status, body), (200, b"not utf-8 name\n"))
@@ -356,6 +380,17 @@ class BrowseTests(DaemonCase):
         response = await self.api.http.get(self.api.base + "/metrics")
         self.assertEqual(response.code, 401)
         await response.content()
+
+        # A damaged log: a JSON 500 that says so, and the snapshot itself still shows.
+        [log_path] = self.daemon.conn.execute(
+            "SELECT log_path FROM snapshots WHERE id = ?", (first,)).fetchone()
+        with open(log_path, "r+b") as f:
+            f.seek(20)
+            f.write(b"garbage" * 10)
+        code, doc = await self.api.call("GET", f"/v1/snapshots/{first}/files?path={tree}")
+        self.assertEqual((code, doc["error"]["code"]), (500, "log_unreadable"))
+        code, doc = await self.api.call("GET", f"/v1/snapshots/{first}")
+        self.assertEqual(code, 200)
 
 
 class ContentRunTests(SynchronousTestCase):

@@ -171,8 +171,8 @@ class ResponseTests(TestCase):
         await self.call("GET", S, f"/v1/snapshots/{snapshot}")
         await self.call("GET", S, "/v1/snapshots/nope")
         await self.call("GET", S + "/files", f"/v1/snapshots/{snapshot}/files?path={self.tree}")
-        await self.call("GET", S + "/files", f"/v1/snapshots/latest/files?recursive=true&limit=5")
-        await self.call("GET", S + "/files", f"/v1/snapshots/latest/files?path=rel")
+        await self.call("GET", S + "/files", "/v1/snapshots/latest/files?recursive=true&limit=5")
+        await self.call("GET", S + "/files", "/v1/snapshots/latest/files?path=rel")
         await self.call("GET", S + "/files", f"/v1/snapshots/latest/files?path={self.tree}/nothing")
         status, body = await self.call("GET", S + "/content",
                                        f"/v1/snapshots/latest/content?path={self.tree}/docs/letter.txt")

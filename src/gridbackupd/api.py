@@ -21,7 +21,7 @@ import re
 
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import http, resource, server
@@ -238,6 +238,10 @@ class APIResource(resource.Resource):
         return await fn(self.app, request, **args)
 
     def _failed(self, failure, request):
+        if failure.check(ConnectionDone, ConnectionLost):
+            # The client went away while a streamed answer was being written
+            # (raised by Pacer.write; the connection may not know it yet).
+            return None
         if request.startedWriting:
             # Part of a streamed answer is out: a JSON error cannot follow it.
             if not failure.check(APIError):

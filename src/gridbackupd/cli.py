@@ -17,6 +17,7 @@ otherwise progress is plain lines, so a pipe or a log never sees ``\\r``.
 import argparse
 import base64
 import http.client
+import itertools
 import json
 import os
 import re
@@ -393,11 +394,14 @@ def cmd_backup(client, args, out):
     raise Exit(FAILED, summary)
 
 
-def _pages(client, path, key, query=""):
+def _pages(client, path, key, query="", first=None):
+    """The items of every page of a listing; ``first(doc)`` sees the first page's document."""
     cursor = None
     while True:
         q = query + (("&" if query else "") + "cursor=" + urllib.parse.quote(cursor) if cursor else "")
         doc = client.call("GET", path + ("?" + q if q else ""))
+        if first is not None and cursor is None:
+            first(doc)
         yield from doc[key]
         cursor = doc.get("next_cursor")
         if not cursor:
@@ -421,7 +425,12 @@ def cmd_snapshots(client, args, out):
 def cmd_ls(client, args, out):
     path = snapshot_path(args.path) if args.path else "/"
     query = path_query(path) + ("&recursive=true" if args.recursive else "")
-    entries = _pages(client, f"/v1/snapshots/{urllib.parse.quote(args.snapshot)}/files", "entries", query)
+    top = {}
+    entries = _pages(client, f"/v1/snapshots/{urllib.parse.quote(args.snapshot)}/files", "entries", query,
+                     first=lambda doc: top.update(entry=doc.get("entry")))
+    # `ls FILE` shows the file itself, as ls does.
+    entries = itertools.chain(entries, _lazy(lambda: [top["entry"]] if (
+        top.get("entry") and top["entry"].get("kind") != "dir") else []))
     binary = getattr(out, "buffer", None)
     for e in entries:
         if args.json:
@@ -442,6 +451,11 @@ def cmd_ls(client, args, out):
         else:
             out.write(line.decode("utf-8", "replace") + "\n")
     return OK
+
+
+def _lazy(make):
+    """An iterator over what ``make()`` returns, called only when it is reached."""
+    yield from make()
 
 
 def cmd_cat(client, args, out):
@@ -569,8 +583,9 @@ def cmd_resume(client, args, out):
 
 
 def cmd_recover(client, args, out):
-    doc = client.call("POST", "/v1/recover", {},
-                      missing="this daemon cannot recover from the grid yet (its API has no /v1/recover)")
+    doc = client.call("POST", "/v1/recover", {}, missing=(
+        "this daemon recovers only when it starts: stop it, move state_dir/state.sqlite away "
+        "(keep private/rootcap), and start it again"))
     out.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     return OK
 

@@ -19,7 +19,8 @@ from . import browse, metrics
 from .api import STREAMED, Pacer, Raw, Router, json_body, query_arg, query_int
 from .errors import APIError, TahoeError
 from .model import FILE
-from .restore import _decode_checked, check_snapshot_spec
+from .restore import check_snapshot_spec
+from .snapshotlog import LogFormatError
 
 PAGE = 1000
 MAX_PAGE = 10000

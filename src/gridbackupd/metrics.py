@@ -38,9 +38,10 @@ class DaemonCollector:
     def collect(self):
         d = self.daemon
         state = GaugeMetricFamily("gridbackup_state", "1 for the state the daemon is in", labels=["state"])
-        for s in ("starting", "waiting-for-grid", "ready", "error"):
+        states = ("starting", "waiting-for-grid", "recovering", "ready", "error")
+        for s in states:
             state.add_metric([s], 1.0 if d.state == s else 0.0)
-        if d.state not in ("starting", "waiting-for-grid", "ready", "error"):
+        if d.state not in states:
             state.add_metric([d.state], 1.0)
         yield state
 

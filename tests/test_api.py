@@ -9,6 +9,8 @@ import base64
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import stat
 
 from twisted.internet import reactor
@@ -227,7 +229,10 @@ class HostileRequestTests(DaemonCase):
 class UnixSocketTests(DaemonCase):
     @property
     def listen(self):
-        return "unix:" + os.path.join(os.path.abspath(self.mktemp()) + ".sock")
+        # A socket path must fit in 108 bytes: not under trial's deep temp dir.
+        directory = tempfile.mkdtemp(prefix="gb-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return "unix:" + os.path.join(directory, "api.sock")
 
     def test_unix_socket_is_private_and_answers(self):
         return run(self._unix())

@@ -105,6 +105,10 @@ class ParseTests(SynchronousTestCase):
     def test_bad_endpoint(self):
         message = self.error(GOOD + "\n[api]\nlisten = carrier-pigeon:7\n")
         self.assertIn("[api] listen = 'carrier-pigeon:7'", message)
+        message = self.error(GOOD + "\n[api]\nlisten = unix:/" + "x" * 120 + "\n")
+        self.assertIn("at most 107 bytes", message)
+        path = self.write(GOOD + "\n[api]\nlisten = unix:/run/gridbackup/api.sock\n")
+        self.assertEqual(parse_config(path).api_listen, "unix:/run/gridbackup/api.sock")
 
     def test_unreadable_and_garbage(self):
         with self.assertRaises(ConfigError) as ctx:

@@ -360,7 +360,7 @@ class UploadAPITests(TestCase):
         priorities = [n["priority"] for n in q["next"]]
         self.assertEqual(priorities, sorted(priorities, reverse=True))
         for n in q["next"]:
-            path = n["path"] if isinstance(n["path"], str) else os.fsdecode(base64.b64decode(n["path"]["b64"]))
+            path = os.fsdecode(base64.b64decode(n["path_b64"])) if "path_b64" in n else n["path"]
             self.assertTrue(path.startswith(tree + "/"), path)
             self.assertEqual(os.path.getsize(path) >= n["size"] > 0, True)
         code, bad = await api.call("GET", "/v1/uploads/queue?limit=0")

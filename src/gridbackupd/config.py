@@ -349,7 +349,11 @@ def _check_endpoint(r, listen):
     from twisted.internet.endpoints import serverFromString
 
     try:
-        serverFromString(None, listen)
+        endpoint = serverFromString(None, listen)
     except Exception:
         r.fail("api", "listen", listen,
                "expected a Twisted server endpoint such as tcp:7234:interface=127.0.0.1 or unix:/run/gridbackup.sock")
+    address = getattr(endpoint, "_address", None)
+    if isinstance(address, str) and len(os.fsencode(address)) > 107:
+        r.fail("api", "listen", listen,
+               "a unix socket path must be at most 107 bytes long (the kernel's limit)")

@@ -357,16 +357,6 @@ def _uploader(daemon):
     return daemon.uploader
 
 
-def _json_path(path):
-    """A path as the logs write it: a string if it is UTF-8, else {"b64": ...}."""
-    try:
-        return path.decode("utf-8")
-    except UnicodeDecodeError:
-        import base64
-
-        return {"b64": base64.b64encode(path).decode("ascii")}
-
-
 @router.route("GET", "/v1/uploads/queue")
 async def upload_queue(daemon, request):
     from . import queue
@@ -380,7 +370,7 @@ async def upload_queue(daemon, request):
         "pending_blobs": blobs,
         "pending_bytes": nbytes,
         "next": [
-            {"path": _json_path(h.path), "offset": h.offset, "size": h.size,
+            {**browse.path_doc(h.path), "offset": h.offset, "size": h.size,
              "mtime": h.mtime_ns / 1e9 if h.mtime_ns is not None else None,
              "priority": round(h.priority, 3), "queued": h.queued, "hash": h.hash}
             for h in head

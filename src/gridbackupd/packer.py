@@ -76,7 +76,10 @@ def decode_blob(stored, compression, size):
     if compression == "none":
         data = stored
     elif compression == "zstd":
-        data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
+        try:
+            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
+        except zstandard.ZstdError as e:
+            raise PackFormatError(f"blob does not decompress: {e}")
     else:
         raise PackFormatError(f"unknown compression {compression!r}")
     if len(data) != size:

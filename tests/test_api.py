@@ -17,15 +17,11 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd import browse
-from gridbackupd.config import parse_config
 from gridbackupd.packer import encode_blob
-from gridbackupd.service import from_config
-from tests.sharedgrid import shared_node_url
-from tests.test_daemon import api_client, run, write_config
-from tests.trees import make_tree
+from tests.daemoncase import DaemonTestCase, run
 
 
 class _Collect(Protocol):
@@ -80,41 +76,14 @@ def _tcp(daemon):
     return TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port.getHost().port)
 
 
-class DaemonCase(TestCase):
-    timeout = 240
-    listen = None
+class DaemonCase(DaemonTestCase):
+    files = 40
 
-    def setUp(self):
-        return run(self._setUp())
-
-    async def _setUp(self):
-        self.node_url = await shared_node_url()
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        self.tree = os.path.join(self.base, "data")
-        make_tree(self.tree, files=40)
+    def make_tree(self):
+        super().make_tree()
         # Between the log's inline limit and the index's: its bytes live in the index.
         with open(os.path.join(self.tree, "docs", "small.txt"), "wb") as f:
             f.write(b"0123456789" * 100)
-        path = write_config(self.base, self.node_url, [self.tree])
-        if self.listen:
-            with open(path) as f:
-                text = f.read()
-            with open(path, "w") as f:
-                f.write(text.replace("listen = tcp:0:interface=127.0.0.1", "listen = " + self.listen))
-        self.daemon = from_config(reactor, parse_config(path))
-        self.daemon.startService()
-        self.addCleanup(lambda: self.daemon.running and self.daemon.stopService())
-        state = await self.daemon.when_ready()
-        self.assertEqual(state, "ready", self.daemon.error)
-        if not self.listen:
-            self.api = api_client(self, self.daemon)
-
-    async def backup(self):
-        code, body = await self.api.call("POST", "/v1/backups")
-        self.assertEqual(code, 202, body)
-        self.assertEqual(await self.daemon.wait_for_snapshot(body["id"]), "complete")
-        return body["id"]
 
 
 class HostileRequestTests(DaemonCase):

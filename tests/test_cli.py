@@ -10,17 +10,12 @@ import json
 import os
 import sys
 
-from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd import cli
-from gridbackupd.config import parse_config
-from gridbackupd.service import from_config
-from tests.sharedgrid import shared_node_url
-from tests.test_daemon import run, write_config
-from tests.trees import make_tree
+from tests.daemoncase import DaemonTestCase, run, write_config
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 
@@ -136,26 +131,12 @@ class OfflineTests(SynchronousTestCase):
         self.assertEqual(cli.bar(5, 0), "")
 
 
-class CommandTests(TestCase):
+class CommandTests(DaemonTestCase):
     timeout = 300
-
-    def setUp(self):
-        return run(self._setUp())
-
-    async def _setUp(self):
-        self.node_url = await shared_node_url()
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        self.tree = os.path.join(self.base, "data")
-        make_tree(self.tree, files=30)
-        self.config = write_config(self.base, self.node_url, [self.tree])
-        self.daemon = from_config(reactor, parse_config(self.config))
-        self.daemon.startService()
-        self.addCleanup(lambda: self.daemon.running and self.daemon.stopService())
-        self.assertEqual(await self.daemon.when_ready(), "ready", self.daemon.error)
+    files = 30
 
     def gb(self, *argv):
-        return gridbackup("--config", self.config, *argv)
+        return gridbackup("--config", self.config_path, *argv)
 
     def test_commands(self):
         return run(self._commands())
@@ -268,11 +249,11 @@ class CommandTests(TestCase):
     async def _subprocess(self):
         env = dict(os.environ, PYTHONPATH=SRC)
         out, err, code = await getProcessOutputAndValue(
-            sys.executable, ["-m", "gridbackupd.cli", "--config", self.config, "status"], env=env)
+            sys.executable, ["-m", "gridbackupd.cli", "--config", self.config_path, "status"], env=env)
         self.assertEqual((code, err), (0, b""))
         self.assertIn(b"daemon: ready", out)
         self.assertNotIn(b"\r", out)
         out, err, code = await getProcessOutputAndValue(
-            sys.executable, ["-m", "gridbackupd.cli", "--config", self.config, "ls"], env=env)
+            sys.executable, ["-m", "gridbackupd.cli", "--config", self.config_path, "ls"], env=env)
         self.assertEqual(code, 2)
         self.assertEqual(err.count(b"\n"), 1)

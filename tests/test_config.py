@@ -118,39 +118,39 @@ class ParseTests(SynchronousTestCase):
 
 
 class TwistdTests(SynchronousTestCase):
-    """The daemon itself stops on bad configuration with one line, no traceback."""
+    """The daemon itself stops on bad configuration or state with one line, no traceback."""
 
-    def test_bad_config_one_line(self):
+    def refused(self, config_text, prepare=None):
+        """Start twistd on ``config_text``; return its one line of complaint."""
         d = os.path.abspath(self.mktemp())
         os.makedirs(d)
-        path = os.path.join(d, "bad.ini")
-        with open(path, "w") as f:
-            f.write("[gridbackup]\nstate_dir = /tmp/x\n[tahoe]\nnode_url = nowhere\n")
-        twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
-        result = subprocess.run(
-            [twistd, "--nodaemon", "--pidfile=", "gridbackup", "--config", path],
-            capture_output=True, text=True, cwd=d, timeout=60,
-        )
-        self.assertNotEqual(result.returncode, 0)
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
-        self.assertEqual(len(lines), 1, result.stderr)
-        self.assertIn("[tahoe] node_url = 'nowhere'", lines[0])
-        self.assertNotIn("Traceback", result.stdout + result.stderr)
-
-    def test_unusable_state_one_line(self):
-        d = os.path.abspath(self.mktemp())
-        os.makedirs(os.path.join(d, "state"))
-        with open(os.path.join(d, "state", "state.sqlite"), "wb") as f:
-            f.write(b"this is not a database" * 100)
+        if prepare is not None:
+            prepare(d)
         path = os.path.join(d, "gridbackup.ini")
         with open(path, "w") as f:
-            f.write("[gridbackup]\nstate_dir = %(here)s/state\n[tahoe]\nnode_url = http://127.0.0.1:9/\n")
+            f.write(config_text)
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
         result = subprocess.run(
             [twistd, "--nodaemon", "--pidfile=", "gridbackup", "--config", path],
             capture_output=True, text=True, cwd=d, timeout=60,
         )
         self.assertNotEqual(result.returncode, 0)
+        self.assertNotIn("Traceback", result.stdout + result.stderr)
         lines = [l for l in result.stderr.splitlines() if l.strip()]
         self.assertEqual(len(lines), 1, result.stderr)
-        self.assertIn("state database", lines[0])
+        return lines[0]
+
+    def test_bad_config_one_line(self):
+        line = self.refused("[gridbackup]\nstate_dir = /tmp/x\n[tahoe]\nnode_url = nowhere\n")
+        self.assertIn("[tahoe] node_url = 'nowhere'", line)
+
+    def test_unusable_state_one_line(self):
+        def damaged_database(d):
+            os.makedirs(os.path.join(d, "state"))
+            with open(os.path.join(d, "state", "state.sqlite"), "wb") as f:
+                f.write(b"this is not a database" * 100)
+
+        line = self.refused(
+            "[gridbackup]\nstate_dir = %(here)s/state\n[tahoe]\nnode_url = http://127.0.0.1:9/\n",
+            damaged_database)
+        self.assertIn("state database", line)

@@ -7,74 +7,16 @@ import os
 import stat
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
-from tests.apiclient import APIClient
+from tests.daemoncase import DaemonTestCase, api_client, run, write_config
 from tests.sharedgrid import shared_node_url
 from tests.trees import make_tree, tree_listing
 
 
-def write_config(directory, node_url, paths, extra=""):
-    path = os.path.join(directory, "gridbackup.ini")
-    with open(path, "w") as f:
-        f.write(
-            "[gridbackup]\nstate_dir = %(here)s/state\nhostname = testhost\n"
-            f"[tahoe]\nnode_url = {node_url}\n"
-            "[backup]\npaths =\n" + "".join(f"    {p}\n" for p in paths)
-            + "scan_interval = 0\n"
-            "[api]\nlisten = tcp:0:interface=127.0.0.1\n" + extra
-        )
-    return path
-
-
-def api_client(testcase, daemon, token=None):
-    base = f"http://127.0.0.1:{daemon.port.getHost().port}"
-    return APIClient(testcase, base, daemon.token if token is None else token)
-
-
-def run(coro):
-    return Deferred.fromCoroutine(coro)
-
-
-class DaemonTests(TestCase):
-    timeout = 240
-
-    def setUp(self):
-        return run(self._setUp())
-
-    async def _setUp(self):
-        self.node_url = await shared_node_url()
-        self.base = os.path.abspath(self.mktemp())
-        os.makedirs(self.base)
-        self.tree = os.path.join(self.base, "data")
-        make_tree(self.tree)
-        config = parse_config(write_config(self.base, self.node_url, [self.tree]))
-        self.daemon = from_config(reactor, config)
-        self.daemon.startService()
-        self.addCleanup(lambda: self.daemon.running and self.daemon.stopService())
-        state = await self.daemon.when_ready()
-        self.assertEqual(state, "ready", self.daemon.error)
-        self.api = api_client(self, self.daemon)
-
-    async def backup(self):
-        code, body = await self.api.call("POST", "/v1/backups")
-        self.assertEqual(code, 202, body)
-        snapshot_id = body["id"]
-        state = await self.daemon.wait_for_snapshot(snapshot_id)
-        self.assertEqual(state, "complete")
-        return snapshot_id
-
-    async def restore(self, request):
-        code, body = await self.api.call("POST", "/v1/restores", request)
-        self.assertEqual(code, 202, body)
-        state = await self.daemon.wait_for_restore(body["id"])
-        code, status = await self.api.call("GET", f"/v1/restores/{body['id']}")
-        self.assertEqual(code, 200)
-        return state, status
-
+class DaemonTests(DaemonTestCase):
     def test_backup_and_restore_round_trip(self):
         return run(self._round_trip())
 
@@ -110,11 +52,7 @@ class DaemonTests(TestCase):
         make_tree(big, files=3000, seed=9, large=3_000_000)
         # The configured root is self.tree: back up a second root by a new daemon config.
         await self.daemon.stopService()
-        config = parse_config(write_config(self.base, self.node_url, [self.tree, big]))
-        self.daemon = from_config(reactor, config)
-        self.daemon.startService()
-        self.assertEqual(await self.daemon.when_ready(), "ready")
-        self.api = api_client(self, self.daemon)
+        await self.start_daemon(write_config(self.base, self.node_url, [self.tree, big]))
         await self.backup()
         target = os.path.join(self.base, "restored-many")
         state, status = await self.restore({"snapshot": "latest", "paths": [big], "target": target})

@@ -3,6 +3,7 @@ The daemon as a person runs it: ``twistd gridbackup`` in its own process,
 with its embedded grid; killed with kill -9 and started again.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import time
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from tests.apiclient import APIClient
@@ -216,6 +218,13 @@ class ProcessTests(TestCase):
         code, listing = await recovered.call("GET", "/v1/snapshots")
         self.assertEqual([s["id"] for s in listing["snapshots"]], [s["id"] for s in after["snapshots"]])
         self.assertTrue(all(s["complete"] for s in listing["snapshots"]))
+        # What a person at the new machine's terminal sees.
+        gridbackup = os.path.join(os.path.dirname(sys.executable), "gridbackup")
+        out, err, code = await getProcessOutputAndValue(
+            gridbackup, ["--config", os.path.join(other, "gridbackup.ini"), "recover"],
+            env=dict(os.environ))
+        self.assertEqual(code, 0, err)
+        self.assertEqual(json.loads(out)["snapshots"], len(listing["snapshots"]))
         recovered.stop()
 
         # A clean stop stops the grid too.

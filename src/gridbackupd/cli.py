@@ -582,12 +582,60 @@ def cmd_resume(client, args, out):
     return OK
 
 
-def cmd_recover(client, args, out):
-    doc = client.call("POST", "/v1/recover", {}, missing=(
-        "this daemon recovers only when it starts: stop it, move state_dir/state.sqlite away "
-        "(keep private/rootcap), and start it again"))
-    out.write(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+def cmd_recover(config, args, out):
+    """
+    Put a root cap in place (``--rootcap-file``) and follow the daemon's
+    rebuild of its state from the grid, which it does when it starts with a
+    root cap and no database.
+    """
+    cap_path = os.path.join(config.private_dir, "rootcap")
+    if args.rootcap_file:
+        install_rootcap(cap_path, args.rootcap_file)
+    elif not os.path.exists(cap_path):
+        raise Exit(FAILED, f"no root cap in {cap_path}: give it with --rootcap-file FILE (or - for stdin)")
+    try:
+        client = make_client(config)
+        doc = client.call("GET", "/v1/status")
+    except Exit as e:
+        if e.code != UNREACHABLE:
+            raise
+        out.write(f"The root cap is in {cap_path}. Start the daemon now (systemctl start gridbackup,\n"
+                  "or make run): with no state.sqlite it rebuilds its state from the grid before\n"
+                  "its first scan. Then run `gridbackup recover` again to see what it found.\n")
+        return OK
+    progress = Progress(out)
+    while doc.get("state") in ("starting", "waiting-for-grid", "recovering"):
+        progress.show(f"{doc.get('state')}...")
+        time.sleep(POLL)
+        doc = client.call("GET", "/v1/status")
+    progress.done()
+    report = doc.get("recovery")
+    if report is None:
+        raise Exit(FAILED, "the daemon already had local state, so it did not recover: to rebuild it, "
+                           "stop the daemon, move state_dir/state.sqlite away and start it again")
+    out.write(json.dumps(report, indent=1, sort_keys=True) + "\n")
     return OK
+
+
+def install_rootcap(cap_path, source):
+    """Write a root cap given by a person to private/rootcap (0600), never over another one."""
+    try:
+        text = sys.stdin.read() if source == "-" else open(source).read()
+    except OSError as e:
+        raise Exit(FAILED, f"cannot read {source}: {e.strerror}")
+    cap = text.strip()
+    if not cap.startswith("URI:DIR2") or any(c.isspace() for c in cap):
+        raise Exit(FAILED, f"{source} does not hold a directory cap (URI:DIR2:... or URI:DIR2-RO:...)")
+    existing = None
+    if os.path.exists(cap_path):
+        existing = read_secret(cap_path, "the root cap")
+    if existing is not None and existing != cap:
+        raise Exit(FAILED, f"{cap_path} already holds another root cap; move it away first")
+    os.makedirs(os.path.dirname(cap_path), mode=0o700, exist_ok=True)
+    fd = os.open(cap_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(cap + "\n")
+    os.chmod(cap_path, 0o600)
 
 
 KEY_ADVICE = """\
@@ -665,7 +713,9 @@ def build_parser():
     p.add_argument("restore_id")
     commands.add_parser("pause", help="pause uploads")
     commands.add_parser("resume", help="resume uploads")
-    commands.add_parser("recover", help="rebuild the local state from the grid")
+    p = commands.add_parser("recover", help="rebuild the local state from the grid (on a new machine)")
+    p.add_argument("--rootcap-file", metavar="FILE",
+                   help="the root cap to recover from (- for stdin), written to state_dir/private/rootcap")
     p = commands.add_parser("key", help="the root cap")
     keys = p.add_subparsers(dest="key_command", metavar="show", parser_class=_Parser)
     keys.required = True
@@ -677,7 +727,7 @@ def build_parser():
 COMMANDS = {
     "status": cmd_status, "backup": cmd_backup, "snapshots": cmd_snapshots, "ls": cmd_ls,
     "cat": cmd_cat, "diff": cmd_diff, "restore": cmd_restore, "cancel": cmd_cancel, "pause": cmd_pause,
-    "resume": cmd_resume, "recover": cmd_recover,
+    "resume": cmd_resume,
 }
 
 
@@ -692,6 +742,8 @@ def main(argv=None, out=None, err=None):
         config = load_config(args.config or os.environ.get(ENV_CONFIG) or DEFAULT_CONFIG)
         if args.command == "key":
             return cmd_key_show(config, args, out)
+        if args.command == "recover":
+            return cmd_recover(config, args, out)
         return COMMANDS[args.command](make_client(config), args, out)
     except Exit as e:
         out.flush()

@@ -65,6 +65,7 @@ async def status(daemon, request):
         "upload": daemon.uploader.status() if daemon.uploader else None,
         "last_snapshot": last_doc,
         "grid": daemon.grid_status(),
+        "recovery": daemon.recovery,
     }
 
 

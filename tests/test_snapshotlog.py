@@ -296,6 +296,26 @@ class RoundTripTests(Base):
 
     @PROPERTY
     @given(logs())
+    def test_unverified_reads_the_same(self, log):
+        """verify=False (the daemon's own local logs) reads a valid log identically."""
+        header, records = log
+        reader = LogReader(io.BytesIO(encode(header, records)), verify=False)
+        self.assertEqual((reader.header, list(reader)), (header, records))
+
+    def test_unverified_still_checks_framing_order_and_trailer(self):
+        """Only per-entry value checks are skipped, never truncation or order."""
+        truncated = lines_to_log(header_object(), entry_object("/a"), trailer=False)
+        disordered = lines_to_log(header_object(), entry_object("/b"), entry_object("/a"))
+        for data in (truncated, disordered, b"not zstd at all"):
+            with self.assertRaises(LogFormatError):
+                list(LogReader(io.BytesIO(data), verify=False))
+        # A value the strict reader refuses passes unverified: that is the trade.
+        odd = one_entry("/a", mode=-1)
+        self.assertRaises(LogFormatError, lambda: list(LogReader(io.BytesIO(odd))))
+        self.assertEqual(list(LogReader(io.BytesIO(odd), verify=False))[0].mode, -1)
+
+    @PROPERTY
+    @given(logs())
     def test_deterministic(self, log):
         """The same log is the same bytes: re-uploads converge on one cap."""
         header, records = log

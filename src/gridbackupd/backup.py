@@ -342,7 +342,10 @@ class _PreviousEntries:
 
     def _entries(self):
         try:
-            with chain.open_chain(self._last, self._known.get) as (_, records):
+            # The previous snapshot's local logs were checked when this daemon
+            # wrote them or recovered them from the grid: read them without
+            # the per-entry checks, which are a third of an unchanged rescan.
+            with chain.open_chain(self._last, self._known.get, verify=False) as (_, records):
                 yield from records
         except (OSError, snapshotlog.LogFormatError) as e:
             self.failed = str(e)

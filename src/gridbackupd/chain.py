@@ -79,20 +79,20 @@ def chain_paths(log_path, resolve=None):
 
 
 @contextlib.contextmanager
-def open_chain(log_path, resolve=None):
+def open_chain(log_path, resolve=None, verify=True):
     """
     ``with open_chain(path) as (header, entries):`` the header of the log at
     ``path`` and the snapshot's complete entries (an iterator of ``Entry``,
     path order), merged from its chain.  The chain is checked as it is
     read: iterate to the end before trusting it (a ``LogFormatError`` then
-    says what is wrong).
+    says what is wrong).  ``verify=False``: see ``snapshotlog.LogReader``.
     """
     paths = chain_paths(log_path, resolve)
     with contextlib.ExitStack() as stack:
         readers = []
         for _, path in paths:
             f = stack.enter_context(open(path, "rb"))
-            readers.append(snapshotlog.LogReader(f))
+            readers.append(snapshotlog.LogReader(f, verify=verify))
         for below, above in zip(readers, readers[1:]):
             if above.header.kind != "incremental" or above.header.parent != below.header.snapshot:
                 raise ChainError(

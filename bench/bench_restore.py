@@ -32,6 +32,7 @@ from gridbackupd import restore as restore_module  # noqa: E402
 from gridbackupd.config import parse_config  # noqa: E402
 from gridbackupd.localgrid import LocalGrid, tahoe_command  # noqa: E402
 from gridbackupd.service import from_config  # noqa: E402
+from gridbackupd.testing.configfile import write_config  # noqa: E402
 
 
 def make_whole_tree(root, megabytes, seed=1):
@@ -94,19 +95,6 @@ def tahoe(grid, *args):
                           check=True, capture_output=True, text=True)
 
 
-def write_config(base, node_url, paths):
-    os.makedirs(base, exist_ok=True)
-    path = os.path.join(base, "gridbackup.ini")
-    with open(path, "w") as f:
-        f.write(
-            "[gridbackup]\nstate_dir = %(here)s/state\nhostname = bench\n"
-            f"[tahoe]\nnode_url = {node_url}\n"
-            "[backup]\npaths =\n" + "".join(f"    {p}\n" for p in paths)
-            + "scan_interval = 0\n[api]\nlisten = tcp:0:interface=127.0.0.1\n"
-        )
-    return path
-
-
 async def timed_restore(daemon, paths, target, repeat=1):
     best = None
     status = None
@@ -158,7 +146,8 @@ async def main(reactor, args):
         # Two backup sets on the same grid: the data-heavy tree alone (its
         # packs are then exactly what a whole restore must fetch), and the
         # many-small-files trees.
-        daemon = from_config(reactor, parse_config(write_config(os.path.join(base, "set1"), node_url, [whole])))
+        daemon = from_config(reactor, parse_config(
+            write_config(os.path.join(base, "set1"), node_url, [whole], hostname="bench")))
         daemon.startService()
         assert await daemon.when_ready() == "ready", daemon.error
         start = time.perf_counter()

@@ -35,6 +35,7 @@ from gridbackupd.config import parse_config  # noqa: E402
 from gridbackupd.localgrid import LocalGrid, tahoe_command  # noqa: E402
 from gridbackupd.service import from_config  # noqa: E402
 from gridbackupd.tahoe import TahoeClient  # noqa: E402
+from gridbackupd.testing.configfile import write_config  # noqa: E402
 
 MB = 1e6
 
@@ -75,26 +76,13 @@ def write_random(path, nbytes, seed):
             left -= n
 
 
-def write_config(base, node_url, paths, parallel):
-    os.makedirs(base, exist_ok=True)
-    path = os.path.join(base, "gridbackup.ini")
-    with open(path, "w") as f:
-        f.write(
-            "[gridbackup]\nstate_dir = %(here)s/state\nhostname = bench\n"
-            f"[tahoe]\nnode_url = {node_url}\n"
-            "[backup]\npaths =\n" + "".join(f"    {p}\n" for p in paths)
-            + f"scan_interval = 0\n[upload]\nparallel = {parallel}\n"
-            "[api]\nlisten = tcp:0:interface=127.0.0.1\n"
-        )
-    return path
-
-
 class Run:
     """One daemon (its own state, its own backup set) on the shared grid."""
 
     def __init__(self, reactor, base, node_url, paths, parallel=4):
         self.reactor = reactor
-        self.daemon = from_config(reactor, parse_config(write_config(base, node_url, paths, parallel)))
+        self.daemon = from_config(reactor, parse_config(write_config(
+            base, node_url, paths, extra=f"[upload]\nparallel = {parallel}\n", hostname="bench")))
 
     async def start(self):
         self.daemon.startService()

@@ -11,28 +11,13 @@ from twisted.trial.unittest import TestCase
 
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
+from gridbackupd.testing.configfile import TCP_ANY_PORT, write_config  # noqa: F401 (for tests)
 from tests.apiclient import APIClient
 from tests.sharedgrid import shared_node_url
 from tests.trees import make_tree
 
-TCP_ANY_PORT = "tcp:0:interface=127.0.0.1"
-
-
 def run(coro):
     return Deferred.fromCoroutine(coro)
-
-
-def write_config(directory, node_url, paths, extra="", listen=TCP_ANY_PORT):
-    path = os.path.join(directory, "gridbackup.ini")
-    with open(path, "w") as f:
-        f.write(
-            "[gridbackup]\nstate_dir = %(here)s/state\nhostname = testhost\n"
-            f"[tahoe]\nnode_url = {node_url}\n"
-            "[backup]\npaths =\n" + "".join(f"    {p}\n" for p in paths)
-            + "scan_interval = 0\n"
-            f"[api]\nlisten = {listen}\n" + extra
-        )
-    return path
 
 
 def api_client(testcase, daemon, token=None):

@@ -14,28 +14,10 @@ from gridbackupd.backup import BackupJobs, scan_to_log
 from gridbackupd.config import BackupConfig, Config, TahoeConfig
 from gridbackupd.model import Deletion, Entry, LogHeader
 from gridbackupd.scanner import ScanOptions, ScanProgress
+from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.waiters import Waiters
 
 OLD = 1_600_000_000_000_000_000
-
-
-class SyncPool:
-    """A thread pool that runs its work at once, in the caller's thread."""
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            from twisted.python.failure import Failure
-
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class SyncReactor:
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
 
 
 def write(path, data, mtime=OLD):
@@ -70,7 +52,7 @@ class Fixture:
         )
         self.scanned = []
         self.jobs = BackupJobs(
-            SyncReactor(), self.conn, self.db_path, SyncPool(), self.config,
+            ThreadlessReactor(), self.conn, self.db_path, InlinePool(), self.config,
             self.scanned.append, Waiters(),
         )
 
@@ -568,7 +550,7 @@ class RecoverTests(SynchronousTestCase):
         self.assertGreater(queued_before, 200)  # those of the first checkpoint at least
 
         self.patch(scanmod.os, "open", real_open)
-        jobs = BackupJobs(SyncReactor(), f.conn, f.db_path, SyncPool(), f.config,
+        jobs = BackupJobs(ThreadlessReactor(), f.conn, f.db_path, InlinePool(), f.config,
                           f.scanned.append, Waiters())
         self.assertEqual(jobs.recover_interrupted(), [snapshot_id])
         self.assertEqual(f.conn.execute(

@@ -11,7 +11,6 @@ import random
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -26,24 +25,8 @@ from gridbackupd.scanner import NewBlob
 from gridbackupd.service import from_config
 from gridbackupd.tahoe import RetryPolicy
 from gridbackupd.testing.fake_tahoe import fake_client
+from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.uploader import RETRY_DELAY, TokenBucket, Uploader
-
-
-class ThreadlessReactor(Clock):
-    def callFromThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-
-class InlinePool:
-    """deferToThreadPool's pool, running the function at once."""
-
-    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
-        try:
-            result = f(*args, **kwargs)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
 
 
 class GatedClient:

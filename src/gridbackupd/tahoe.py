@@ -44,7 +44,7 @@ import attr
 import treq
 from treq.client import HTTPClient
 from twisted.internet import error as _ierror
-from twisted.internet.task import deferLater
+from twisted.internet.task import TaskFinished, deferLater
 from twisted.logger import Logger
 from twisted.web import _newclient
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
@@ -354,6 +354,14 @@ _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 # The client
 
 
+def _stop_producer(producer):
+    """Stop a body producer the request may have left running; it closes its file."""
+    try:
+        producer.stopProducing()
+    except (AttributeError, TaskFinished):
+        pass  # never started, or already finished
+
+
 class _QuietPool(HTTPConnectionPool):
     """A connection pool that does not log every connection it opens."""
 
@@ -495,7 +503,12 @@ class TahoeClient:
         async def attempt():
             with open(path, "rb") as f:
                 producer = FileBodyProducer(f, cooperator=self._cooperator)
-                body = await self._call("upload_file", "PUT", self._url("uri"), data=producer)
+                try:
+                    body = await self._call("upload_file", "PUT", self._url("uri"), data=producer)
+                finally:
+                    # The node may answer (an error) before it read the whole
+                    # body: stop the producer before its file is closed.
+                    _stop_producer(producer)
             return self._parse_cap(body, "upload_file")
 
         return await self._retrying("upload_file", attempt)

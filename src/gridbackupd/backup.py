@@ -25,7 +25,6 @@ import time
 
 import attr
 
-from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -33,6 +32,7 @@ from . import db as dbmod
 from . import chain, queue, snapshotlog
 from .model import LogHeader
 from .scanner import ScanOptions, ScanProgress, Scanner, ScanStopped, display_path
+from .waiters import SerialRunner
 
 BLOB_BATCH = 2000
 
@@ -58,7 +58,7 @@ class BackupJobs:
         self.progress = None
         self.current = None
         self.current_kind = None
-        self._running = None
+        self._runner = SerialRunner(self._run_queued, self.log, "backup job")
         self._stopping = False
 
     def recover_interrupted(self):
@@ -107,22 +107,15 @@ class BackupJobs:
         return snapshot_id
 
     def kick(self):
-        if self._running is None and not self._stopping:
-            self._running = Deferred.fromCoroutine(self._run_queued())
-            self._running.addErrback(lambda f: self.log.failure("backup job failed", f))
-
-            def finished(result):
-                self._running = None
-                return result
-
-            self._running.addBoth(finished)
+        if not self._stopping:
+            self._runner.kick()
 
     def stop(self):
         """Stop: a running scan stops at its next entry, after a checkpoint, and resumes at the next start."""
         self._stopping = True
         if self.progress is not None:
             self.progress.stop_requested = True
-        return self._running
+        return self._runner.running
 
     async def _run_queued(self):
         while not self._stopping:

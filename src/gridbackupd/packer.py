@@ -63,6 +63,17 @@ def _read_source(blob):
         os.close(fd)
 
 
+def read_checked(blob):
+    """A queued blob's bytes read again from its file, or None if they are gone or changed."""
+    try:
+        data = _read_source(blob)
+    except OSError:
+        return None
+    if hashlib.sha256(data).hexdigest() != blob.hash:
+        return None
+    return data
+
+
 def encode_blob(data):
     """The stored form of a blob: zstd where it pays, else the bytes as they are."""
     if len(data) >= 64:
@@ -98,11 +109,8 @@ def build_pack(blobs, directory):
     offset = 0
     with open(tmp, "wb") as out:
         for blob in ordered:
-            try:
-                data = _read_source(blob)
-            except OSError:
-                data = None
-            if data is None or hashlib.sha256(data).hexdigest() != blob.hash:
+            data = read_checked(blob)
+            if data is None:
                 stale.append(blob.hash)
                 continue
             stored, compression = encode_blob(data)
@@ -196,11 +204,8 @@ def read_verified(blobs):
     found = {}
     stale = []
     for blob in blobs:
-        try:
-            data = _read_source(blob)
-        except OSError:
-            data = None
-        if data is None or hashlib.sha256(data).hexdigest() != blob.hash:
+        data = read_checked(blob)
+        if data is None:
             stale.append(blob.hash)
         else:
             found[blob.hash] = data

@@ -28,7 +28,7 @@ from . import packer, restoreplan, snapshotlog
 from .errors import APIError, TahoeError
 from .model import DIR, FILE, HARDLINK, SYMLINK
 from .restorefs import TargetWriter, UnsafePath, VerifyFailed
-from .waiters import Waiters
+from .waiters import SerialRunner, Waiters
 
 PARALLEL_SPANS = 4
 
@@ -122,7 +122,7 @@ class Restorer:
         self.tmpdir = tmpdir
         self.hostname = hostname
         self.progress = {}
-        self._running = None
+        self._runner = SerialRunner(self._run_queued, self.log, "restore runner")
         self._stopping = False
         self.waiters = Waiters()
 
@@ -199,15 +199,8 @@ class Restorer:
             self.conn.execute("UPDATE restores SET state = 'queued' WHERE state = 'running'")
 
     def kick(self):
-        if self._running is None and not self._stopping:
-            self._running = Deferred.fromCoroutine(self._run_queued())
-            self._running.addErrback(lambda f: self.log.failure("restore runner failed", f))
-
-            def finished(result):
-                self._running = None
-                return result
-
-            self._running.addBoth(finished)
+        if not self._stopping:
+            self._runner.kick()
 
     def wait(self, restore_id):
         """Fires with the end state of a restore: done, failed or cancelled."""
@@ -254,7 +247,7 @@ class Restorer:
     def stop(self):
         """Stop after the files being written; an unfinished restore resumes on the next start."""
         self._stopping = True
-        return self._running
+        return self._runner.running
 
     async def _run_queued(self):
         while not self._stopping:

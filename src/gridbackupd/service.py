@@ -211,20 +211,20 @@ class GridBackupDaemon(MultiService):
             spool_dir=os.path.join(self.config.state_dir, "spool"),
         )
         self.uploader.start()
-        self._grid_poll = LoopingCall(self._poll_grid)
-        self._grid_poll.clock = self.reactor
-        self._grid_poll.start(GRID_POLL, now=False)
-        self.state = "ready"
+        self._ready_to_serve()
         self.log.info("ready: grid at {url}", url=node_url)
-        self.restorer.kick()
         self.jobs.kick()
 
     def _start_read_only(self, node_url):
+        self._ready_to_serve()
+        self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
+
+    def _ready_to_serve(self):
+        """The grid side is up: watch the grid, and run the restores that wait."""
         self._grid_poll = LoopingCall(self._poll_grid)
         self._grid_poll.clock = self.reactor
         self._grid_poll.start(GRID_POLL, now=False)
         self.state = "ready"
-        self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
         self.restorer.kick()
 
     async def _wait_for_grid(self):

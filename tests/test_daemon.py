@@ -159,6 +159,10 @@ class SecretsTests(TestCase):
         self.assertEqual(await daemon.when_ready(), "ready")
         private = os.path.join(base, "state", "private")
         self.assertEqual(stat.S_IMODE(os.stat(private).st_mode), 0o700)
+        # The database holds pack and log caps; the state dir holds content waiting to go up.
+        self.assertEqual(stat.S_IMODE(os.stat(os.path.join(base, "state")).st_mode), 0o700)
+        for name in ("state.sqlite", "state.sqlite-wal"):
+            self.assertEqual(stat.S_IMODE(os.stat(os.path.join(base, "state", name)).st_mode), 0o600, name)
         for name in ("rootcap", "api_token"):
             self.assertEqual(stat.S_IMODE(os.stat(os.path.join(private, name)).st_mode), 0o600)
         with open(os.path.join(private, "rootcap")) as f:

@@ -119,6 +119,10 @@ def open_database(path):
     schema up to date.
     """
     os.makedirs(os.path.dirname(path), exist_ok=True)
+    # It holds the caps of every pack and log: owner only, like private/.
+    # (SQLite gives its -wal and -shm files the database file's mode.)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
     try:
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA user_version").fetchone()

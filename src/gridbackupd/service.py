@@ -57,6 +57,16 @@ def read_private(path):
         return None
 
 
+def make_state_dir(state_dir):
+    """
+    The state directory, owner only: it holds caps (the database), the
+    content of files waiting to be uploaded (packs, spool) and logs that
+    name every backed-up file.
+    """
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    os.chmod(state_dir, 0o700)
+
+
 def ensure_private_dir(state_dir):
     private = os.path.join(state_dir, "private")
     os.makedirs(private, mode=0o700, exist_ok=True)
@@ -108,7 +118,7 @@ class GridBackupDaemon(MultiService):
     # -- start and stop ----------------------------------------------------
 
     def startService(self):
-        os.makedirs(self.config.state_dir, exist_ok=True)
+        make_state_dir(self.config.state_dir)
         self.private_dir, self.token = ensure_private_dir(self.config.state_dir)
         self.db_path = os.path.join(self.config.state_dir, "state.sqlite")
         fresh = not os.path.exists(self.db_path)
@@ -366,7 +376,7 @@ def preflight(config):
     this version understands.  Raises GridBackupError with one clear line.
     """
     try:
-        os.makedirs(config.state_dir, exist_ok=True)
+        make_state_dir(config.state_dir)
         probe = os.path.join(config.state_dir, ".write-test")
         with open(probe, "w"):
             pass

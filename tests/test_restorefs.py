@@ -74,6 +74,22 @@ class WriterTests(SynchronousTestCase):
         out.abort()
         self.assertEqual(os.listdir(self.target), [])
 
+    def test_leftovers_of_a_killed_restore_are_swept(self):
+        # A restore killed mid-way left a temporary file; the user's own
+        # files with similar names stay.
+        os.makedirs(os.path.join(self.target, "home"), exist_ok=True)
+        left = os.path.join(self.target, "home", ".gridbackup-restore-0011aabbccdd-notes")
+        mine = os.path.join(self.target, "home", "gridbackup-restore-notes")
+        for path in (left, mine):
+            with open(path, "wb") as f:
+                f.write(b"x")
+        entry = Entry(path=b"/home/new", kind=FILE, mode=0o600, size=2, mtime_ns=10**18)
+        out = self.writer.open_file(entry)
+        out.write(0, b"ok")
+        out.commit()
+        self.assertEqual(sorted(os.listdir(os.path.join(self.target, "home"))),
+                         ["gridbackup-restore-notes", "new"])
+
 
 class SparseTests(SynchronousTestCase):
     def test_holes_stay_holes(self):

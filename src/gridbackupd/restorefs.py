@@ -27,6 +27,11 @@ from .model import BLOCKDEV, CHARDEV, FIFO, SOCKET
 READ_BLOCK = 1024 * 1024
 
 
+# Files being restored are written under this prefix and renamed into place.
+TEMP_PREFIX = b".gridbackup-restore-"
+TEMP_PREFIX_TEXT = TEMP_PREFIX.decode("ascii")
+
+
 class UnsafePath(ValueError):
     """A path from a snapshot that must not be written."""
 
@@ -82,6 +87,8 @@ class TargetWriter:
         self._warn_lock = threading.Lock()
         self._dir_fds = {}
         self._dir_lock = threading.Lock()
+        self._swept = set()
+        self._sweep_lock = threading.Lock()
 
     def _warn(self, entry, reason):
         with self._warn_lock:
@@ -123,9 +130,26 @@ class TargetWriter:
                 os.close(fd)
                 fd = child
                 self._remember(dirs[:n + 1], fd)
+            if create:
+                self._sweep(dirs, fd)
             yield fd, parts[-1]
         finally:
             os.close(fd)
+
+    def _sweep(self, dirs, fd):
+        """
+        Once per directory: remove the temporary files a restore killed
+        mid-way left there.  Under a lock, so that no thread of this restore
+        creates its own temporary file in a directory being swept.
+        """
+        with self._sweep_lock:
+            if dirs in self._swept:
+                return
+            for name in os.listdir(fd):
+                if name.startswith(TEMP_PREFIX_TEXT):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name, dir_fd=fd)
+            self._swept.add(dirs)
 
     # Directories already opened (each checked on the way, O_NOFOLLOW from
     # the target down), so that a file deep in a tree costs one open, not
@@ -271,7 +295,7 @@ class TargetWriter:
             if not self.overwrite and self._exists(fd, name):
                 ctx.__exit__(None, None, None)
                 return None
-            tmp = b".gridbackup-restore-" + os.urandom(6).hex().encode() + b"-" + name[:64]
+            tmp = TEMP_PREFIX + os.urandom(6).hex().encode() + b"-" + name[:64]
             file_fd = os.open(
                 tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                 0o600, dir_fd=fd,

@@ -248,6 +248,9 @@ class CommandTests(DaemonTestCase):
         self.assertIn(b"(paused)", out)
         code, out, err = await self.gb("resume")
         self.assertEqual(code, 0, err)
+        code, out, err = await self.gb("take-over")
+        self.assertEqual(code, 0, err)
+        self.assertIn(b"this daemon writes the backup set", out)
         code, out, err = await self.gb("status")
         self.assertNotIn(b"(paused)", out)
         # This daemon started with its own state: nothing was recovered.

@@ -206,5 +206,6 @@ class ResponseTests(TestCase):
         await self.call("GET", "/v1/uploads/queue")
         await self.call("POST", "/v1/uploads/pause")
         await self.call("POST", "/v1/uploads/resume")
+        await self.call("POST", "/v1/uploads/take-over")
 
         self.assertEqual(self.seen, route_templates())

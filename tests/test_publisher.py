@@ -144,6 +144,22 @@ class LockTests(SynchronousTestCase):
         doc = parse_lock(self.successResultOf(run(self.client.download(lock))))
         self.assertEqual((doc["writer"], doc["host"]), ("w-two", "beta"))
 
+    def test_take_over_a_fresh_lock_on_request(self):
+        one = self.publisher("w-one", "old-machine")
+        two = self.publisher("w-two", "new-machine")
+        self.successResultOf(run(one.ensure_layout(self.root)))
+        self.successResultOf(run(two.ensure_layout(self.root)))
+        self.failureResultOf(run(two.check_writer()), WriterLockHeld)
+        # The person knows the old machine is gone: the new one takes the lock now.
+        self.assertEqual(self.successResultOf(run(two.take_over())), "old-machine")
+        self.successResultOf(run(two.check_writer()))
+        self.assertIsNone(two.lock_error)
+        # The old daemon, were it still running, stops writing.
+        self.time += 300
+        self.failureResultOf(run(one.check_writer()), WriterLockHeld)
+        # Taking over one's own lock names nobody.
+        self.assertIsNone(self.successResultOf(run(two.take_over())))
+
 
 class PublishOrderTests(SynchronousTestCase):
     """An incremental snapshot's log is linked only after its parent's."""

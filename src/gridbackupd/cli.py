@@ -582,6 +582,16 @@ def cmd_resume(client, args, out):
     return OK
 
 
+def cmd_take_over(client, args, out):
+    doc = client.call("POST", "/v1/uploads/take-over",
+                      missing="this daemon cannot take over the writer lock (no /v1/uploads/take-over)")
+    if doc.get("taken_from"):
+        out.write(f"this daemon now writes the backup set (the lock of {doc['taken_from']} was taken over)\n")
+    else:
+        out.write("this daemon writes the backup set\n")
+    return OK
+
+
 def cmd_recover(config, args, out):
     """
     Put a root cap in place (``--rootcap-file``) and follow the daemon's
@@ -713,6 +723,8 @@ def build_parser():
     p.add_argument("restore_id")
     commands.add_parser("pause", help="pause uploads")
     commands.add_parser("resume", help="resume uploads")
+    commands.add_parser("take-over", help="write the backup set now, though another machine's lock is fresh "
+                                          "(only when that machine is gone)")
     p = commands.add_parser("recover", help="rebuild the local state from the grid (on a new machine)")
     p.add_argument("--rootcap-file", metavar="FILE",
                    help="the root cap to recover from (- for stdin), written to state_dir/private/rootcap")
@@ -727,7 +739,7 @@ def build_parser():
 COMMANDS = {
     "status": cmd_status, "backup": cmd_backup, "snapshots": cmd_snapshots, "ls": cmd_ls,
     "cat": cmd_cat, "diff": cmd_diff, "restore": cmd_restore, "cancel": cmd_cancel, "pause": cmd_pause,
-    "resume": cmd_resume,
+    "resume": cmd_resume, "take-over": cmd_take_over,
 }
 
 

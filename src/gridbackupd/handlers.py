@@ -391,3 +391,12 @@ async def resume_uploads(daemon, request):
     uploader = _uploader(daemon)
     uploader.resume()
     return 200, {"paused": False}
+
+
+@router.route("POST", "/v1/uploads/take-over")
+async def take_over_writer_lock(daemon, request):
+    """Take the backup set's writer lock from a machine known to be gone."""
+    uploader = _uploader(daemon)
+    previous = await uploader.publisher.take_over()
+    uploader.wake()
+    return 200, {"taken_from": previous}

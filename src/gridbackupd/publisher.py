@@ -95,13 +95,33 @@ class Publisher:
 
     # -- the writer lock ---------------------------------------------------------
 
-    async def _take_lock(self, children=None, extra=None):
+    async def take_over(self):
+        """
+        Take the writer lock now, however fresh another daemon's is: for a
+        person who knows the other machine is gone (a new machine after a
+        disaster).  The other daemon, if it still runs, sees our lock and
+        stops writing.  Returns the host whose lock was taken, or None.
+        """
+        await self.lock.acquire()
+        try:
+            children = await self.client.list_dir(self.layout.root)
+            current = children.get(LOCK)
+            other = await self._read_lock(current.cap) if current is not None else None
+            await self._take_lock(children, force=True)
+        finally:
+            self.lock.release()
+        if other is None or other["writer"] == self.writer_id:
+            return None
+        self.log.warn("took over the writer lock of host {host} on request", host=other["host"])
+        return other["host"]
+
+    async def _take_lock(self, children=None, extra=None, force=False):
         """Write our lock (with ``extra`` children of the root in the same write)."""
         if children is None:
             children = await self.client.list_dir(self.layout.root)
         now = self.now()
         current = children.get(LOCK)
-        if current is not None:
+        if current is not None and not force:
             other = await self._read_lock(current.cap)
             if other is not None and other["writer"] != self.writer_id:
                 age = now - other["heartbeat"]

@@ -341,8 +341,9 @@ class RecoverDaemonTests(TestCase):
         self.assertIsNone(viewer.uploader)
         code, listing = await viewer_api.call("GET", "/v1/snapshots")
         self.assertEqual([s["id"] for s in listing["snapshots"]], [first, second, third])
-        code, body = await viewer_api.call("POST", "/v1/backups")
-        self.assertEqual((code, body["error"]["code"]), (403, "read_only"))
+        for path in ("/v1/backups", "/v1/uploads/pause", "/v1/uploads/take-over"):
+            code, body = await viewer_api.call("POST", path)
+            self.assertEqual((code, body["error"]["code"]), (403, "read_only"), path)
         state, status = await self.restore(viewer, viewer_api, {"snapshot": "latest", "target": base + "/r3"})
         self.assertEqual(state, "done", status["errors"][:5])
         self.assertEqual(tree_listing(os.path.join(base + "/r3", tree.lstrip("/"))), tree_listing(tree))

@@ -353,6 +353,8 @@ async def cancel_restore(daemon, request, restore_id):
 # -- the upload queue (issue 4) ---------------------------------------------------
 
 def _uploader(daemon):
+    if daemon.read_only:
+        daemon.require_writable()  # a 403 that says why
     if daemon.uploader is None:
         raise APIError(503, "starting", "the uploader starts once the grid is connected")
     return daemon.uploader

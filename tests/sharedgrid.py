@@ -20,7 +20,6 @@ import shutil
 import tempfile
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.python.failure import Failure
 
 from gridbackupd.localgrid import LocalGrid
 
@@ -28,8 +27,6 @@ ENV_VAR = "GRIDBACKUP_TEST_NODE_URL"
 
 _grid: LocalGrid | None = None
 _basedir: str | None = None
-_result = None  # None while starting; then the URL or a Failure
-_waiters: list[Deferred] = []
 
 
 def shared_node_url(reactor=None) -> Deferred:
@@ -42,15 +39,8 @@ def shared_node_url(reactor=None) -> Deferred:
         return succeed(env if env.endswith("/") else env + "/")
     if _grid is None:
         _start(reactor)
-    if isinstance(_result, Failure):
-        d = Deferred()
-        d.errback(_result)
-        return d
-    if _result is not None:
-        return succeed(_result)
-    d = Deferred()
-    _waiters.append(d)
-    return d
+    # LocalGrid keeps the outcome of its start and hands it to every caller.
+    return _grid.when_ready()
 
 
 def shared_grid() -> LocalGrid | None:
@@ -69,22 +59,6 @@ def _start(reactor) -> None:
     _grid = LocalGrid(reactor, os.path.join(_basedir, "grid"))
     atexit.register(_cleanup)
     _grid.startService()
-    _grid.when_ready().addBoth(_finished)
-
-
-def _finished(result):
-    global _result
-    _result = result
-    waiters = list(_waiters)
-    del _waiters[:]
-    for d in waiters:
-        if isinstance(result, Failure):
-            d.errback(result)
-        else:
-            d.callback(result)
-    # The failure (if any) is handed to every caller; do not let this
-    # chain report it again as unhandled.
-    return None
 
 
 def _cleanup() -> None:

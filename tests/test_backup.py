@@ -324,6 +324,21 @@ class ResumeTests(SynchronousTestCase):
         self.header = LogHeader(snapshot="s1", kind="full", paths=(os.fsencode(self.tree),),
                                 started=1.0)
 
+    def kill_scan_at(self, suffix):
+        """A scan (checkpointing at every chance) killed as it opens the file ending in ``suffix``."""
+        from gridbackupd import scanner as scanmod
+
+        real_open = os.open
+
+        def crash(path, flags, *args, **kwargs):
+            if path.endswith(suffix):
+                raise KeyboardInterrupt("killed")
+            return real_open(path, flags, *args, **kwargs)
+
+        self.patch(scanmod.os, "open", crash)
+        self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
+        self.patch(scanmod.os, "open", real_open)
+
     def scan(self, progress=None, **kw):
         progress = progress or ScanProgress()
         counts = scan_to_log(self.db_path, "s1", self.header, ScanOptions(roots=(self.tree,)), [],
@@ -422,18 +437,7 @@ class ResumeTests(SynchronousTestCase):
         self.assertEqual(read_records(self.log_path)[1], self.reference())
 
     def test_a_checkpoint_of_other_settings_is_not_resumed(self):
-        from gridbackupd import scanner as scanmod
-
-        real_open = os.open
-
-        def crash(path, flags, *args, **kwargs):
-            if path.endswith(b"d10/f000"):
-                raise KeyboardInterrupt("killed")
-            return real_open(path, flags, *args, **kwargs)
-
-        self.patch(scanmod.os, "open", crash)
-        self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
-        self.patch(scanmod.os, "open", real_open)
+        self.kill_scan_at(b"d10/f000")
         self.header = LogHeader(snapshot="s1", kind="full", paths=(os.fsencode(self.tree),),
                                 tags=("other",), started=1.0)
         counts, progress = self.scan()
@@ -443,18 +447,7 @@ class ResumeTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(self.logs)), ["s1.log"])
 
     def test_a_damaged_checkpoint_starts_over(self):
-        from gridbackupd import scanner as scanmod
-
-        real_open = os.open
-
-        def crash(path, flags, *args, **kwargs):
-            if path.endswith(b"d10/f000"):
-                raise KeyboardInterrupt("killed")
-            return real_open(path, flags, *args, **kwargs)
-
-        self.patch(scanmod.os, "open", crash)
-        self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
-        self.patch(scanmod.os, "open", real_open)
+        self.kill_scan_at(b"d10/f000")
         partial = [n for n in os.listdir(self.logs) if n.endswith(".tmp0")][0]
         with open(os.path.join(self.logs, partial), "r+b") as f:
             f.seek(100)

@@ -65,7 +65,11 @@ def parse_path(text, what="path"):
     """An absolute path from a query parameter, as the raw bytes a log holds."""
     if text is None:
         return b"/"
-    raw = os.fsencode(text)
+    return _checked_path(os.fsencode(text), what)
+
+
+def _checked_path(raw, what):
+    """A path without trailing slashes, valid as a log path, or a 400."""
     if raw != b"/":
         raw = raw.rstrip(b"/") or b"/"
     try:
@@ -83,13 +87,7 @@ def path_arg(request, name="path"):
             raw = base64.b64decode(b64[-1], validate=True)
         except (binascii.Error, ValueError):
             raise APIError(400, "bad_request", f"{name}_b64 is not valid base64")
-        if raw != b"/":
-            raw = raw.rstrip(b"/") or b"/"
-        try:
-            snapshotlog.validate_path(raw)
-        except ValueError as e:
-            raise APIError(400, "bad_request", f"{name}_b64: {e}")
-        return raw
+        return _checked_path(raw, name + "_b64")
     values = request.args.get(name.encode("ascii"))
     if not values:
         return None

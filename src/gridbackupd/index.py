@@ -18,6 +18,8 @@ import re
 
 import attr
 
+from . import strictjson
+
 INDEX_FORMAT = "gridbackup-index"
 INDEX_VERSION = 1
 SETTINGS_FORMAT = "gridbackup"
@@ -67,24 +69,7 @@ class IndexSegment:
 
 # -- strict JSON -------------------------------------------------------------
 
-def _reject_constant(name):
-    raise ValueError(f"{name} is not allowed")
-
-
-def _reject_float(text):
-    raise ValueError(f"{text} is not an integer")
-
-
-def _unique_keys(pairs):
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("an object has a key twice")
-    return obj
-
-
-_DECODER = json.JSONDecoder(
-    parse_constant=_reject_constant, parse_float=_reject_float, object_pairs_hook=_unique_keys
-)
+_DECODER = strictjson.decoder(integers_only=True)
 
 
 def _load(data, what):

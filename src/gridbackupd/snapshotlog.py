@@ -31,6 +31,7 @@ import re
 import attr
 import zstandard
 
+from gridbackupd import strictjson
 from gridbackupd.model import (
     FILE,
     FLAGS,
@@ -843,18 +844,7 @@ class _FrameSource:
             self._expect("block", 3)
 
 
-def _reject_constant(name):
-    raise ValueError(f"{name} is not allowed")
-
-
-def _unique_keys(pairs):
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("an object has a key twice")
-    return obj
-
-
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+_DECODER = strictjson.decoder()
 _SCAN_ONCE = _DECODER.scan_once
 
 

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import secrets
+import sqlite3
 import tempfile
 import threading
 import time
@@ -348,7 +349,7 @@ class Restorer:
         progress.files_total = len(files)
         progress.bytes_total = sum(e.size for e in files)
         if dry_run:
-            progress.plan = self._plan_summary(entries, files, progress)
+            progress.plan = await self._plan_summary(entries, files, progress)
             return
         writer = await deferToThreadPool(self.reactor, self.pool, TargetWriter, target, overwrite)
         try:
@@ -378,8 +379,8 @@ class Restorer:
                 progress.errors.append({"path": os.fsdecode(path), "reason": reason})
             writer.close()
 
-    def _plan_summary(self, entries, files, progress):
-        jobs, spans, pending = restoreplan.plan(files, self._locate)
+    async def _plan_summary(self, entries, files, progress):
+        jobs, spans, pending = await self._plan(files)
         for entry in pending:
             progress.pending.append(
                 {"path": os.fsdecode(entry.path), "reason": "content not uploaded yet"})
@@ -432,24 +433,21 @@ class Restorer:
             await deferToThreadPool(self.reactor, self.pool, batch, items[start:start + self.BATCH])
 
     def _locate(self, blob_hash):
-        """(pack cap, offset, length, compression), the bytes of a blob the
-        index holds inline, or None when the blob is not uploaded yet."""
-        row = self.conn.execute(
-            "SELECT p.cap, b.offset, b.length, b.compression, b.inline_data FROM blobs b "
-            "LEFT JOIN packs p ON p.id = b.pack_id WHERE b.hash = ?",
-            (blob_hash,),
-        ).fetchone()
-        if row is None:
-            return None
-        if row[4] is not None:
-            return bytes(row[4])
-        if row[0] is None:
-            return None
-        return tuple(row[:4])
+        """Where a blob is (see ``locate``), from the reactor's connection: one blob."""
+        return locate(self.conn, blob_hash)
+
+    def _plan(self, files):
+        """
+        restoreplan.plan in a worker thread, on a connection of its own:
+        one index look-up per blob is seconds of work for a large restore,
+        which must not stall the API.
+        """
+        db_path = self.conn.execute("PRAGMA database_list").fetchone()[2]
+        return deferToThreadPool(self.reactor, self.pool, _plan_with_own_connection, db_path, files)
 
     async def _restore_files(self, writer, files, progress):
         """Regular files: inline ones directly, the rest pack by pack."""
-        jobs, spans, pending = restoreplan.plan(files, self._locate)
+        jobs, spans, pending = await self._plan(files)
         for entry in pending:
             progress.pending.append(
                 {"path": os.fsdecode(entry.path), "reason": "content not uploaded yet"})
@@ -475,6 +473,32 @@ class Restorer:
             apply.fail_span(span, f"cannot fetch content from the grid: {e}")
             return
         await deferToThreadPool(self.reactor, self.pool, apply.write_span, span, data)
+
+
+def locate(conn, blob_hash):
+    """(pack cap, offset, length, compression), the bytes of a blob the
+    index holds inline, or None when the blob is not uploaded yet."""
+    row = conn.execute(
+        "SELECT p.cap, b.offset, b.length, b.compression, b.inline_data FROM blobs b "
+        "LEFT JOIN packs p ON p.id = b.pack_id WHERE b.hash = ?",
+        (blob_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[4] is not None:
+        return bytes(row[4])
+    if row[0] is None:
+        return None
+    return tuple(row[:4])
+
+
+def _plan_with_own_connection(db_path, files):
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute("PRAGMA busy_timeout=10000")
+        return restoreplan.plan(files, lambda blob_hash: locate(conn, blob_hash))
+    finally:
+        conn.close()
 
 
 class _SpanWriter:

@@ -342,7 +342,7 @@ class Run:
 def content_runs(locations, max_run=MAX_RUN):
     """
     ``locations``: ``(hash, size, location)`` in file order, where location
-    is what ``Restorer._locate`` gives (``(cap, offset, length,
+    is what ``restore.locate`` gives (``(cap, offset, length,
     compression)`` or inline bytes).  Yields the Runs that fetch them, in
     order; a blob that starts where the one before it ended in the same pack
     joins its run.

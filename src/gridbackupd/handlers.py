@@ -19,7 +19,7 @@ from . import browse, metrics
 from .api import STREAMED, Pacer, Raw, Router, json_body, query_arg, query_int
 from .errors import APIError, TahoeError
 from .model import FILE
-from .restore import check_snapshot_spec
+from .restore import check_snapshot_spec, locate
 from .snapshotlog import LogFormatError
 
 PAGE = 1000
@@ -201,11 +201,11 @@ async def get_content(daemon, request, snapshot_id):
         raise APIError(400, "not_a_file", f"{os.fsdecode(path)!r} is a {entry.kind}, not a file")
     if entry.inline is not None or entry.size == 0:
         return 200, Raw(entry.inline or b"", "application/octet-stream")
-    # Where each blob is, as the restorer finds it: (pack cap, offset,
-    # length, compression), the bytes the index holds inline, or None.
+    # Where each blob is (restore.locate): (pack cap, offset, length,
+    # compression), the bytes the index holds inline, or None.
     locations = []
     for blob_hash, size in entry.blobs:
-        location = daemon.restorer._locate(blob_hash)
+        location = locate(daemon.conn, blob_hash)
         if location is None:
             raise APIError(409, "not_uploaded",
                            f"the content of {os.fsdecode(path)!r} is not on the grid yet")

@@ -432,10 +432,6 @@ class Restorer:
                 return
             await deferToThreadPool(self.reactor, self.pool, batch, items[start:start + self.BATCH])
 
-    def _locate(self, blob_hash):
-        """Where a blob is (see ``locate``), from the reactor's connection: one blob."""
-        return locate(self.conn, blob_hash)
-
     def _plan(self, files):
         """
         restoreplan.plan in a worker thread, on a connection of its own:

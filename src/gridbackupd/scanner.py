@@ -228,10 +228,6 @@ _KINDS_BY_FMT = {
 }
 
 
-def _kind(st):
-    return _KINDS_BY_FMT.get(stat.S_IFMT(st.st_mode))
-
-
 class _Previous:
     """
     The previous snapshot's entries, consumed in step with the walk.

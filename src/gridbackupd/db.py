@@ -112,6 +112,29 @@ MIGRATIONS = [
     """
     CREATE INDEX blobs_by_state_size ON blobs(state, size);
     """,
+    # 5: maintenance jobs (jobs.py, maintenance.py): one row per run, and the
+    # items a run has finished, so that a run interrupted by a restart
+    # resumes where it was.
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        state TEXT NOT NULL,
+        requested REAL NOT NULL,
+        started REAL,
+        finished REAL,
+        options TEXT NOT NULL DEFAULT '{}',
+        progress TEXT NOT NULL DEFAULT '{}',
+        result TEXT NOT NULL DEFAULT '{}',
+        error TEXT
+    );
+    CREATE INDEX jobs_by_kind ON jobs(kind, requested);
+    CREATE TABLE job_items (
+        job TEXT NOT NULL,
+        item TEXT NOT NULL,
+        PRIMARY KEY (job, item)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

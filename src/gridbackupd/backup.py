@@ -25,6 +25,7 @@ import time
 
 import attr
 
+from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -60,6 +61,9 @@ class BackupJobs:
         self.current_kind = None
         self._runner = SerialRunner(self._run_queued, self.log, "backup job")
         self._stopping = False
+        # Held by each scan and by forget and prune (maintenance.py): a scan
+        # dedups against committed blobs, which a prune may be dropping.
+        self.scan_lock = DeferredLock()
 
     def recover_interrupted(self):
         """
@@ -124,7 +128,13 @@ class BackupJobs:
             ).fetchone()
             if row is None:
                 return
-            await self.run_scan(row[0])
+            await self.scan_lock.acquire()
+            try:
+                if self._stopping:
+                    return
+                await self.run_scan(row[0])
+            finally:
+                self.scan_lock.release()
 
     def _parent(self):
         """

@@ -78,6 +78,39 @@ class UploadConfig:
 
 
 @attr.frozen
+class RetentionConfig:
+    """[retention]: which snapshots are kept (retention.py) and when forget and prune run."""
+
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    interval: float = 86400.0  # apply the policy (forget, then prune) this often; 0 = on request
+    repack_threshold: float = 0.5  # repack a pack once this fraction of it is dead
+
+    def policy(self):
+        from .retention import RetentionPolicy
+
+        return RetentionPolicy(self.keep_last, self.keep_hourly, self.keep_daily,
+                               self.keep_weekly, self.keep_monthly, self.keep_yearly)
+
+
+@attr.frozen
+class MaintenanceConfig:
+    """[maintenance]: the jobs that keep a backup set alive on the grid."""
+
+    lease_interval: float = 7 * 86400.0
+    check_interval: float = 7 * 86400.0
+    check_verify_fraction: float = 0.05  # of the objects checked, the share downloaded and verified
+    check_repair: bool = True
+    drill_interval: float = 7 * 86400.0
+    drill_files: int = 20
+    parallel: int = 8
+
+
+@attr.frozen
 class Config:
     path: str
     state_dir: str
@@ -86,6 +119,8 @@ class Config:
     backup: BackupConfig = BackupConfig()
     upload: UploadConfig = UploadConfig()
     api_listen: str = DEFAULT_LISTEN
+    retention: RetentionConfig = RetentionConfig()
+    maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @property
     def private_dir(self):
@@ -106,6 +141,10 @@ _KNOWN = {
     "upload": {"parallel", "pack_size", "inline_max", "max_rate", "user_roots", "weight_recency",
                "weight_small", "weight_user", "weight_age"},
     "api": {"listen"},
+    "retention": {"keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                  "keep_yearly", "interval", "repack_threshold"},
+    "maintenance": {"lease_interval", "check_interval", "check_verify_fraction", "check_repair",
+                    "drill_interval", "drill_files", "parallel"},
 }
 
 
@@ -305,6 +344,26 @@ def parse_config(path):
     listen = r.string("api", "listen", default=DEFAULT_LISTEN)
     _check_endpoint(r, listen)
 
+    retention = RetentionConfig(
+        **{key: r.integer("retention", key, 0, 0, 100000)
+           for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
+                       "keep_yearly")},
+        interval=r.duration("retention", "interval", 86400.0),
+        repack_threshold=r.number("retention", "repack_threshold", 0.5, 0.01, 1.0),
+    )
+    maintenance = MaintenanceConfig(
+        lease_interval=r.duration("maintenance", "lease_interval", 7 * 86400.0),
+        check_interval=r.duration("maintenance", "check_interval", 7 * 86400.0),
+        check_verify_fraction=r.number("maintenance", "check_verify_fraction", 0.05, 0.0, 1.0),
+        check_repair=r.boolean("maintenance", "check_repair", True),
+        drill_interval=r.duration("maintenance", "drill_interval", 7 * 86400.0),
+        drill_files=r.integer("maintenance", "drill_files", 20, 1, 100000),
+        parallel=r.integer("maintenance", "parallel", 8, 1, 64),
+    )
+    if maintenance.lease_interval > 30 * 86400:
+        r.fail("maintenance", "lease_interval", r.raw("maintenance", "lease_interval"),
+               "expected at most 30d: Tahoe storage servers expire leases after 31 days")
+
     return Config(
         path=path,
         state_dir=state_dir,
@@ -313,6 +372,8 @@ def parse_config(path):
         backup=backup,
         upload=upload,
         api_listen=listen,
+        retention=retention,
+        maintenance=maintenance,
     )
 
 

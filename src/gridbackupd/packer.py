@@ -101,23 +101,40 @@ def decode_blob(stored, compression, size):
 def build_pack(blobs, directory):
     """Write the given queued blobs into a new pack file under ``directory``."""
     ordered = sorted(blobs, key=lambda b: (b.source_path, b.source_offset, b.hash))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f"building-{os.getpid()}-{id(ordered)}")
-    whole = hashlib.sha256()
-    packed = []
     stale = []
-    offset = 0
-    with open(tmp, "wb") as out:
+
+    def stored_blobs():
         for blob in ordered:
             data = read_checked(blob)
             if data is None:
                 stale.append(blob.hash)
                 continue
-            stored, compression = encode_blob(data)
-            out.write(stored)
-            whole.update(stored)
-            packed.append(PackedBlob(blob.hash, offset, len(stored), blob.size, compression))
-            offset += len(stored)
+            yield (blob.hash, *encode_blob(data), blob.size)
+
+    return _write_pack(stored_blobs(), directory, stale)
+
+
+def write_stored_pack(stored, directory):
+    """
+    A pack of blobs already in their stored form, ``(hash, stored bytes,
+    compression, size)`` in pack order: a prune moving the live blobs of
+    mostly dead packs, which it has checked against their hashes.
+    """
+    return _write_pack(stored, directory, [])
+
+
+def _write_pack(stored, directory, stale):
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, f"building-{os.getpid()}-{id(stale)}")
+    whole = hashlib.sha256()
+    packed = []
+    offset = 0
+    with open(tmp, "wb") as out:
+        for blob_hash, data, compression, size in stored:
+            out.write(data)
+            whole.update(data)
+            packed.append(PackedBlob(blob_hash, offset, len(data), size, compression))
+            offset += len(data)
         trailer = encode_trailer(packed)
         out.write(trailer)
         whole.update(trailer)

@@ -23,7 +23,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
 from . import db as dbmod
-from .errors import GridBackupError
+from .errors import GridBackupError, TahoeNotFound
 from .index import (
     IndexFormatError, commit_name, encode_index_segment, encode_lock, encode_settings, parse_lock,
     settings_document,
@@ -218,6 +218,7 @@ class Publisher:
     async def _link_unlinked_commits(self):
         rows = self.conn.execute("SELECT name, cap FROM commits WHERE linked = 0").fetchall()
         if not rows:
+            await self._unlink_retired_commits()
             return
         await self.client.set_children(self.layout.commits, dict(rows))
         with dbmod.transaction(self.conn):
@@ -232,6 +233,56 @@ class Publisher:
                     "UPDATE blobs SET state = 'committed' WHERE commit_name = ? AND pack_id IS NULL",
                     (name,),
                 )
+        await self._unlink_retired_commits()
+
+    async def _unlink_retired_commits(self):
+        """
+        Unlink the commits a prune replaced (``linked = -1``).  Only ever
+        after the commits that replace them are linked (the caller's order),
+        so every blob a kept snapshot needs stays in a linked commit.
+        """
+        rows = self.conn.execute("SELECT name FROM commits WHERE linked = -1").fetchall()
+        for (name,) in rows:
+            try:
+                await self.client.unlink(self.layout.commits, name)
+            except TahoeNotFound:
+                pass  # gone already: an earlier run unlinked it before it could say so
+            with dbmod.transaction(self.conn):
+                self.conn.execute("DELETE FROM commits WHERE name = ? AND linked = -1", (name,))
+        if rows:
+            self.log.info("unlinked {n} commits replaced by a prune", n=len(rows))
+
+    async def replace_commits(self):
+        """Link the commits a prune wrote and unlink those they replace."""
+        await self.lock.acquire()
+        try:
+            await self.hold_lock()
+            await self._link_unlinked_commits()
+        finally:
+            self.lock.release()
+
+    # -- snapshot logs -------------------------------------------------------------
+
+    async def link_snapshot_log(self, snapshot_id, cap):
+        """Link (or replace) the log of a snapshot in ``snapshots/``."""
+        await self.lock.acquire()
+        try:
+            await self.hold_lock()
+            await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
+        finally:
+            self.lock.release()
+
+    async def unlink_snapshot_log(self, snapshot_id):
+        """Remove a forgotten snapshot's log from ``snapshots/`` (gone already is fine)."""
+        await self.lock.acquire()
+        try:
+            await self.hold_lock()
+            try:
+                await self.client.unlink(self.layout.snapshots, snapshot_id)
+            except TahoeNotFound:
+                pass
+        finally:
+            self.lock.release()
 
     async def publish_snapshots(self):
         """Upload and link the logs of snapshots that have nothing left to upload."""

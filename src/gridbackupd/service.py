@@ -25,6 +25,7 @@ from .chunker import ChunkParams
 from .errors import APIError, GridBackupError, TahoeError
 from .handlers import router
 from .localgrid import LocalGrid
+from .maintenance import Maintenance
 from .publisher import Publisher, settings_document
 from .queue import Weights
 from .recover import is_read_only, mark_pending, needs_recovery, recover_state
@@ -96,6 +97,8 @@ class GridBackupDaemon(MultiService):
         self.uploader = None
         self.restorer = None
         self.publisher = None
+        self.maintenance = None
+        self.rootcap = None
         self.port = None
         self.servers_connected = None
         self._grid_poll = None
@@ -191,7 +194,7 @@ class GridBackupDaemon(MultiService):
             node_url = self.config.tahoe.node_url
         self.client = TahoeClient(node_url, clock=self.reactor, min_servers=self.config.tahoe.shares_happy)
         await self._wait_for_grid()
-        rootcap = await self._root_cap()
+        rootcap = self.rootcap = await self._root_cap()
         if self.recovering:
             self.state = "recovering"
             self.log.info("no local state: recovering it from the grid")
@@ -230,12 +233,14 @@ class GridBackupDaemon(MultiService):
         self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
 
     def _ready_to_serve(self):
-        """The grid side is up: watch the grid, and run the restores that wait."""
+        """The grid side is up: watch the grid, run the restores that wait, and maintenance."""
         self._grid_poll = LoopingCall(self._poll_grid)
         self._grid_poll.clock = self.reactor
         self._grid_poll.start(GRID_POLL, now=False)
         self.state = "ready"
         self.restorer.kick()
+        self.maintenance = Maintenance(self.reactor, self)
+        self.maintenance.start()
 
     async def _wait_for_grid(self):
         """Wait, however long it takes, until enough storage servers are connected."""
@@ -293,7 +298,8 @@ class GridBackupDaemon(MultiService):
         steps = []
         if self.port is not None:
             steps += [self.port.stopListening, self.site.close_connections]
-        for part in (self.jobs, self.uploader, self.restorer):
+        # Maintenance first: forget and prune hold the scan lock a scan waits for.
+        for part in (self.maintenance, self.jobs, self.uploader, self.restorer):
             if part is not None:
                 steps.append(part.stop)
         if self.client is not None:

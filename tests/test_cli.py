@@ -262,6 +262,23 @@ class CommandTests(DaemonTestCase):
         self.assertEqual(code, 1)
         self.assertIn("r-nonexistent", err)
 
+        # Maintenance: no retention policy here, so forget wants names.
+        code, out, err = await self.gb("forget", "--dry-run")
+        self.assertEqual(code, 1)
+        self.assertIn("no retention policy", err)
+        code, out, err = await self.gb("forget", "--dry-run", first)
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"would forget {first}\n".encode(), out)
+        self.assertIn(f"rewrite {second} as a full log".encode(), out)
+        self.assertIn(b"prune: ", out)
+        code, out, err = await self.gb("job", "prune")
+        self.assertEqual(code, 0, err)
+        job_id = out.decode().splitlines()[0]
+        self.assertIn('"dead_blobs": 0', out.decode())
+        code, out, err = await self.gb("jobs")
+        self.assertEqual(code, 0, err)
+        self.assertIn(f"{job_id}  prune   done".encode(), out)
+
         code, out, err = await self.gb("key", "show")
         self.assertEqual(code, 0, err)
         with open(os.path.join(self.daemon.private_dir, "rootcap")) as f:

@@ -677,6 +677,78 @@ def cmd_key_show(config, args, out):
     return OK
 
 
+def _wait_job(client, job, out, no_wait):
+    """Follow a maintenance job to its end; exit non-zero if it failed or reports failures."""
+    out.write(job["id"] + "\n")
+    out.flush()
+    if no_wait:
+        return OK
+    progress = Progress(out)
+    try:
+        while job["state"] in ("queued", "running"):
+            p = job.get("progress") or {}
+            text = f"{job['kind']} {job['state']}"
+            if p.get("total"):
+                text += f": {p.get('done', 0)}/{p['total']}"
+                if progress.tty:
+                    text += "  " + bar(p.get("done", 0), p["total"])
+            progress.show(text)
+            time.sleep(POLL)
+            job = client.call("GET", f"/v1/jobs/{urllib.parse.quote(job['id'])}")
+    except KeyboardInterrupt:
+        progress.done()
+        raise Exit(FAILED, f"stopped waiting; job {job['id']} goes on")
+    progress.done()
+    out.write(json.dumps(job["result"], indent=1, sort_keys=True) + "\n")
+    if job["state"] != "done":
+        raise Exit(FAILED, f"{job['kind']} job {job['id']} failed: {job.get('error')}")
+    if job["result"].get("failed") or job["result"].get("unrecoverable"):
+        raise Exit(FAILED, f"{job['kind']} job {job['id']} found problems (see above)")
+    return OK
+
+
+def cmd_forget(client, args, out):
+    request = {"dry_run": args.dry_run, "prune": not args.no_prune}
+    if args.snapshots:
+        request["snapshots"] = args.snapshots
+    doc = client.call("POST", "/v1/forget", request,
+                      missing="this daemon cannot forget snapshots (no /v1/forget)")
+    for snapshot_id in doc["forget"]:
+        out.write(f"{'would forget' if args.dry_run else 'forget'} {snapshot_id}\n")
+    for kept in doc["keep"]:
+        out.write(f"keep {kept['id']} ({', '.join(kept['reasons'])})\n")
+    for snapshot_id in doc["rewrite_full"]:
+        out.write(f"rewrite {snapshot_id} as a full log (its parent goes)\n")
+    if args.dry_run:
+        if doc.get("prune"):
+            p = doc["prune"]
+            out.write(f"prune: {p['dead_blobs']} blobs, {p['packs_dropped']} packs dropped "
+                      f"({human_bytes(p['bytes_dropped'])}), {p['packs_repacked']} repacked\n")
+        return OK
+    return _wait_job(client, doc["job"], out, args.no_wait)
+
+
+def cmd_job(client, args, out):
+    options = {}
+    if args.kind == "check" and args.verify is not None:
+        options["verify_fraction"] = args.verify
+    if args.kind == "drill" and args.files:
+        options["files"] = args.files
+    job = client.call("POST", "/v1/jobs", {"kind": args.kind, "options": options},
+                      missing="this daemon has no maintenance jobs (no /v1/jobs)")
+    return _wait_job(client, job, out, args.no_wait)
+
+
+def cmd_jobs(client, args, out):
+    jobs = client.call("GET", "/v1/jobs", missing="this daemon has no maintenance jobs (no /v1/jobs)")["jobs"]
+    for job in reversed(jobs):
+        when = job["finished"] or job["started"] or job["requested"]
+        stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
+        out.write(f"{job['id']}  {job['kind']:<7} {job['state']:<8} {stamp}"
+                  f"{'  ' + job['error'] if job.get('error') else ''}\n")
+    return OK
+
+
 # -- the command line ------------------------------------------------------------
 
 
@@ -725,6 +797,18 @@ def build_parser():
     commands.add_parser("resume", help="resume uploads")
     commands.add_parser("take-over", help="write the backup set now, though another machine's lock is fresh "
                                           "(only when that machine is gone)")
+    p = commands.add_parser("forget", help="forget snapshots by the retention policy (or those named), and prune")
+    p.add_argument("snapshots", nargs="*", metavar="SNAPSHOT", help="forget these (default: apply [retention])")
+    p.add_argument("--dry-run", action="store_true", help="say what would go, change nothing")
+    p.add_argument("--no-prune", action="store_true", help="forget, but leave the grid's packs as they are")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    p = commands.add_parser("job", help="run a maintenance job now: leases, check, drill or prune")
+    p.add_argument("kind", choices=["leases", "check", "drill", "prune"])
+    p.add_argument("--verify", type=float, metavar="FRACTION",
+                   help="check: the fraction of objects whose shares are downloaded and verified")
+    p.add_argument("--files", type=int, help="drill: how many files to restore and check")
+    p.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    commands.add_parser("jobs", help="the recent maintenance jobs")
     p = commands.add_parser("recover", help="rebuild the local state from the grid (on a new machine)")
     p.add_argument("--rootcap-file", metavar="FILE",
                    help="the root cap to recover from (- for stdin), written to state_dir/private/rootcap")
@@ -739,7 +823,8 @@ def build_parser():
 COMMANDS = {
     "status": cmd_status, "backup": cmd_backup, "snapshots": cmd_snapshots, "ls": cmd_ls,
     "cat": cmd_cat, "diff": cmd_diff, "restore": cmd_restore, "cancel": cmd_cancel, "pause": cmd_pause,
-    "resume": cmd_resume, "take-over": cmd_take_over,
+    "resume": cmd_resume, "take-over": cmd_take_over, "forget": cmd_forget, "job": cmd_job,
+    "jobs": cmd_jobs,
 }
 
 

@@ -302,6 +302,34 @@ class RealTahoeContractTests(TahoeContractMixin, TestCase):
 
         return Deferred.fromCoroutine(make())
 
+    async def test_check_and_repair_shapes(self):
+        # Real only: the fake does not repair.  What checkrepair.py reads.
+        client = await self.get_client()
+        cap = await client.upload_bytes(os.urandom(5000))
+        result = await client.check(cap, repair=True)
+        self.assertIs(result["repair-attempted"], False)
+        for key in ("pre-repair-results", "post-repair-results"):
+            self.assertIs(result[key]["results"]["healthy"], True)
+            self.assertIs(result[key]["results"]["recoverable"], True)
+        self.assertEqual(result["storage-index"], result["pre-repair-results"]["storage-index"])
+        self.assertTrue(result["storage-index"])
+        # Objects without shares: a plain check says so with a 200; a repair
+        # of an immutable one is a 410, of a mutable one a 200.
+        for cap in (MISSING_CHK, MISSING_DIR):
+            result = await client.check(cap)
+            self.assertEqual((result["results"]["healthy"], result["results"]["recoverable"]),
+                             (False, False))
+        with self.assertRaises(TahoeSharesMissing):
+            await client.check(MISSING_CHK, repair=True)
+        result = await client.check(MISSING_DIR, repair=True)
+        self.assertEqual((result["repair-attempted"], result["repair-successful"]), (True, False))
+        self.assertIs(result["post-repair-results"]["results"]["recoverable"], False)
+        # A literal cap: the plain shape, repair or not (Tahoe 1.20).
+        tiny = await client.upload_bytes(b"tiny")
+        for repair in (False, True):
+            self.assertEqual(await client.check(tiny, repair=repair),
+                             {"storage-index": "", "results": {"healthy": True}})
+
 
 # ---------------------------------------------------------------------------
 # Fake-only: retries, backoff, failure injection
@@ -403,6 +431,18 @@ class RetryTests(SynchronousTestCase):
         fake.fail_next(410, times=2)
         self.assertEqual(self.successResultOf(run(fake.clock, client.download(cap))), data)
         self.assertEqual(request_times(fake, "GET"), [0, 0.5, 1.5])
+
+    def test_a_repair_without_shares_is_not_retried(self):
+        client, fake = fake_client()
+        cap = fake.add_file(os.urandom(1000))
+        fake.fail_next(410, method="POST")
+        d = run(fake.clock, client.check(cap, repair=True))
+        self.assertEqual(self.failureResultOf(d, TahoeSharesMissing).value.status, 410)
+        self.assertEqual(request_times(fake, "POST"), [0])
+        # A plain check is retried, as a download is.
+        fake.fail_next(410, method="POST")
+        self.assertTrue(self.successResultOf(run(fake.clock, client.check(cap)))["results"])
+        self.assertEqual(len(request_times(fake, "POST")), 3)
 
     def test_node_down_is_retried(self):
         client, fake = fake_client()

@@ -461,6 +461,15 @@ class LocalGrid(Service):
         """
         return {name: proc.pid for name, proc in self._procs.items()}
 
+    def stop_node(self, name: str) -> Deferred:
+        """
+        Stop one node (a storage server leaving the grid, in a test of
+        repair); fires when its process is gone.
+        """
+        proc = self._procs[name]
+        return Deferred.fromCoroutine(
+            self._terminate(name, proc.pid, lambda: proc.poll() is not None))
+
     def when_ready(self) -> Deferred:
         """
         A Deferred that fires with ``node_url`` when the grid is ready, or

@@ -625,16 +625,31 @@ class TahoeClient:
 
         return await self._retrying("download_to", attempt, retry_if)
 
-    async def check(self, cap: str, verify: bool = False, add_lease: bool = False) -> dict:
+    async def check(self, cap: str, verify: bool = False, add_lease: bool = False,
+                    repair: bool = False) -> dict:
         """
         ``POST /uri/CAP?t=check&output=JSON``: the check results.  A 200 may
         still say ``results.healthy: false``: look at it.
+
+        With ``repair`` (``repair=true``) the answer has another shape:
+        ``repair-attempted``, ``repair-successful``, ``pre-repair-results``
+        and ``post-repair-results`` (each shaped like a plain check's
+        answer).  A literal cap gets the plain shape, ``{"storage-index": "",
+        "results": {"healthy": true}}``, repair or not.  A repair is safe to
+        retry.  A repair of an unrecoverable immutable file is a 410
+        (TahoeSharesMissing: the repairer cannot download it), where a plain
+        check answers 200 with ``recoverable: false``; an unrecoverable
+        mutable one answers 200, ``repair-successful: false``.  That 410
+        is not retried (every attempt would repeat the failed repair): ask
+        a plain check what is left.
         """
         query = {"t": "check", "output": "JSON"}
         if verify:
             query["verify"] = "true"
         if add_lease:
             query["add-lease"] = "true"
+        if repair:
+            query["repair"] = "true"
 
         async def attempt():
             result = await self._json("check", "POST", self._cap_url(cap, **query), cap)
@@ -642,7 +657,10 @@ class TahoeClient:
                 raise TahoeBadResponse("check", 200, "the answer is not a JSON object", cap=cap)
             return result
 
-        return await self._retrying("check", attempt)
+        def retry_if(error):
+            return error.transient and not (repair and isinstance(error, TahoeSharesMissing))
+
+        return await self._retrying("check", attempt, retry_if)
 
     # -- directories -------------------------------------------------------
 

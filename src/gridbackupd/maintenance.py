@@ -200,7 +200,8 @@ class Maintenance:
                 "ORDER BY requested, id LIMIT 1").fetchone()
             if row is None:
                 return
-            await self._run(*row)
+            if not await self._run(*row):
+                return  # stopped: it resumes at the next start
 
     async def _run(self, job_id, kind, options):
         d = self.daemon
@@ -226,7 +227,7 @@ class Maintenance:
         except JobStopped:
             self._set(job_id, state="queued", progress=json.dumps(ctx.progress))
             self.log.info("{kind} job {id} stopped; it resumes at the next start", kind=kind, id=job_id)
-            return
+            return False
         except Exception as e:
             error = str(e)
             self.log.failure("{kind} job {id} failed", kind=kind, id=job_id)
@@ -242,6 +243,7 @@ class Maintenance:
                 " ORDER BY requested DESC LIMIT ?)", (kind, kind, KEEP_RUNS))
         self.log.info("{kind} job {id}: {state}", kind=kind, id=job_id, state=state)
         self.waiters.fire(job_id, state)
+        return True
 
     def _set(self, job_id, **fields):
         with dbmod.transaction(self.conn):

@@ -110,12 +110,44 @@ class DaemonCollector:
                 yield _gauge("gridbackup_last_snapshot_errors", "errors recorded in the newest scanned snapshot",
                              float(len(json.loads(row[0]))))
 
+        if d.maintenance is not None:
+            yield from _maintenance_metrics(d.maintenance.status())
+
         restorer = d.restorer
         live = list(restorer.progress.values()) if restorer is not None else []
         yield _gauge("gridbackup_restore_running_bytes_done", "bytes written by running restores",
                      float(sum(p.bytes_done for p in live)))
         yield _gauge("gridbackup_restore_running_bytes_total", "bytes to write by running restores",
                      float(sum(p.bytes_total for p in live)))
+
+
+def _maintenance_metrics(status):
+    """Per job kind: running, its progress, when the last run finished and whether it failed."""
+    families = {
+        "running": GaugeMetricFamily("gridbackup_job_running", "1 while a job of this kind runs",
+                                     labels=["kind"]),
+        "done": GaugeMetricFamily("gridbackup_job_items_done",
+                                  "objects or files the running job has finished", labels=["kind"]),
+        "total": GaugeMetricFamily("gridbackup_job_items_total",
+                                   "objects or files the running job knows of", labels=["kind"]),
+        "errors": GaugeMetricFamily("gridbackup_job_errors", "errors of the running job so far",
+                                    labels=["kind"]),
+        "finished": GaugeMetricFamily("gridbackup_job_last_finished_timestamp_seconds",
+                                      "when the last run of this kind finished (Unix time)",
+                                      labels=["kind"]),
+        "failed": GaugeMetricFamily("gridbackup_job_last_failed",
+                                    "1 if the last run of this kind failed", labels=["kind"]),
+    }
+    for kind, doc in sorted(status.items()):
+        families["running"].add_metric([kind], float(doc["running"]))
+        progress = doc["progress"] or {}
+        for key in ("done", "total", "errors"):
+            if isinstance(progress.get(key), (int, float)):
+                families[key].add_metric([kind], float(progress[key]))
+        if doc["last"] is not None:
+            families["finished"].add_metric([kind], float(doc["last"]["finished"]))
+            families["failed"].add_metric([kind], float(doc["last"]["state"] == "failed"))
+    yield from families.values()
 
 
 def registry_for(daemon):

@@ -110,6 +110,28 @@ class ParseTests(SynchronousTestCase):
         path = self.write(GOOD + "\n[api]\nlisten = unix:/run/gridbackup/api.sock\n")
         self.assertEqual(parse_config(path).api_listen, "unix:/run/gridbackup/api.sock")
 
+    def test_retention_and_maintenance(self):
+        config = parse_config(self.write(GOOD))
+        self.assertTrue(config.retention.policy().empty)
+        self.assertEqual(config.maintenance.lease_interval, 7 * 86400)
+        path = self.write(GOOD + "\n[retention]\nkeep_daily = 7\nkeep_last = 3\ninterval = 12h\n"
+                          "[maintenance]\nlease_interval = 14d\ncheck_repair = no\n"
+                          "check_verify_fraction = 0.25\n")
+        config = parse_config(path)
+        self.assertEqual((config.retention.policy().keep_daily, config.retention.keep_last,
+                          config.retention.interval), (7, 3, 43200))
+        self.assertEqual((config.maintenance.lease_interval, config.maintenance.check_repair,
+                          config.maintenance.check_verify_fraction), (14 * 86400, False, 0.25))
+        message = self.error(GOOD + "\n[retention]\nkeep_daily = -1\n")
+        self.assertIn("[retention] keep_daily = '-1'", message)
+        message = self.error(GOOD + "\n[maintenance]\nlease_interval = 40d\n")
+        self.assertIn("[maintenance] lease_interval = '40d'", message)
+        self.assertIn("31 days", message)
+        message = self.error(GOOD + "\n[maintenance]\ncheck_verify_fraction = 2\n")
+        self.assertIn("from 0 to 1", message)
+        self.assertIn("[retention] keep_forever is not a known option",
+                      self.error(GOOD + "\n[retention]\nkeep_forever = 1\n"))
+
     def test_unreadable_and_garbage(self):
         with self.assertRaises(ConfigError) as ctx:
             parse_config("/nonexistent/gridbackup.ini")

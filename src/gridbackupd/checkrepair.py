@@ -66,7 +66,9 @@ def classify(answer: dict, repair: bool) -> dict:
         pre = _results(answer, "pre-repair-results")
         post = _results(answer, "post-repair-results")
         attempted = answer.get("repair-attempted") is True
-        summary = (answer.get("post-repair-results") or {}).get("summary", "")
+        before = (answer.get("pre-repair-results") or {}).get("summary", "")
+        after = (answer.get("post-repair-results") or {}).get("summary", "")
+        summary = f"{before}; after the repair: {after}" if attempted else before
     else:
         pre = post = _results(answer)
         attempted = False

@@ -16,7 +16,8 @@ at its new place, drops the dead ones and marks the old commits retired;
 then the publisher links the new commits and only after them unlinks the
 retired ones (``Publisher.replace_commits``, which also finishes the work
 of a run killed after its transaction).  The caller holds the scan lock, so
-no scan dedups against a blob while it is being dropped.
+no scan dedups against a blob while it is being dropped, and the writer
+lock on the grid is renewed all along, so no other daemon writes the set.
 """
 
 import hashlib
@@ -281,6 +282,7 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
         replacements = {}
         for commit in plan.commits:
             ctx.check_stopping()
+            await ctx.publisher.check_writer()
             segment = await _in_thread(ctx, session.segment_of, commit)
             if segment is None:
                 replacements[commit.name] = None
@@ -318,6 +320,9 @@ async def _repack(ctx, session, plan, pack_size):
         nonlocal pending, pending_bytes
         if not pending:
             return
+        # Keep the writer lock fresh through a long repack: another daemon
+        # taking a stale lock over could dedup against a pack being dropped.
+        await ctx.publisher.check_writer()
         built = await _in_thread(ctx, packer.write_stored_pack, pending, workdir)
         try:
             cap = await ctx.client.upload_file(built.path)

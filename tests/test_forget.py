@@ -172,3 +172,32 @@ class ForgetAndPruneTests(DaemonTestCase):
         # The next backup is made against what is left, and is complete.
         third = await self.backup()
         self.assertNotIn(third, (first, second))
+
+    def test_refused_while_another_daemon_holds_the_writer_lock(self):
+        return run(self._locked())
+
+    async def _locked(self):
+        import time
+
+        from gridbackupd.index import encode_lock
+
+        first = await self.backup()
+        shutil.rmtree(os.path.join(self.tree, "doomed"))
+        second = await self.backup()
+        # Another machine writes this backup set now: its lock is fresh.
+        client, layout = self.daemon.client, self.daemon.publisher.layout
+        cap = await client.upload_bytes(encode_lock("w-elsewhere", "elsewhere", int(time.time())))
+        await client.set_children(layout.root, {"lock": cap})
+        self.daemon.publisher._lock_time = None  # as if our heartbeat were due
+        packs = self.daemon.conn.execute("SELECT count(*) FROM packs").fetchone()[0]
+        code, answer = await self.api.call("POST", "/v1/forget", {})
+        self.assertEqual(code, 202, answer)
+        self.assertEqual(await self.daemon.maintenance.wait(answer["job"]["id"]), "failed")
+        job = self.daemon.maintenance.job(answer["job"]["id"])
+        self.assertIn("another gridbackupd", job["error"])
+        logs, _ = await self.grid_layout()
+        self.assertEqual(set(logs), {first, second})
+        self.assertEqual(self.daemon.conn.execute("SELECT count(*) FROM packs").fetchone()[0], packs)
+        code, listing = await self.api.call("GET", "/v1/snapshots")
+        self.assertEqual([s["id"] for s in listing["snapshots"]], [first, second])
+        self.flushLoggedErrors()

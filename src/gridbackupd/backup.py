@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import time
 
@@ -511,8 +510,7 @@ def scan_to_log(db_path, snapshot_id, header, options, previous_logs, log_path, 
     """
     if header.kind == "incremental" and not previous_logs:
         raise ValueError("an incremental log needs its parent's logs")
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA busy_timeout=10000")
+    conn = dbmod.connect(db_path, isolation_level=None)
     conn.execute("PRAGMA synchronous=NORMAL")  # as the daemon's own connection (WAL)
     logs_dir = os.path.dirname(log_path)
     batch = []

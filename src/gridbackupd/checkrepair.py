@@ -16,11 +16,11 @@ from __future__ import annotations
 import os
 import random
 import re
-import sqlite3
 
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from . import db as dbmod
 from .chain import ChainError, snapshot_entries
 from .errors import TahoeBadResponse, TahoeSharesMissing
 from .reachable import ROOT, ReachableRun, for_each_reachable
@@ -201,11 +201,8 @@ def affected_by(conn, names, logs_dir: str | None) -> list[dict]:
 
 
 def _affected_all(db_path, names, logs_dir) -> list[dict]:
-    conn = sqlite3.connect(db_path)
-    try:
+    with dbmod.worker_connection(db_path) as conn:
         return affected_by(conn, names, logs_dir)
-    finally:
-        conn.close()
 
 
 async def check_and_repair(ctx) -> dict:

@@ -185,6 +185,27 @@ def upgrade(conn, path="database"):
         raise
 
 
+def connect(path, **kwargs):
+    """
+    Another connection to an open state database, for a worker thread's
+    long read or write: it waits for the daemon's writes (WAL) rather than
+    failing with "database is locked".
+    """
+    conn = sqlite3.connect(path, **kwargs)
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+@contextlib.contextmanager
+def worker_connection(path):
+    """``with worker_connection(db_path) as conn:`` a ``connect``ed connection, closed after."""
+    conn = connect(path)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
 @contextlib.contextmanager
 def transaction(conn):
     """One short write transaction: committed on success, rolled back on error."""

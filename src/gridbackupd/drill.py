@@ -25,6 +25,7 @@ import stat
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from . import db as dbmod
 from .chain import snapshot_entries
 from .errors import APIError, TahoeError
 from .model import FILE
@@ -224,12 +225,8 @@ class Sample:
 
 def sample_files(db_path, snapshot_id, logs_dir, size, rnd):
     """In a worker thread: a Sample of ``size`` files of the snapshot."""
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.execute("PRAGMA busy_timeout=10000")
+    with dbmod.worker_connection(db_path) as conn:
         entries = snapshot_entries(conn, snapshot_id, logs_dir)
-    finally:
-        conn.close()
     sample = Sample(size, rnd)
     for entry in entries:
         sample.add(entry)

@@ -13,7 +13,6 @@ used are left to ``prune.py``.
 """
 
 import os
-import sqlite3
 
 import attr
 from twisted.internet.threads import deferToThreadPool
@@ -140,9 +139,7 @@ async def _rewrite_full(ctx, snapshot_id):
 
 def write_full_log(db_path, snapshot_id, out_path):
     """The complete entries of ``snapshot_id`` as one full log (a worker thread)."""
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.execute("PRAGMA busy_timeout=10000")
+    with dbmod.worker_connection(db_path) as conn:
         resolve = chain.db_resolver(conn)
         log_path = resolve(snapshot_id)
         if log_path is None:
@@ -155,8 +152,6 @@ def write_full_log(db_path, snapshot_id, out_path):
                         writer.add(entry)
                 f.flush()
                 os.fsync(f.fileno())
-    finally:
-        conn.close()
 
 
 def _remove(path):

@@ -22,13 +22,13 @@ lock on the grid is renewed all along, so no other daemon writes the set.
 
 import hashlib
 import os
-import sqlite3
 
 import attr
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import chain, packer, restoreplan
+from . import db as dbmod
 from .errors import GridBackupError
 from .index import commit_name, encode_index_segment
 
@@ -88,8 +88,7 @@ class _Session:
     """
 
     def __init__(self, db_path, logs_dir):
-        self.conn = sqlite3.connect(db_path, isolation_level=None, check_same_thread=False)
-        self.conn.execute("PRAGMA busy_timeout=10000")
+        self.conn = dbmod.connect(db_path, isolation_level=None, check_same_thread=False)
         self.logs_dir = logs_dir
 
     def close(self):

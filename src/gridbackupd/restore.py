@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import tempfile
 import threading
 import time
@@ -489,12 +488,8 @@ def locate(conn, blob_hash):
 
 
 def _plan_with_own_connection(db_path, files):
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.execute("PRAGMA busy_timeout=10000")
+    with dbmod.worker_connection(db_path) as conn:
         return restoreplan.plan(files, lambda blob_hash: locate(conn, blob_hash))
-    finally:
-        conn.close()
 
 
 class _SpanWriter:

@@ -16,6 +16,7 @@ this daemon's writer id, its host and a heartbeat.  A lock whose heartbeat
 is older than ``LOCK_STALE`` is taken over.
 """
 
+import contextlib
 import time
 
 import attr
@@ -158,21 +159,30 @@ class Publisher:
         if self._lock_time is None or self.now() - self._lock_time > LOCK_HEARTBEAT:
             await self._take_lock()
 
-    async def check_writer(self):
-        """For the uploader: raise WriterLockHeld unless this daemon may write."""
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        """
+        ``async with publisher.writing():`` the one way to write the backup
+        set's mutable directories: one write at a time in this daemon, and
+        under a fresh writer lock (WriterLockHeld if another daemon has it).
+        """
         await self.lock.acquire()
         try:
             await self.hold_lock()
+            yield
         finally:
             self.lock.release()
+
+    async def check_writer(self):
+        """For the uploader: raise WriterLockHeld unless this daemon may write."""
+        async with self.writing():
+            pass  # taking the lock renews it when due, or says why not
 
     # -- commits -----------------------------------------------------------------
 
     async def commit(self):
         """Publish every uploaded pack and inline blob that is not yet in a linked commit."""
-        await self.lock.acquire()
-        try:
-            await self.hold_lock()
+        async with self.writing():
             await self._link_unlinked_commits()
             packs = self.conn.execute(
                 "SELECT id, name, cap FROM packs WHERE commit_name IS NULL AND cap IS NOT NULL "
@@ -212,8 +222,6 @@ class Publisher:
             self.log.info("committed {packs} packs and {inline} inline blobs as {name}",
                           packs=len(packs), inline=len(inline), name=name)
             return name
-        finally:
-            self.lock.release()
 
     async def _link_unlinked_commits(self):
         rows = self.conn.execute("SELECT name, cap FROM commits WHERE linked = 0").fetchall()
@@ -254,35 +262,23 @@ class Publisher:
 
     async def replace_commits(self):
         """Link the commits a prune wrote and unlink those they replace."""
-        await self.lock.acquire()
-        try:
-            await self.hold_lock()
+        async with self.writing():
             await self._link_unlinked_commits()
-        finally:
-            self.lock.release()
 
     # -- snapshot logs -------------------------------------------------------------
 
     async def link_snapshot_log(self, snapshot_id, cap):
         """Link (or replace) the log of a snapshot in ``snapshots/``."""
-        await self.lock.acquire()
-        try:
-            await self.hold_lock()
+        async with self.writing():
             await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
-        finally:
-            self.lock.release()
 
     async def unlink_snapshot_log(self, snapshot_id):
         """Remove a forgotten snapshot's log from ``snapshots/`` (gone already is fine)."""
-        await self.lock.acquire()
-        try:
-            await self.hold_lock()
+        async with self.writing():
             try:
                 await self.client.unlink(self.layout.snapshots, snapshot_id)
             except TahoeNotFound:
                 pass
-        finally:
-            self.lock.release()
 
     async def publish_snapshots(self):
         """Upload and link the logs of snapshots that have nothing left to upload."""
@@ -297,9 +293,7 @@ class Publisher:
             ")) ORDER BY s.id"
         ).fetchall()
         for snapshot_id, log_path in ready:
-            await self.lock.acquire()
-            try:
-                await self.hold_lock()
+            async with self.writing():
                 cap = await self.client.upload_file(log_path)
                 await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
                 stale = self.conn.execute(
@@ -317,8 +311,6 @@ class Publisher:
                 self.log.info(
                     "published snapshot {id} (log {cap})", id=snapshot_id, cap=short_cap(cap)
                 )
-            finally:
-                self.lock.release()
             self.waiters.fire(snapshot_id, "complete" if not stale else "incomplete")
         return [r[0] for r in ready]
 

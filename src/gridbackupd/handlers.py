@@ -449,12 +449,9 @@ async def forget_snapshots(daemon, request):
     answer = {"policy": policy.describe() if ids is None else None, **plan.as_dict(daemon.conn)}
     if doc.get("dry_run", False):
         if doc.get("prune", True):
-            from .jobs import JobContext
-
-            ctx = JobContext(daemon.reactor, daemon.conn, daemon.db_path, daemon.client,
-                             daemon.rootcap, daemon.pool, daemon.config.state_dir, "dry-run")
             answer["prune"] = await prune_dry_run(
-                ctx, daemon.config.retention.repack_threshold, plan.forget)
+                maintenance.context("dry-run"), daemon.config.retention.repack_threshold,
+                plan.forget)
         return 200, {"dry_run": True, **answer}
     options = {"prune": doc.get("prune", True)}
     if ids is not None:

@@ -121,6 +121,8 @@ class Maintenance:
         """Resume interrupted jobs and start the schedule (the grid side is up)."""
         with dbmod.transaction(self.conn):
             self.conn.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+            if dbmod.get_meta(self.conn, "maintenance_epoch") is None:
+                dbmod.set_meta(self.conn, "maintenance_epoch", repr(self.reactor.seconds()))
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.reactor
         self._loop.start(TICK, now=True)
@@ -150,12 +152,7 @@ class Maintenance:
             "SELECT max(requested) FROM jobs WHERE kind = ?", (kind,)).fetchone()[0]
         if last is not None:
             return last
-        epoch = dbmod.get_meta(self.conn, "maintenance_epoch")
-        if epoch is None:
-            epoch = self.reactor.seconds()
-            with dbmod.transaction(self.conn):
-                dbmod.set_meta(self.conn, "maintenance_epoch", repr(epoch))
-        return float(epoch)
+        return float(dbmod.get_meta(self.conn, "maintenance_epoch"))
 
     def kick(self):
         if not self._stopping:
@@ -205,10 +202,7 @@ class Maintenance:
 
     async def _run(self, job_id, kind, options):
         d = self.daemon
-        ctx = JobContext(
-            reactor=self.reactor, conn=self.conn, db_path=d.db_path, client=d.client,
-            rootcap=d.rootcap, pool=d.pool, state_dir=self.config.state_dir, job_id=job_id,
-            options=json.loads(options), publisher=d.publisher, restorer=d.restorer)
+        ctx = self.context(job_id, json.loads(options))
         self._set(job_id, state="running", started=self.reactor.seconds())
         self.current, self.current_kind = ctx, kind
         lock = d.jobs.scan_lock if kind in WRITING else None
@@ -244,6 +238,14 @@ class Maintenance:
         self.log.info("{kind} job {id}: {state}", kind=kind, id=job_id, state=state)
         self.waiters.fire(job_id, state)
         return True
+
+    def context(self, job_id, options=None):
+        """What a job (or a dry run of one) sees of the daemon."""
+        d = self.daemon
+        return JobContext(
+            reactor=self.reactor, conn=self.conn, db_path=d.db_path, client=d.client,
+            rootcap=d.rootcap, pool=d.pool, state_dir=self.config.state_dir, job_id=job_id,
+            options=options or {}, publisher=d.publisher, restorer=d.restorer)
 
     def _set(self, job_id, **fields):
         with dbmod.transaction(self.conn):

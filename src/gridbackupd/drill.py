@@ -30,13 +30,12 @@ from .chain import snapshot_entries
 from .errors import APIError, TahoeError
 from .model import FILE
 from .restore import RestoreProgress
-from .restorefs import UnsafePath, components
+from .restorefs import UnsafePath, components, hash_file
 from .snapshotlog import LogFormatError
 
 log = Logger()
 
 DEFAULT_FILES = 20
-READ_BLOCK = 1024 * 1024
 
 
 def scratch_root(state_dir):
@@ -273,39 +272,24 @@ def check_file(target, entry):
         return MISSING
     except OSError as e:
         return f"cannot read the restored file: {e.strerror}"
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
             return "the restored path is not a regular file"
-        whole = hashlib.sha256()
-        size = 0
-        while data := f.read(READ_BLOCK):
-            whole.update(data)
-            size += len(data)
-        if size != entry.size:
-            return f"restored {size} bytes, the snapshot says {entry.size}"
         expected = entry.sha256
         if expected is None and entry.inline is not None:
             expected = hashlib.sha256(entry.inline).hexdigest()
-        if expected is None:
-            # The log format lets the whole-file hash out: the blobs' do.
-            f.seek(0)
-            return _blob_mismatch(f, entry.blobs)
-    if whole.hexdigest() != expected:
+        # The log format lets the whole-file hash out: the blobs' then say.
+        size, whole, bad = hash_file(fd, entry.blobs if expected is None else ())
+    finally:
+        os.close(fd)
+    if size != entry.size:
+        return f"restored {size} bytes, the snapshot says {entry.size}"
+    if expected is None:
+        if bad is not None:
+            return f"bytes {bad[0]}-{bad[0] + bad[1]} do not match their blob's SHA-256"
+        return None
+    if whole != expected:
         return "the restored content does not match the snapshot's SHA-256"
-    return None
-
-
-def _blob_mismatch(f, blobs):
-    offset = 0
-    for expected, size in blobs:
-        piece = hashlib.sha256()
-        left = size
-        while left and (data := f.read(min(READ_BLOCK, left))):
-            piece.update(data)
-            left -= len(data)
-        if piece.hexdigest() != expected:
-            return f"bytes {offset}-{offset + size} do not match their blob's SHA-256"
-        offset += size
     return None
 
 

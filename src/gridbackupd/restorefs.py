@@ -36,6 +36,44 @@ class UnsafePath(ValueError):
     """A path from a snapshot that must not be written."""
 
 
+def hash_file(fd, pieces=()):
+    """
+    Read an open file from its start to its end, once: ``(size, SHA-256 of
+    the whole, (offset, size) of the first of ``pieces`` whose bytes do not
+    match, or None)``.  ``pieces`` are ``(sha256, size)`` in file order (a
+    file's blobs); a piece the file ends inside does not match.
+    """
+    whole = hashlib.sha256()
+    pieces = list(pieces)
+    bad = None
+    index = piece_offset = size = 0
+    piece = hashlib.sha256()
+
+    def close_finished():
+        nonlocal bad, index, piece_offset, piece
+        while index < len(pieces) and size == piece_offset + pieces[index][1]:
+            if bad is None and piece.hexdigest() != pieces[index][0]:
+                bad = (piece_offset, pieces[index][1])
+            piece_offset += pieces[index][1]
+            index += 1
+            piece = hashlib.sha256()
+
+    close_finished()
+    while data := os.pread(fd, READ_BLOCK, size):
+        whole.update(data)
+        view = memoryview(data)
+        while len(view) and index < len(pieces):
+            take = min(len(view), piece_offset + pieces[index][1] - size)
+            piece.update(view[:take])
+            view = view[take:]
+            size += take
+            close_finished()
+        size += len(view)
+    if bad is None and index < len(pieces):
+        bad = (piece_offset, pieces[index][1])  # the file ends inside it
+    return size, whole.hexdigest(), bad
+
+
 class VerifyFailed(ValueError):
     """What was written does not read back as the snapshot's content."""
 
@@ -258,31 +296,22 @@ class TargetWriter:
             try:
                 if not stat.S_ISREG(os.fstat(ffd).st_mode):
                     raise VerifyFailed("is not a regular file")
-                whole = hashlib.sha256()
                 if entry.inline is not None:
                     pieces = [(hashlib.sha256(entry.inline).hexdigest(), len(entry.inline))]
                 else:
                     pieces = entry.blobs
-                offset = 0
-                for expected, size in pieces:
-                    piece = hashlib.sha256()
-                    done = 0
-                    while done < size:
-                        data = os.pread(ffd, min(READ_BLOCK, size - done), offset + done)
-                        if not data:
-                            raise VerifyFailed(f"is shorter than {entry.size} bytes")
-                        piece.update(data)
-                        whole.update(data)
-                        done += len(data)
-                    if piece.hexdigest() != expected:
-                        raise VerifyFailed(f"bytes {offset}-{offset + size} do not match their SHA-256")
-                    offset += size
-                if os.pread(ffd, 1, offset):
-                    raise VerifyFailed(f"is longer than {entry.size} bytes")
-                if entry.sha256 and whole.hexdigest() != entry.sha256:
-                    raise VerifyFailed("does not match the SHA-256 of the whole file")
+                size, whole, bad = hash_file(ffd, pieces)
             finally:
                 os.close(ffd)
+        expected = sum(n for _, n in pieces)
+        if bad is not None and bad[0] + bad[1] <= size:
+            raise VerifyFailed(f"bytes {bad[0]}-{bad[0] + bad[1]} do not match their SHA-256")
+        if size < expected:
+            raise VerifyFailed(f"is shorter than {entry.size} bytes")
+        if size > expected:
+            raise VerifyFailed(f"is longer than {entry.size} bytes")
+        if entry.sha256 and whole != entry.sha256:
+            raise VerifyFailed("does not match the SHA-256 of the whole file")
 
     def open_file(self, entry):
         """

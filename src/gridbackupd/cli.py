@@ -360,32 +360,51 @@ def cmd_status(client, args, out):
     return OK
 
 
+def follow(client, path, out, ended, describe, interrupted=None):
+    """
+    Poll ``path`` until ``ended(doc)``, showing ``describe(doc, tty)`` as
+    progress in between; the last document.  Ctrl-C stops waiting (with
+    ``interrupted`` as the message, if given) and leaves the work going on.
+    """
+    progress = Progress(out)
+    try:
+        while True:
+            doc = client.call("GET", path)
+            if ended(doc):
+                break
+            progress.show(describe(doc, progress.tty))
+            time.sleep(POLL)
+    except KeyboardInterrupt:
+        progress.done()
+        if interrupted is None:
+            raise
+        raise Exit(FAILED, interrupted)
+    progress.done()
+    return doc
+
+
 def cmd_backup(client, args, out):
     snapshot_id = client.call("POST", "/v1/backups")["id"]
     out.write(snapshot_id + "\n")
     out.flush()
     if not args.wait:
         return OK
-    progress = Progress(out)
-    while True:
-        snap = client.call("GET", f"/v1/snapshots/{snapshot_id}")
+
+    def describe(snap, tty):
         state = snap["state"]
-        if state in ("complete", "incomplete", "failed"):
-            break
         if state == "scanning" and snap.get("progress"):
             p = snap["progress"]
-            progress.show(f"scanning: {p.get('entries', 0)} entries, {human_bytes(p.get('bytes_hashed'))} read")
-        elif state == "uploading":
+            return f"scanning: {p.get('entries', 0)} entries, {human_bytes(p.get('bytes_hashed'))} read"
+        if state == "uploading":
             upload = client.call("GET", "/v1/status").get("upload") or {}
             pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)
             text = f"uploading: {human_bytes(pending)} to go"
-            if progress.tty:
-                text += "  " + bar(done, done + pending)
-            progress.show(text)
-        else:
-            progress.show(f"{state}")
-        time.sleep(POLL)
-    progress.done()
+            return text + ("  " + bar(done, done + pending) if tty else "")
+        return state
+
+    snap = follow(client, f"/v1/snapshots/{snapshot_id}", out,
+                  lambda s: s["state"] in ("complete", "incomplete", "failed"), describe)
+    state = snap["state"]
     summary = (f"snapshot {snapshot_id}: {state}, {snap.get('files')} files, "
                f"{human_bytes(snap.get('bytes'))}, {snap.get('error_count', 0)} errors")
     if state == "complete":
@@ -531,23 +550,18 @@ def cmd_restore(client, args, out):
     out.flush()
     if args.no_wait:
         return OK
-    progress = Progress(out)
-    try:
-        while True:
-            r = client.call("GET", f"/v1/restores/{restore_id}")
-            if r["state"] in ("done", "failed", "cancelled"):
-                break
-            text = (f"{r['state']}: {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
-                    f"{human_bytes(r.get('bytes_done'))} of {human_bytes(r.get('bytes_total'))}")
-            if progress.tty and r.get("bytes_total"):
-                text += "  " + bar(r.get("bytes_done", 0), r["bytes_total"])
-            progress.show(text)
-            time.sleep(POLL)
-    except KeyboardInterrupt:
-        progress.done()
-        raise Exit(FAILED, f"stopped waiting; restore {restore_id} goes on "
-                           f"('gridbackup cancel {restore_id}' stops it)")
-    progress.done()
+
+    def describe(r, tty):
+        text = (f"{r['state']}: {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
+                f"{human_bytes(r.get('bytes_done'))} of {human_bytes(r.get('bytes_total'))}")
+        if tty and r.get("bytes_total"):
+            text += "  " + bar(r.get("bytes_done", 0), r["bytes_total"])
+        return text
+
+    r = follow(client, f"/v1/restores/{restore_id}", out,
+               lambda r: r["state"] in ("done", "failed", "cancelled"), describe,
+               f"stopped waiting; restore {restore_id} goes on "
+               f"('gridbackup cancel {restore_id}' stops it)")
     summary = (f"restore {restore_id}: {r['state']}, {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
                f"{human_bytes(r.get('bytes_done'))} into {request['target']}")
     if r["state"] == "done":
@@ -683,22 +697,19 @@ def _wait_job(client, job, out, no_wait):
     out.flush()
     if no_wait:
         return OK
-    progress = Progress(out)
-    try:
-        while job["state"] in ("queued", "running"):
-            p = job.get("progress") or {}
-            text = f"{job['kind']} {job['state']}"
-            if p.get("total"):
-                text += f": {p.get('done', 0)}/{p['total']}"
-                if progress.tty:
-                    text += "  " + bar(p.get("done", 0), p["total"])
-            progress.show(text)
-            time.sleep(POLL)
-            job = client.call("GET", f"/v1/jobs/{urllib.parse.quote(job['id'])}")
-    except KeyboardInterrupt:
-        progress.done()
-        raise Exit(FAILED, f"stopped waiting; job {job['id']} goes on")
-    progress.done()
+
+    def describe(job, tty):
+        p = job.get("progress") or {}
+        text = f"{job['kind']} {job['state']}"
+        if p.get("total"):
+            text += f": {p.get('done', 0)}/{p['total']}"
+            if tty:
+                text += "  " + bar(p.get("done", 0), p["total"])
+        return text
+
+    job = follow(client, f"/v1/jobs/{urllib.parse.quote(job['id'])}", out,
+                 lambda j: j["state"] not in ("queued", "running"), describe,
+                 f"stopped waiting; job {job['id']} goes on")
     out.write(json.dumps(job["result"], indent=1, sort_keys=True) + "\n")
     if job["state"] != "done":
         raise Exit(FAILED, f"{job['kind']} job {job['id']} failed: {job.get('error')}")

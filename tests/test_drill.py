@@ -13,7 +13,6 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd import drill
 from gridbackupd.chain import snapshot_entries
-from gridbackupd.jobs import JobContext
 from gridbackupd.model import DIR, FILE, Entry
 from gridbackupd.restore import locate
 from tests.daemoncase import DaemonTestCase, run
@@ -54,12 +53,7 @@ class DrillTests(DaemonTestCase):
         await super().start_daemon(config_path)
 
     def context(self, job_id="drill-1", **options):
-        d = self.daemon
-        return JobContext(
-            reactor=d.reactor, conn=d.conn, db_path=d.db_path, client=d.client,
-            rootcap=d.publisher.layout.root, pool=d.pool, state_dir=d.config.state_dir,
-            job_id=job_id, options=options, publisher=d.publisher, restorer=d.restorer,
-        )
+        return self.daemon.maintenance.context(job_id, options)
 
     def drill_dir(self):
         return os.path.join(self.daemon.config.state_dir, "drill")

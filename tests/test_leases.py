@@ -28,17 +28,7 @@ DAY = 24 * 60 * 60
 
 
 def make_context(daemon, options=None, job_id=None):
-    return JobContext(
-        reactor=reactor,
-        conn=daemon.conn,
-        db_path=daemon.db_path,
-        client=daemon.client,
-        rootcap=daemon.publisher.layout.root,
-        pool=daemon.pool,
-        state_dir=daemon.config.state_dir,
-        job_id=job_id or f"test-{uuid.uuid4().hex[:8]}",
-        options=dict(options or {}),
-    )
+    return daemon.maintenance.context(job_id or f"test-{uuid.uuid4().hex[:8]}", dict(options or {}))
 
 
 async def reachable_objects(daemon):

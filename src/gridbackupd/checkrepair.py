@@ -17,7 +17,6 @@ import os
 import random
 import re
 
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import db as dbmod
@@ -287,8 +286,7 @@ async def check_and_repair(ctx) -> dict:
 
     names = sorted(unrecoverable)[:MAX_OBJECTS_LISTED]
     logs_dir = os.path.join(ctx.state_dir, "logs")
-    affected = await deferToThreadPool(ctx.reactor, ctx.pool, _affected_all, ctx.db_path,
-                                       names, logs_dir) if names else []
+    affected = await ctx.in_thread(_affected_all, ctx.db_path, names, logs_dir) if names else []
     result = run.summary()
     result.update(counts)
     result["repair"] = repair

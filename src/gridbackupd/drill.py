@@ -22,7 +22,6 @@ import shutil
 import sqlite3
 import stat
 
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import db as dbmod
@@ -53,12 +52,12 @@ async def restore_drill(ctx) -> dict:
     try:
         # A run killed earlier (or this job before a restart) left its
         # files; a drill running now (one started by hand) keeps its own.
-        await _in_thread(ctx, remove_leftovers, root, set(_active.values()))
+        await ctx.in_thread(remove_leftovers, root, set(_active.values()))
         return await _drill(ctx, wanted, random.Random(ctx.options.get("seed")), target)
     finally:
         del _active[id(ctx)]
-        await _in_thread(ctx, remove_tree, target)
-        await _in_thread(ctx, _remove_if_empty, root)
+        await ctx.in_thread(remove_tree, target)
+        await ctx.in_thread(_remove_if_empty, root)
 
 
 async def _drill(ctx, wanted, rnd, target):
@@ -71,8 +70,7 @@ async def _drill(ctx, wanted, rnd, target):
     progress["snapshot"] = snapshot_id
     progress["phase"] = "sampling"
     try:
-        sample = await _in_thread(
-            ctx, sample_files, ctx.db_path, snapshot_id,
+        sample = await ctx.in_thread(sample_files, ctx.db_path, snapshot_id,
             os.path.join(ctx.state_dir, "logs"), wanted, rnd)
     except (LogFormatError, OSError, sqlite3.Error) as e:
         # The log itself is unreadable: that is what this drill found.
@@ -90,7 +88,7 @@ async def _drill(ctx, wanted, rnd, target):
     failed = []
     for entry in files:
         ctx.check_stopping()
-        reason = await _in_thread(ctx, check_file, target, entry)
+        reason = await ctx.in_thread(check_file, target, entry)
         if reason is not None:
             if reason is MISSING:
                 reason = "; ".join(restore_errors.get(entry.path, ())) or "was not restored"
@@ -151,10 +149,6 @@ def _result(snapshot_id, files, failed, **extra):
     }
     result.update(extra)
     return result
-
-
-def _in_thread(ctx, fn, *args):
-    return deferToThreadPool(ctx.reactor, ctx.pool, fn, *args)
 
 
 def _pick_snapshot(ctx, rnd):

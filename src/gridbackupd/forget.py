@@ -12,10 +12,10 @@ log that is already gone is a no-op.  The blobs only forgotten snapshots
 used are left to ``prune.py``.
 """
 
+import contextlib
 import os
 
 import attr
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import chain
@@ -105,7 +105,8 @@ async def forget(ctx, plan):
             ctx.conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
             ctx.conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
         if log_path:
-            _remove(log_path)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log_path)
         forgotten += 1
         ctx.progress["forgotten"] = forgotten
         log.info("forgot snapshot {id}", id=snapshot_id)
@@ -119,14 +120,15 @@ async def _rewrite_full(ctx, snapshot_id):
         return False
     _, log_path, log_cap = row
     tmp = log_path + ".full"
-    await deferToThreadPool(ctx.reactor, ctx.pool, write_full_log, ctx.db_path, snapshot_id, tmp)
+    await ctx.in_thread(write_full_log, ctx.db_path, snapshot_id, tmp)
     cap = log_cap
     try:
         if log_cap:
             cap = await ctx.client.upload_file(tmp)
             await ctx.publisher.link_snapshot_log(snapshot_id, cap)
     except BaseException:
-        _remove(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
     os.replace(tmp, log_path)
     with dbmod.transaction(ctx.conn):
@@ -152,10 +154,3 @@ def write_full_log(db_path, snapshot_id, out_path):
                         writer.add(entry)
                 f.flush()
                 os.fsync(f.fileno())
-
-
-def _remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

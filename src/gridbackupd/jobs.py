@@ -12,6 +12,7 @@ owns the ``jobs`` table; a job only touches its own items.
 """
 
 import attr
+from twisted.internet.threads import deferToThreadPool
 
 from . import db as dbmod
 from .errors import GridBackupError
@@ -36,6 +37,10 @@ class JobContext:
     publisher: object = None  # the Publisher (writer lock, commits); None when read-only
     restorer: object = None
     stopping: bool = False
+
+    def in_thread(self, fn, *args):
+        """``fn(*args)`` in the daemon's worker pool (disk and database work, off the reactor)."""
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
 
     def check_stopping(self):
         if self.stopping:

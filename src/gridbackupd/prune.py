@@ -24,7 +24,6 @@ import hashlib
 import os
 
 import attr
-from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from . import chain, packer, restoreplan
@@ -245,15 +244,11 @@ class _Session:
             raise
 
 
-def _in_thread(ctx, fn, *args):
-    return deferToThreadPool(ctx.reactor, ctx.pool, fn, *args)
-
-
 async def dry_run(ctx, repack_threshold=REPACK_THRESHOLD, forgotten=()):
     """What a prune would do once ``forgotten`` are forgotten, changing nothing."""
     session = _Session(ctx.db_path, os.path.join(ctx.state_dir, "logs"))
     try:
-        plan = await _in_thread(ctx, session.plan, repack_threshold, forgotten)
+        plan = await ctx.in_thread(session.plan, repack_threshold, forgotten)
     finally:
         session.close()
     return plan.summary()
@@ -265,7 +260,7 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
     await ctx.publisher.replace_commits()
     session = _Session(ctx.db_path, os.path.join(ctx.state_dir, "logs"))
     try:
-        plan = await _in_thread(ctx, session.plan, repack_threshold)
+        plan = await ctx.in_thread(session.plan, repack_threshold)
         summary = plan.summary()
         ctx.progress.update(summary)
         if not plan.commits:
@@ -282,13 +277,13 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
         for commit in plan.commits:
             ctx.check_stopping()
             await ctx.publisher.check_writer()
-            segment = await _in_thread(ctx, session.segment_of, commit)
+            segment = await ctx.in_thread(session.segment_of, commit)
             if segment is None:
                 replacements[commit.name] = None
                 continue
             packs = {p.name: p.cap for p in commit.packs if p.fate == "keep"}
             replacements[commit.name] = await _upload_commit(ctx, segment, packs)
-        await _in_thread(ctx, session.apply, plan, replacements, new_packs, new_commit)
+        await ctx.in_thread(session.apply, plan, replacements, new_packs, new_commit)
     finally:
         session.close()
     await ctx.publisher.replace_commits()
@@ -309,7 +304,7 @@ async def _repack(ctx, session, plan, pack_size):
     sources = plan.packs("repack")
     if not sources:
         return []
-    live = await _in_thread(ctx, session.live_blobs_of, [p.id for p in sources])
+    live = await ctx.in_thread(session.live_blobs_of, [p.id for p in sources])
     workdir = os.path.join(ctx.state_dir, "packs")
     written = []
     pending = []
@@ -322,7 +317,7 @@ async def _repack(ctx, session, plan, pack_size):
         # Keep the writer lock fresh through a long repack: another daemon
         # taking a stale lock over could dedup against a pack being dropped.
         await ctx.publisher.check_writer()
-        built = await _in_thread(ctx, packer.write_stored_pack, pending, workdir)
+        built = await ctx.in_thread(packer.write_stored_pack, pending, workdir)
         try:
             cap = await ctx.client.upload_file(built.path)
         finally:

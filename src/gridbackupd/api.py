@@ -159,8 +159,8 @@ class Pacer:
             self.request.finish()
 
 
-def json_body(request):
-    """The request's body as a JSON object, or APIError 400."""
+def json_body(request, allowed=None):
+    """The request's body as a JSON object (with only the ``allowed`` keys, if given), or APIError 400."""
     raw = request.content.read()
     if not raw:
         raise APIError(400, "bad_request", "a JSON object is required as the request body")
@@ -170,7 +170,19 @@ def json_body(request):
         raise APIError(400, "bad_json", f"the body is not valid JSON: {e}")
     if not isinstance(doc, dict):
         raise APIError(400, "bad_json", "the body must be a JSON object")
+    unknown = set(doc) - set(allowed) if allowed is not None else ()
+    if unknown:
+        raise APIError(400, "bad_request",
+                       f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
     return doc
+
+
+def bool_field(doc, key, default=False):
+    """``doc[key]`` if it is true or false (``default`` if absent), else APIError 400."""
+    value = doc.get(key, default)
+    if not isinstance(value, bool):
+        raise APIError(400, "bad_request", f"{key} must be true or false")
+    return value
 
 
 class Router:

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
 from . import browse, metrics
-from .api import STREAMED, Pacer, Raw, Router, json_body, query_arg, query_int
+from .api import STREAMED, Pacer, Raw, Router, bool_field, json_body, query_arg, query_int
 from .errors import APIError, TahoeError
 from .model import FILE
 from .restore import check_snapshot_spec, locate
@@ -301,11 +301,7 @@ def _check_path(value, what):
 
 @router.route("POST", "/v1/restores")
 async def start_restore(daemon, request):
-    doc = json_body(request)
-    unknown = set(doc) - _RESTORE_KEYS
-    if unknown:
-        raise APIError(400, "bad_request",
-                       f"unknown fields {sorted(unknown)}; allowed: {sorted(_RESTORE_KEYS)}")
+    doc = json_body(request, _RESTORE_KEYS)
     snapshot = check_snapshot_spec(doc.get("snapshot", "latest"))
     if "target" not in doc:
         raise APIError(400, "bad_request", "target (an absolute directory) is required")
@@ -314,11 +310,7 @@ async def start_restore(daemon, request):
     if not isinstance(paths, list):
         raise APIError(400, "bad_request", "paths must be a list of absolute paths")
     paths = [_check_path(p, "each path") for p in paths]
-    flags = {}
-    for key in ("overwrite", "dry_run", "verify"):
-        flags[key] = doc.get(key, False)
-        if not isinstance(flags[key], bool):
-            raise APIError(400, "bad_request", f"{key} must be true or false")
+    flags = {key: bool_field(doc, key) for key in ("overwrite", "dry_run", "verify")}
     restore_id = daemon.restorer.request(snapshot, paths, target, **flags)
     return 202, {"id": restore_id}
 
@@ -425,18 +417,12 @@ async def forget_snapshots(daemon, request):
 
     maintenance = _maintenance(daemon)
     daemon.require_writable()
-    doc = json_body(request)
-    unknown = set(doc) - _FORGET_KEYS
-    if unknown:
-        raise APIError(400, "bad_request",
-                       f"unknown fields {sorted(unknown)}; allowed: {sorted(_FORGET_KEYS)}")
+    doc = json_body(request, _FORGET_KEYS)
     ids = doc.get("snapshots")
     if ids is not None and (not isinstance(ids, list) or not ids
                             or not all(isinstance(i, str) and i for i in ids)):
         raise APIError(400, "bad_request", "snapshots must be a non-empty list of snapshot ids")
-    for key in ("dry_run", "prune"):
-        if not isinstance(doc.get(key, False), bool):
-            raise APIError(400, "bad_request", f"{key} must be true or false")
+    dry_run, prune = bool_field(doc, "dry_run"), bool_field(doc, "prune", True)
     policy = daemon.config.retention.policy()
     if ids is None and policy.empty:
         raise APIError(409, "no_policy",
@@ -447,13 +433,13 @@ async def forget_snapshots(daemon, request):
         first = plan.refused[0]
         raise APIError(409, "cannot_forget", f"cannot forget {first[0]}: {first[1]}")
     answer = {"policy": policy.describe() if ids is None else None, **plan.as_dict(daemon.conn)}
-    if doc.get("dry_run", False):
-        if doc.get("prune", True):
+    if dry_run:
+        if prune:
             answer["prune"] = await prune_dry_run(
                 maintenance.context("dry-run"), daemon.config.retention.repack_threshold,
                 plan.forget)
         return 200, {"dry_run": True, **answer}
-    options = {"prune": doc.get("prune", True)}
+    options = {"prune": prune}
     if ids is not None:
         options["snapshots"] = plan.forget
     job_id = maintenance.request("forget", options)
@@ -466,11 +452,7 @@ _JOB_KEYS = {"kind", "options"}
 @router.route("POST", "/v1/jobs")
 async def start_job(daemon, request):
     maintenance = _maintenance(daemon)
-    doc = json_body(request)
-    unknown = set(doc) - _JOB_KEYS
-    if unknown:
-        raise APIError(400, "bad_request",
-                       f"unknown fields {sorted(unknown)}; allowed: {sorted(_JOB_KEYS)}")
+    doc = json_body(request, _JOB_KEYS)
     options = doc.get("options", {})
     if not isinstance(options, dict):
         raise APIError(400, "bad_request", "options must be a JSON object")

@@ -25,8 +25,12 @@ run: install
 test: install
 	$(BIN)/python .ci/trial_summary.py tests
 
+# Every benchmark in turn (several minutes); docs/PERFORMANCE.md says what each measures.
 bench: install
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bench_scan.py
+	$(BIN)/python bench/bench_upload.py
+	$(BIN)/python bench/bench_restore.py
+	$(BIN)/python bench/api_browse.py
 
 clean:
 	rm -rf $(VENV) run _trial_temp* build src/*.egg-info

@@ -12,6 +12,7 @@ SOURCES := setup.cfg pyproject.toml $(shell find src twisted -name '*.py' 2>/dev
 $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	rm -rf build
 	$(BIN)/python -m pip install --quiet '.[test]'
 	touch $(STAMP)
 

@@ -15,7 +15,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
-from gridbackupd import browse, snapshotlog  # noqa: E402
+from gridbackupd.api import browse  # noqa: E402
+from gridbackupd.format import log as snapshotlog  # noqa: E402
 from gridbackupd.model import DIR, FILE, Entry, LogHeader  # noqa: E402
 
 

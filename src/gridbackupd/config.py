@@ -14,7 +14,7 @@ import socket
 
 import attr
 
-from .errors import ConfigError
+from gridbackupd.errors import ConfigError
 
 DEFAULT_LISTEN = "tcp:7234:interface=127.0.0.1"
 # Very small blobs go inline in the index segment up to this size.
@@ -91,7 +91,7 @@ class RetentionConfig:
     repack_threshold: float = 0.5  # repack a pack once this fraction of it is dead
 
     def policy(self):
-        from .retention import RetentionPolicy
+        from gridbackupd.maintenance.retention import RetentionPolicy
 
         return RetentionPolicy(self.keep_last, self.keep_hourly, self.keep_daily,
                                self.keep_weekly, self.keep_monthly, self.keep_yearly)
@@ -386,7 +386,7 @@ def _marker_names(r):
 
 
 def _check_patterns(r, backup):
-    from .excludes import PatternError, compile_pattern
+    from gridbackupd.scan.excludes import PatternError, compile_pattern
 
     for pattern in backup.exclude:
         try:

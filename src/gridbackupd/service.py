@@ -17,22 +17,22 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from . import db as dbmod
-from .api import endpoint_description, make_site
-from .api import listen as api_listen
-from .backup import BackupJobs
-from .chunker import ChunkParams
-from .errors import APIError, GridBackupError, TahoeError
-from .handlers import router
-from .localgrid import LocalGrid
-from .maintenance import Maintenance
-from .publisher import Publisher, settings_document
-from .queue import Weights
-from .recover import is_read_only, mark_pending, needs_recovery, recover_state
-from .restore import Restorer
-from .tahoe import TahoeClient
-from .uploader import Uploader
-from .waiters import Waiters
+from gridbackupd.state import db as dbmod
+from gridbackupd.api.http import endpoint_description, make_site
+from gridbackupd.api.http import listen as api_listen
+from gridbackupd.scan.backup import BackupJobs
+from gridbackupd.scan.chunker import ChunkParams
+from gridbackupd.errors import APIError, GridBackupError, TahoeError
+from gridbackupd.api.routes import router
+from gridbackupd.grid.localgrid import LocalGrid
+from gridbackupd.maintenance.scheduler import Maintenance
+from gridbackupd.upload.publisher import Publisher, settings_document
+from gridbackupd.state.queue import Weights
+from gridbackupd.restore.recover import is_read_only, mark_pending, needs_recovery, recover_state
+from gridbackupd.restore.engine import Restorer
+from gridbackupd.grid.tahoe import TahoeClient
+from gridbackupd.upload.uploader import Uploader
+from gridbackupd.waiters import Waiters
 
 GRID_POLL = 10.0
 WORKER_THREADS = 4

@@ -10,7 +10,7 @@ import sys
 
 from twisted.python import usage
 
-from .errors import ConfigError
+from gridbackupd.errors import ConfigError
 
 DEFAULT_CONFIG = "/etc/gridbackup/gridbackup.ini"
 
@@ -23,7 +23,7 @@ class Options(usage.Options):
     ]
 
     def postOptions(self):
-        from .config import parse_config
+        from gridbackupd.config import parse_config
 
         try:
             self["parsed"] = parse_config(self["config"])
@@ -36,8 +36,8 @@ class Options(usage.Options):
 def makeService(options):
     from twisted.internet import reactor
 
-    from .errors import GridBackupError
-    from .service import from_config, preflight
+    from gridbackupd.errors import GridBackupError
+    from gridbackupd.service import from_config, preflight
 
     try:
         preflight(options["parsed"])

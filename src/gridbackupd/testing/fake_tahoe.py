@@ -51,7 +51,7 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from gridbackupd.tahoe import RetryPolicy, TahoeClient
+from gridbackupd.grid.tahoe import RetryPolicy, TahoeClient
 
 __all__ = ["FakeTahoe", "FakeTahoeAgent", "RecordedRequest", "fake_client"]
 

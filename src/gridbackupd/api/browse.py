@@ -1,0 +1,388 @@
+"""
+Reading snapshots for the API: listings, one entry, differences, figures.
+
+Everything here that reads a backup log is a plain function meant for a
+worker thread: it streams the log (or the chain of logs of an incremental
+snapshot, merged by ``chain.open_chain``) and keeps at most one
+page of results, so a snapshot of a million files costs time, not memory.
+``log_chain`` runs on the reactor thread: it only reads the database.
+
+Pages: a listing returns at most ``limit`` items and a ``next_cursor``, an
+opaque string (the URL-safe base64 of the last path returned); the next
+page is the same request with ``cursor=<next_cursor>``.  Because records are
+sorted by ``snapshotlog.path_key``, "after the cursor" is a key comparison.
+"""
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import os
+
+import attr
+import zstandard
+
+from gridbackupd.format import chain
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.errors import APIError
+from gridbackupd.model import FILE, HARDLINK
+from gridbackupd.upload.packer import decode_blob
+
+# A content request fetches neighbouring blobs of one pack in one ranged
+# GET, up to this many bytes.
+MAX_RUN = 8 * 1024 * 1024
+
+MAX_CHAIN = chain.MAX_CHAIN
+
+
+def path_doc(raw, field="path"):
+    """A raw path as JSON: text, plus ``<field>_b64`` when it is not valid UTF-8."""
+    try:
+        return {field: raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {field: raw.decode("utf-8", "replace"),
+                field + "_b64": base64.b64encode(raw).decode("ascii")}
+
+
+def entry_doc(entry):
+    doc = path_doc(entry.path)
+    doc.update(
+        kind=entry.kind, size=entry.size, mode=entry.mode, uid=entry.uid, gid=entry.gid,
+        user=entry.user, group=entry.group, mtime_ns=entry.mtime_ns,
+    )
+    if entry.target is not None:
+        doc.update(path_doc(entry.target, "target"))
+    if entry.sha256 is not None:
+        doc["sha256"] = entry.sha256
+    if entry.kind == FILE:
+        doc["blobs"] = len(entry.blobs)
+        doc["inline"] = entry.inline is not None
+    if entry.flags:
+        doc["flags"] = list(entry.flags)
+    return doc
+
+
+def parse_path(text, what="path"):
+    """An absolute path from a query parameter, as the raw bytes a log holds."""
+    if text is None:
+        return b"/"
+    return _checked_path(os.fsencode(text), what)
+
+
+def _checked_path(raw, what):
+    """A path without trailing slashes, valid as a log path, or a 400."""
+    if raw != b"/":
+        raw = raw.rstrip(b"/") or b"/"
+    try:
+        snapshotlog.validate_path(raw)
+    except ValueError as e:
+        raise APIError(400, "bad_request", f"{what}: {e}")
+    return raw
+
+
+def path_arg(request, name="path"):
+    """The ``path`` query parameter, or ``path_b64`` for exact bytes."""
+    b64 = request.args.get((name + "_b64").encode("ascii"))
+    if b64:
+        try:
+            raw = base64.b64decode(b64[-1], validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, "bad_request", f"{name}_b64 is not valid base64")
+        return _checked_path(raw, name + "_b64")
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return None
+    return parse_path(os.fsdecode(values[-1]), name)
+
+
+def encode_cursor(raw):
+    return base64.urlsafe_b64encode(raw).decode("ascii")
+
+
+def decode_cursor(text):
+    if text is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text.encode("ascii"))
+        snapshotlog.validate_path(raw)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise APIError(400, "bad_request", f"cursor {text!r} is not one this API gave out")
+    return raw
+
+
+# -- which logs make a snapshot (reactor thread: database only) --------------
+
+
+def log_chain(conn, snapshot_id):
+    """
+    The local log files of a snapshot, its full log first: ``[(id, path), ...]``.
+    APIError 404 for an unknown snapshot, 409 for one that has no log yet.
+    """
+    paths = []
+    current = snapshot_id
+    while True:
+        row = conn.execute(
+            "SELECT kind, parent, log_path, state FROM snapshots WHERE id = ?", (current,)
+        ).fetchone()
+        if row is None:
+            if current == snapshot_id:
+                raise APIError(404, "unknown_snapshot", f"no snapshot {snapshot_id!r}")
+            raise APIError(409, "log_unavailable",
+                           f"snapshot {snapshot_id}: its parent {current} is not known here")
+        kind, parent, log_path, state = row
+        if log_path is None or not os.path.exists(log_path):
+            if current == snapshot_id and state in ("queued", "scanning"):
+                raise APIError(409, "not_scanned", f"snapshot {snapshot_id} is {state}: no log yet")
+            raise APIError(409, "log_unavailable",
+                           f"the log of snapshot {current} is not on this machine")
+        paths.append((current, log_path))
+        if kind != "incremental":
+            break
+        if parent is None or len(paths) >= MAX_CHAIN:
+            raise APIError(409, "log_unavailable", f"snapshot {current}: broken chain of logs")
+        current = parent
+    paths.reverse()
+    return paths
+
+
+def resolve(conn, spec):
+    """'latest' or an id -> an id (APIError 404 if there is none)."""
+    if spec == "latest":
+        row = conn.execute("SELECT id FROM snapshots WHERE complete = 1 ORDER BY id DESC LIMIT 1").fetchone()
+        if row is None:
+            raise APIError(404, "unknown_snapshot", "there is no complete snapshot yet")
+        return row[0]
+    return spec
+
+
+# -- streaming over logs (worker threads) -------------------------------------
+
+
+@contextlib.contextmanager
+def entries(log_paths):
+    """
+    The entries of the snapshot the chain of logs describes, streaming
+    (``chain.open_chain``, which also checks that the headers form a chain).
+    """
+    (_, top), known = log_paths[-1], dict(log_paths)
+    with chain.open_chain(top, known.get) as (_, records):
+        yield records
+
+
+def _child_of(path, top):
+    """The child of ``top`` that ``path`` (strictly below it) lies in."""
+    base = len(top) + 1 if top != b"/" else 1
+    slash = path.find(b"/", base)
+    return path if slash < 0 else path[:slash]
+
+
+def list_entries(log_paths, top, recursive, cursor, limit):
+    """
+    The entries under ``top`` after ``cursor``, as API documents: its
+    children, or with ``recursive`` every descendant.  Returns ``(top_entry
+    or None, [doc, ...], next_cursor or None)``; ``top_entry`` is None if
+    ``top`` is not itself an entry (``/`` never is).  A directory that is
+    not an entry but has entries below it (``/home`` above a backed-up
+    ``/home/ann``) is listed as ``{"kind": "dir", "virtual": true}``.
+    """
+    top_key = snapshotlog.path_key(top)
+    start = snapshotlog.path_key(cursor) if cursor is not None else None
+    top_entry = None
+    found = []
+    last = None
+    more = False
+    with entries(log_paths) as records:
+        for entry in records:
+            key = snapshotlog.path_key(entry.path)
+            if key < top_key:
+                continue
+            if entry.path == top:
+                top_entry = entry
+                continue
+            if not snapshotlog.is_in_subtree(entry.path, top):
+                break
+            shown = entry.path if recursive else _child_of(entry.path, top)
+            if shown == last or (start is not None and snapshotlog.path_key(shown) <= start):
+                continue
+            if len(found) == limit:
+                more = True
+                break
+            if shown == entry.path:
+                found.append(entry_doc(entry))
+            else:
+                doc = path_doc(shown)
+                doc.update(kind="dir", virtual=True)
+                found.append(doc)
+            last = shown
+    next_cursor = encode_cursor(last) if more and found else None
+    return top_entry, found, next_cursor
+
+
+def has_below(log_paths, top):
+    """Whether any entry lies strictly below ``top``."""
+    top_key = snapshotlog.path_key(top)
+    with entries(log_paths) as records:
+        for entry in records:
+            if snapshotlog.path_key(entry.path) <= top_key:
+                continue
+            return snapshotlog.is_in_subtree(entry.path, top)
+    return False
+
+
+def find_entry(log_paths, path):
+    """The entry at ``path``, following one hard link to its file; or None."""
+    wanted = snapshotlog.path_key(path)
+    found = None
+    with entries(log_paths) as records:
+        for entry in records:
+            key = snapshotlog.path_key(entry.path)
+            if key == wanted:
+                found = entry
+                break
+            if key > wanted:
+                break
+    if found is not None and found.kind == HARDLINK and found.target is not None:
+        return find_entry(log_paths, found.target) if found.target != path else None
+    return found
+
+
+def _compared(entry):
+    """What a difference looks at: content and metadata, not inode numbers or ctime."""
+    return (entry.kind, entry.size, entry.mtime_ns, entry.mode, entry.uid, entry.gid,
+            entry.target, entry.inline, entry.blobs, entry.sha256, entry.xattrs)
+
+
+def _changes(before, after):
+    """Yield ``(change, old, new)`` over two entry streams in path order."""
+    a = next(before, None)
+    b = next(after, None)
+    while a is not None or b is not None:
+        ka = snapshotlog.path_key(a.path) if a is not None else None
+        kb = snapshotlog.path_key(b.path) if b is not None else None
+        if b is None or (a is not None and ka < kb):
+            yield "deleted", a, None
+            a = next(before, None)
+        elif a is None or kb < ka:
+            yield "added", None, b
+            b = next(after, None)
+        else:
+            if _compared(a) != _compared(b):
+                yield "changed", a, b
+            a = next(before, None)
+            b = next(after, None)
+
+
+def diff(paths_a, paths_b, top, cursor, limit):
+    """The differences from snapshot A to B under ``top``, one page: (changes, next_cursor)."""
+    start = snapshotlog.path_key(cursor) if cursor is not None else None
+    found = []
+    more = False
+    with entries(paths_a) as before, entries(paths_b) as after:
+        for change, old, new in _changes(before, after):
+            entry = new if new is not None else old
+            if not snapshotlog.is_in_subtree(entry.path, top):
+                continue
+            if start is not None and snapshotlog.path_key(entry.path) <= start:
+                continue
+            if len(found) == limit:
+                more = True
+                break
+            doc = {"change": change}
+            doc.update(entry_doc(entry))
+            if change == "changed":
+                doc["before"] = {k: v for k, v in entry_doc(old).items()
+                                 if k in ("kind", "size", "mode", "mtime_ns", "sha256", "uid", "gid")}
+            found.append(doc)
+    next_cursor = None
+    if more and found:
+        last = found[-1]
+        raw = base64.b64decode(last["path_b64"]) if "path_b64" in last else last["path"].encode("utf-8")
+        next_cursor = encode_cursor(raw)
+    return found, next_cursor
+
+
+def figures(paths_a, paths_b):
+    """Counts of the difference from A (None: nothing before) to B."""
+    counts = {"files_added": 0, "files_changed": 0, "files_deleted": 0,
+              "entries_added": 0, "entries_changed": 0, "entries_deleted": 0,
+              "bytes_added": 0, "bytes_deleted": 0}
+    with contextlib.ExitStack() as stack:
+        before = stack.enter_context(entries(paths_a)) if paths_a else iter(())
+        after = stack.enter_context(entries(paths_b))
+        for change, old, new in _changes(before, after):
+            entry = new if new is not None else old
+            counts["entries_" + change] += 1
+            if entry.kind == FILE:
+                counts["files_" + change] += 1
+                if change == "deleted":
+                    counts["bytes_deleted"] += old.size
+                elif change == "added" or old.kind != FILE or old.blobs != new.blobs or old.inline != new.inline:
+                    counts["bytes_added"] += new.size
+    return counts
+
+
+# -- one file's content ---------------------------------------------------------
+
+
+@attr.frozen
+class Run:
+    """
+    Blobs of a file fetched together: a byte range ``[start, end)`` of one
+    pack (``cap``), or one blob the index holds inline (``cap`` None, its
+    bytes in ``inline``).  ``blobs`` are ``(hash, size, offset, length,
+    compression)`` in file order.
+    """
+
+    cap: str | None = attr.field(repr=False)
+    start: int
+    end: int
+    blobs: tuple
+    inline: bytes | None = None
+
+
+def content_runs(locations, max_run=MAX_RUN):
+    """
+    ``locations``: ``(hash, size, location)`` in file order, where location
+    is what ``restore.locate`` gives (``(cap, offset, length,
+    compression)`` or inline bytes).  Yields the Runs that fetch them, in
+    order; a blob that starts where the one before it ended in the same pack
+    joins its run.
+    """
+    current = None
+    for blob_hash, size, location in locations:
+        if isinstance(location, bytes):
+            if current is not None:
+                yield current
+                current = None
+            yield Run(None, 0, len(location), ((blob_hash, size, 0, len(location), "none"),), location)
+            continue
+        cap, offset, length, compression = location
+        blob = (blob_hash, size, offset, length, compression)
+        if (current is not None and current.cap == cap and current.end == offset
+                and offset + length - current.start <= max_run):
+            current = attr.evolve(current, end=offset + length, blobs=current.blobs + (blob,))
+            continue
+        if current is not None:
+            yield current
+        current = Run(cap, offset, offset + length, (blob,))
+    if current is not None:
+        yield current
+
+
+class CorruptContent(Exception):
+    """Content fetched from the grid is not what the snapshot says."""
+
+
+def decode_run(run, stored, start):
+    """A run's plaintext, each blob decompressed and checked against its SHA-256 (worker thread)."""
+    parts = []
+    for blob_hash, size, offset, length, compression in run.blobs:
+        piece = stored[offset - start:offset - start + length]
+        try:
+            data = decode_blob(piece, compression, size)
+        except (ValueError, zstandard.ZstdError) as e:
+            raise CorruptContent(f"blob {blob_hash[:12]} cannot be decoded: {e}") from None
+        if hashlib.sha256(data).hexdigest() != blob_hash:
+            raise CorruptContent(f"blob {blob_hash[:12]} does not match its SHA-256")
+        parts.append(data)
+    return b"".join(parts)

@@ -1,0 +1,389 @@
+"""
+The JSON control API, on twisted.web.
+
+Every request carries ``Authorization: Bearer <token>``; every failure is
+``{"error": {"code", "message"}}`` with a 4xx or 5xx, never a traceback or an
+HTML page.  Routes are a table of (method, pattern) -> handler; a handler is
+an ``async`` function of the daemon object and the request, returning
+``(status, document)`` or raising ``APIError``.  ``document`` is a JSON value,
+or ``Raw`` (bytes of another content type, e.g. the Prometheus metrics); a
+handler that streams its answer writes and finishes the request itself and
+returns ``STREAMED``.  A failure after a streamed answer has started can no
+longer become a JSON error: the connection is dropped instead, so that the
+client sees a short body rather than a wrong one.
+"""
+
+import hmac
+import io
+import json
+import os
+import re
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web import http, resource, server
+
+from zope.interface import implementer
+
+from gridbackupd.errors import APIError
+
+MAX_BODY = 64 * 1024
+log = Logger()
+
+STREAMED = object()
+
+
+class Raw:
+    """An answer that is not JSON: its bytes and its content type."""
+
+    def __init__(self, body, content_type):
+        self.body = body
+        self.content_type = content_type
+
+
+def query_arg(request, name, default=None):
+    """One query parameter as text (the last one if repeated), or ``default``."""
+    values = request.args.get(name.encode("ascii"))
+    if not values:
+        return default
+    try:
+        return values[-1].decode("utf-8")
+    except UnicodeDecodeError:
+        raise APIError(400, "bad_request", f"the query parameter {name!r} is not valid UTF-8")
+
+
+def query_int(request, name, default, low, high):
+    """An integer query parameter within [low, high], or APIError 400."""
+    text = query_arg(request, name)
+    if text is None:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise APIError(400, "bad_request", f"{name} must be an integer from {low} to {high}, got {text!r}")
+    return value
+
+
+class _Discard(io.BytesIO):
+    """Where the body of a refused request goes: nowhere, so it is never buffered."""
+
+    def write(self, data):
+        return len(data)
+
+
+class APIRequest(server.Request):
+    """
+    Refuses a body larger than MAX_BODY from its Content-Length, before
+    reading it: the JSON 413 goes out at once and the connection is closed,
+    so the client is not left sending a body nobody reads.  A chunked body
+    that grows past the limit is refused the same way.
+    """
+
+    too_large = False
+
+    def gotLength(self, length):
+        if length is not None and length > MAX_BODY:
+            self._refuse_too_large()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.too_large:
+            return
+        if self.content.tell() + len(data) > MAX_BODY:
+            self._refuse_too_large()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_too_large(self):
+        self.too_large = True
+        self.content = _Discard()
+        # No "100 Continue" after the answer.
+        self.requestHeaders.removeHeader(b"expect")
+        channel = self.channel
+        if channel is None or channel.transport is None:
+            return
+        _raw_json_error(channel.transport, b"413 Request Entity Too Large", "too_large",
+                        f"the request body is larger than {MAX_BODY} bytes")
+        # Whatever the client still sends is dropped unread.
+        channel.dataReceived = channel.lineReceived = lambda *args: None
+        channel.loseConnection()
+
+
+@implementer(IPushProducer)
+class Pacer:
+    """
+    Writes a streamed answer at the pace the client reads it: ``await
+    pacer.write(data)`` returns once the transport wants more, so a large
+    file never piles up in memory.  Raises ``ConnectionDone`` once the client
+    has gone.
+    """
+
+    def __init__(self, request):
+        self.request = request
+        self.stopped = False
+        self._paused = None
+        request.registerProducer(self, True)
+        request.notifyFinish().addBoth(lambda _: self.stopProducing())
+
+    def pauseProducing(self):
+        if self._paused is None:
+            self._paused = Deferred()
+
+    def resumeProducing(self):
+        paused, self._paused = self._paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self):
+        self.stopped = True
+        self.resumeProducing()
+
+    async def write(self, data):
+        if self.stopped or self.request._disconnected:
+            raise ConnectionDone("the client went away")
+        self.request.write(data)
+        if self._paused is not None:
+            await self._paused
+        if self.stopped and not self.request.finished:
+            raise ConnectionDone("the client went away")
+
+    def finish(self):
+        self.request.unregisterProducer()
+        if not self.request.finished and not self.request._disconnected:
+            self.request.finish()
+
+
+def json_body(request, allowed=None):
+    """The request's body as a JSON object (with only the ``allowed`` keys, if given), or APIError 400."""
+    raw = request.content.read()
+    if not raw:
+        raise APIError(400, "bad_request", "a JSON object is required as the request body")
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise APIError(400, "bad_json", f"the body is not valid JSON: {e}")
+    if not isinstance(doc, dict):
+        raise APIError(400, "bad_json", "the body must be a JSON object")
+    unknown = set(doc) - set(allowed) if allowed is not None else ()
+    if unknown:
+        raise APIError(400, "bad_request",
+                       f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return doc
+
+
+def bool_field(doc, key, default=False):
+    """``doc[key]`` if it is true or false (``default`` if absent), else APIError 400."""
+    value = doc.get(key, default)
+    if not isinstance(value, bool):
+        raise APIError(400, "bad_request", f"{key} must be true or false")
+    return value
+
+
+class Router:
+    def __init__(self):
+        self.routes = []
+
+    def route(self, method, pattern):
+        regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
+
+        def register(fn):
+            self.routes.append((method, regex, fn))
+            return fn
+
+        return register
+
+    def match(self, method, path):
+        allowed = []
+        for m, regex, fn in self.routes:
+            found = regex.match(path)
+            if found:
+                if m == method:
+                    return fn, found.groupdict()
+                allowed.append(m)
+        if allowed:
+            raise APIError(405, "method_not_allowed",
+                           f"{method} is not allowed here; use {', '.join(sorted(set(allowed)))}")
+        raise APIError(404, "not_found", f"no such endpoint: {path}")
+
+
+class APIResource(resource.Resource):
+    isLeaf = True
+
+    def __init__(self, router, app, token):
+        super().__init__()
+        self.router = router
+        self.app = app
+        self.token = token.encode("ascii")
+
+    def render(self, request):
+        if getattr(request, "too_large", False):
+            return server.NOT_DONE_YET  # answered already, from the Content-Length
+        d = Deferred.fromCoroutine(self._handle(request))
+        d.addCallback(self._answer, request)
+        d.addErrback(self._failed, request)
+        # Last resort: a failure while answering must not stay unlogged.
+        d.addErrback(lambda f: log.failure("answering the API request failed", f))
+        return server.NOT_DONE_YET
+
+    def _answer(self, result, request):
+        if result is STREAMED:
+            return None
+        return self._respond(request, *result)
+
+    async def _handle(self, request):
+        if getattr(request, "too_large", False):
+            raise APIError(413, "too_large", f"the request body is larger than {MAX_BODY} bytes")
+        auth = request.getHeader("authorization") or ""
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token):
+            raise APIError(401, "unauthorized",
+                           "missing or wrong 'Authorization: Bearer <token>' (the token is in state_dir/private/api_token)")
+        method = request.method.decode("ascii", "replace")
+        path = request.path.decode("utf-8", "replace")
+        fn, args = self.router.match(method, path)
+        return await fn(self.app, request, **args)
+
+    def _failed(self, failure, request):
+        if failure.check(ConnectionDone, ConnectionLost):
+            # The client went away while a streamed answer was being written
+            # (raised by Pacer.write; the connection may not know it yet).
+            return None
+        if request.startedWriting:
+            # Part of a streamed answer is out: a JSON error cannot follow it.
+            if not failure.check(APIError):
+                log.failure("API request {method} {path} failed while streaming", failure,
+                            method=request.method, path=request.path)
+            if not request.finished and not request._disconnected and request.channel is not None:
+                request.channel.transport.abortConnection()
+            return None
+        if failure.check(APIError):
+            e = failure.value
+            return self._respond(request, e.status, {"error": {"code": e.code, "message": e.message}})
+        log.failure("API request {method} {path} failed", failure,
+                    method=request.method, path=request.path)
+        return self._respond(request, 500, {"error": {
+            "code": "internal_error", "message": "internal error; the daemon's log has the details"}})
+
+    def _respond(self, request, status, document):
+        if request.finished or request._disconnected:
+            return
+        if isinstance(document, Raw):
+            body, content_type = document.body, document.content_type
+        else:
+            body = json.dumps(document, indent=1, sort_keys=True).encode("utf-8") + b"\n"
+            content_type = "application/json"
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", content_type.encode("ascii"))
+        request.setHeader(b"content-length", str(len(body)).encode("ascii"))
+        request.setHeader(b"cache-control", b"no-store")
+        request.write(body)
+        request.finish()
+
+
+def _raw_json_error(transport, status_line, code, message):
+    """Write a whole JSON error answer straight to a transport (no Request to go through)."""
+    body = json.dumps({"error": {"code": code, "message": message}},
+                      indent=1, sort_keys=True).encode("utf-8") + b"\n"
+    transport.write(
+        b"HTTP/1.1 " + status_line + b"\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Cache-Control: no-store\r\n"
+        b"Connection: close\r\n"
+        b"Content-Length: " + str(len(body)).encode("ascii") + b"\r\n\r\n" + body)
+
+
+class APIChannel(http.HTTPChannel):
+    """
+    HTTP/1.1 only (no HTTP/2 negotiation: loopback needs none), and a
+    request that twisted.web cannot even parse (a bad request line or header,
+    headers too large, bad chunked encoding) is answered with a JSON 400,
+    not an empty one.
+    """
+
+    def _respondToBadRequestAndDisconnect(self):
+        if self.transport is not None:
+            _raw_json_error(self.transport, b"400 Bad Request", "bad_http",
+                            "the request is not well-formed HTTP/1.1")
+        self.loseConnection()
+
+
+class APISite(server.Site):
+    """A Site that knows its open connections, so that stopping can close them."""
+
+    protocol = APIChannel
+    requestFactory = APIRequest
+    displayTracebacks = False
+    noisy = False
+
+    def __init__(self, resource):
+        super().__init__(resource)
+        self.connections = {}
+
+    def buildProtocol(self, addr):
+        protocol = super().buildProtocol(addr)
+        lost = Deferred()
+        self.connections[protocol] = lost
+        original = protocol.connectionLost
+
+        def connectionLost(reason):
+            self.connections.pop(protocol, None)
+            try:
+                return original(reason)
+            finally:
+                lost.callback(None)
+
+        protocol.connectionLost = connectionLost
+        return protocol
+
+    def close_connections(self):
+        """Drop every open connection; fires when all of them are gone."""
+        waiting = list(self.connections.values())
+        for protocol in list(self.connections):
+            # twisted.web wraps its HTTPChannel in a proxy that does not show .transport.
+            channel = getattr(protocol, "_channel", protocol)
+            transport = getattr(channel, "transport", None)
+            if transport is not None:
+                transport.abortConnection()
+        return DeferredList(waiting)
+
+
+def listen(reactor, description, site):
+    """
+    Listen on the Twisted endpoint ``description``; fires with the port.
+    A ``unix:`` socket is created mode 0600 (umask while it is made, then
+    chmod), so only the daemon's user can talk to it.
+    """
+    endpoint = endpoints.serverFromString(reactor, description)
+    if not description.startswith("unix:"):
+        return endpoint.listen(site)
+    old = os.umask(0o177)
+    try:
+        d = endpoint.listen(site)
+    finally:
+        os.umask(old)
+
+    def restrict(port):
+        name = port.getHost().name
+        os.chmod(name, 0o600)
+        return port
+
+    return d.addCallback(restrict)
+
+
+def endpoint_description(port):
+    """What a client connects to: ``unix:/path`` or ``tcp:PORT:interface=HOST``."""
+    address = port.getHost()
+    name = getattr(address, "name", None)
+    if name is not None:
+        return "unix:" + (os.fsdecode(name) if isinstance(name, bytes) else str(name))
+    return f"tcp:{address.port}:interface={address.host}"
+
+
+def make_site(router, app, token):
+    return APISite(APIResource(router, app, token))

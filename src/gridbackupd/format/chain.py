@@ -1,0 +1,131 @@
+"""
+Snapshots as chains of backup logs: a full log and the incremental logs
+after it, each naming the one before as its parent.
+
+``open_chain(log_path)`` reads the snapshot whose log is at ``log_path``
+from local log files: an incremental log's parent is looked up by id (in the
+database if a connection is given, else as ``<id>.log`` next to the log),
+back to a full log, and the entries come out of ``snapshotlog.merge_records``
+in path order, streaming: one record per log in memory, never the whole
+snapshot.  The headers are checked to form a chain (each log's parent is the
+snapshot of the log before, no cycle, a full log at the bottom).
+"""
+
+import contextlib
+import os
+
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.log import LogFormatError
+
+# A chain longer than this is refused rather than followed (a cycle, or a
+# full_every far above anything sensible).
+MAX_CHAIN = 1000
+
+
+class ChainError(LogFormatError):
+    """The logs of a snapshot do not form a usable chain (a parent is missing, ...)."""
+
+
+def _dir_resolver(directory):
+    def resolve(snapshot_id):
+        path = os.path.join(directory, snapshot_id + ".log")
+        return path if os.path.exists(path) else None
+
+    return resolve
+
+
+def db_resolver(conn, fallback_dir=None):
+    def resolve(snapshot_id):
+        row = conn.execute("SELECT log_path FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        if row and row[0] and os.path.exists(row[0]):
+            return row[0]
+        if fallback_dir is not None:
+            return _dir_resolver(fallback_dir)(snapshot_id)
+        return None
+
+    return resolve
+
+
+def chain_paths(log_path, resolve=None):
+    """
+    The logs of the snapshot whose log is ``log_path``, as ``(snapshot id,
+    path)`` pairs, the full log first.  Reads only headers.  ``resolve(snapshot_id)`` gives the local
+    path of a parent's log or None; by default ``<id>.log`` next to
+    ``log_path``.
+    """
+    if resolve is None:
+        resolve = _dir_resolver(os.path.dirname(os.path.abspath(log_path)))
+    paths = []
+    seen = set()
+    path = log_path
+    while True:
+        with open(path, "rb") as f:
+            header = snapshotlog.LogReader(f).header
+        if header.snapshot in seen or len(paths) >= MAX_CHAIN:
+            raise ChainError(f"the chain of logs of {header.snapshot} loops or is too long")
+        seen.add(header.snapshot)
+        paths.append((header.snapshot, path))
+        if header.kind == "full":
+            break
+        parent = resolve(header.parent)
+        if parent is None:
+            raise ChainError(
+                f"the log of {header.snapshot} is incremental and the log of its "
+                f"parent {header.parent} is not available locally"
+            )
+        path = parent
+    paths.reverse()
+    return paths
+
+
+@contextlib.contextmanager
+def open_chain(log_path, resolve=None, verify=True):
+    """
+    ``with open_chain(path) as (header, entries):`` the header of the log at
+    ``path`` and the snapshot's complete entries (an iterator of ``Entry``,
+    path order), merged from its chain.  The chain is checked as it is
+    read: iterate to the end before trusting it (a ``LogFormatError`` then
+    says what is wrong).  ``verify=False``: see ``snapshotlog.LogReader``.
+    """
+    paths = chain_paths(log_path, resolve)
+    with contextlib.ExitStack() as stack:
+        readers = []
+        for _, path in paths:
+            f = stack.enter_context(open(path, "rb"))
+            readers.append(snapshotlog.LogReader(f, verify=verify))
+        for below, above in zip(readers, readers[1:]):
+            if above.header.kind != "incremental" or above.header.parent != below.header.snapshot:
+                raise ChainError(
+                    f"the log of {above.header.snapshot} does not follow "
+                    f"{below.header.snapshot} (parent {above.header.parent!r})"
+                )
+        if readers[0].header.kind != "full":
+            raise ChainError(f"the chain of {readers[-1].header.snapshot} does not start with a full log")
+        yield readers[-1].header, snapshotlog.merge_records(*(iter(r) for r in readers))
+
+
+def snapshot_entries(conn, snapshot_id, logs_dir=None):
+    """
+    The complete entries of ``snapshot_id`` (an iterator of ``Entry`` in path
+    order), streamed from the local log files of its chain.  The database is
+    read at once (call this on the connection's thread); the iterator may
+    then be consumed in another thread.  It closes its files when exhausted
+    or closed.  Raises ``ChainError`` if the snapshot or one of its parents
+    has no local log.
+    """
+    resolve = db_resolver(conn, logs_dir)
+    log_path = resolve(snapshot_id)
+    if log_path is None:
+        raise ChainError(f"snapshot {snapshot_id} has no local log")
+    known = dict(chain_paths(log_path, resolve))
+
+    def entries():
+        with open_chain(log_path, known.get) as (_, records):
+            yield from records
+
+    return entries()
+
+
+def chain_length(log_path, resolve=None):
+    """How many logs the snapshot at ``log_path`` is made of (1 for a full log)."""
+    return len(chain_paths(log_path, resolve))

@@ -1,0 +1,859 @@
+"""
+TahoeClient: the subset of the Tahoe-LAFS web API that gridbackupd uses,
+over treq.
+
+Every method is ``async``.  Failures come out as the ``Tahoe*`` exceptions
+of ``gridbackupd.errors``, made in one place (``error_from_response`` for
+answers, ``_transport_errors`` for no answer), after transient ones were
+retried with capped exponential backoff (``retrying``).
+
+Facts about Tahoe 1.20 this module relies on (each checked on a real grid,
+and mirrored by ``gridbackupd.testing.fake_tahoe``):
+
+- ``PUT /uri`` answers 200 with the read cap (the docs allow 201: accepted);
+  bodies of up to 55 bytes give ``URI:LIT:`` caps that hold the data itself.
+- A ranged GET answers 206 with ``Content-Range``; a range that runs past
+  the end is cut short (still 206), one that starts past the end is a 416.
+- A malformed cap in a GET is a 400; a well-formed cap of an object with no
+  shares is a 410; a missing child is a 404 "No such child: NAME"; a child
+  of a malformed dircap is a 404 "No Such Resource".
+- ``GET /uri/BOGUS?t=json`` answers 200 ``["unknown", {}]``.
+- ``t=set_children`` reads ``replace=false``, not the ``overwrite=false`` of
+  webapi.rst (which is ignored); a clash is then a 409.
+- Errors of operations that crashed come as 500 with a traceback, as HTML
+  unless the request says ``Accept: text/plain``: we always do.
+- In ``GET /?t=json`` a server's ``connection_status`` is ``"connected"``
+  for HTTP storage servers, ``"Connected to ... via ..."`` for Foolscap ones
+  and ``"failure: ..."``/``"Trying to connect"``/... otherwise.
+- Mutable writes (mkdir, set_children, unlink) succeed with fewer servers
+  than ``shares.happy``: we check the connected servers ourselves first.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import random as _random
+import re
+from contextlib import contextmanager
+from urllib.parse import quote, urlencode
+
+import attr
+import treq
+from treq.client import HTTPClient
+from twisted.internet import error as _ierror
+from twisted.internet.task import TaskFinished, deferLater
+from twisted.logger import Logger
+from twisted.web import _newclient
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+
+from gridbackupd.errors import (
+    TahoeBadRequest,
+    TahoeBadResponse,
+    TahoeError,
+    TahoeNotFound,
+    TahoeServerError,
+    TahoeSharesMissing,
+    TahoeUnavailable,
+    TahoeUnhappy,
+)
+from gridbackupd.model import short_cap
+
+__all__ = [
+    "DirChild",
+    "RetryPolicy",
+    "TahoeClient",
+    "error_from_response",
+    "retrying",
+    "scrub_caps",
+    "summarize_body",
+]
+
+_log = Logger(namespace="gridbackupd.grid.tahoe")
+
+
+# ---------------------------------------------------------------------------
+# Retrying
+
+
+def _not_negative(instance, attribute, value):
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
+
+
+@attr.frozen
+class RetryPolicy:
+    """
+    How often and how patiently a transient failure is retried.
+
+    ``attempts`` counts every attempt, the first one included.  Before
+    retry number ``n`` (1 for the first retry) we wait
+    ``min(cap, base * factor ** (n - 1))`` seconds; with ``jitter`` a
+    random part of it, between one half and all of it, so that many
+    clients failing together do not come back together.
+    """
+
+    attempts: int = attr.field(default=6)
+    base: float = attr.field(default=0.5, validator=_not_negative)
+    factor: float = attr.field(default=2.0)
+    cap: float = attr.field(default=30.0, validator=_not_negative)
+    jitter: bool = True
+
+    @attempts.validator
+    def _check_attempts(self, attribute, value):
+        if value < 1:
+            raise ValueError(f"attempts must be at least 1, not {value!r}")
+
+    @factor.validator
+    def _check_factor(self, attribute, value):
+        if value < 1:
+            raise ValueError(f"factor must be at least 1, not {value!r}")
+
+    def delay(self, retry: int, random=_random.random) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first)."""
+        try:
+            delay = min(self.cap, self.base * self.factor ** (retry - 1))
+        except OverflowError:
+            delay = self.cap
+        if self.jitter:
+            delay *= 0.5 + random() / 2
+        return delay
+
+
+def is_transient(error: TahoeError) -> bool:
+    """Retry every failure that may go away by itself."""
+    return error.transient
+
+
+def not_sent(error: TahoeError) -> bool:
+    """
+    Retry only failures that certainly happened before the request reached
+    the node: for requests that must not run twice.
+    """
+    return error.transient and not error.sent
+
+
+async def retrying(clock, policy, operation_name, fn, *, retry_if=is_transient,
+                   log=None, random=_random.random):
+    """
+    Await ``fn()`` until it succeeds, fails with an error that ``retry_if``
+    refuses, or ``policy.attempts`` attempts have failed; then raise the
+    last error.  Only ``TahoeError``s are retried; waits use ``clock``.
+    """
+    log = log if log is not None else _log
+    attempt = 1
+    while True:
+        try:
+            return await fn()
+        except TahoeError as e:
+            if attempt >= policy.attempts or not retry_if(e):
+                raise
+            delay = policy.delay(attempt, random)
+            log.warn(
+                "{operation} failed (attempt {attempt} of {attempts}), "
+                "retrying in {delay:.2f}s: {error}",
+                operation=operation_name,
+                attempt=attempt,
+                attempts=policy.attempts,
+                delay=delay,
+                error=str(e),
+            )
+        await deferLater(clock, delay, lambda: None)
+        attempt += 1
+
+
+# ---------------------------------------------------------------------------
+# Turning answers into exceptions
+
+# A cap anywhere in a text (a traceback may quote a request body).
+_CAP_RE = re.compile(r"(?:ro\.|imm\.)?URI:[A-Za-z0-9-]+(?::[A-Za-z0-9_-]*)*")
+_EXCEPTION_LINE = re.compile(r"^(?:Failure: )?[A-Za-z_][\w.]*(?:Error|Exception)\b")
+_MODULE_PREFIX = re.compile(r"^(?:Failure: )?(?:[A-Za-z_]\w*\.)+(?=\w+(?:Error|Exception)\b)")
+_UNHAPPY = re.compile(
+    r"UploadUnhappinessError|NotEnoughSharesError|NotEnoughServersError"
+    r"|shares could be placed"
+)
+# 500s that say the same thing again however often they are retried.
+_PERMANENT_500 = re.compile(r"NotWriteableError|MustBeDeepImmutableError")
+_NO_SUCH_CHILD = "No such child"
+
+
+def scrub_caps(text: str) -> str:
+    """``text`` with every cap in it abbreviated (safe to log)."""
+    return _CAP_RE.sub(lambda m: short_cap(m.group(0)), text)
+
+
+def summarize_body(body, limit: int = 200) -> str:
+    """
+    A short, cap-free line from an error answer of a Tahoe node: the
+    exception line of a traceback (plain or Twisted's HTML page), the text of
+    an HTML error page, the ``error`` of a JSON answer, or its first line.
+    """
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if re.search(r"<(?:html|div|p|span|title)\b", text, re.I):
+        text = re.sub(r"<(style|script)\b.*?</\1>", " ", text, flags=re.S | re.I)
+        for pattern in (r'<div class="error">(.*?)</div>', r"<p>(.*?)</p>", r"<title>(.*?)</title>"):
+            found = re.findall(pattern, text, re.S | re.I)
+            if found:
+                text = found[-1]
+                break
+        text = html.unescape(re.sub(r"<[^>]+>", "", text))
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        pass
+    else:
+        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+            text = parsed["error"]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    exception_lines = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    if exception_lines:
+        line = exception_lines[-1]
+    elif lines[0].startswith("Traceback"):
+        line = lines[-1]  # a traceback's last line names the exception
+    else:
+        line = lines[0]
+    line = _MODULE_PREFIX.sub("", line)
+    # UploadUnhappinessError: "server selection failed for <...>: shares
+    # could be placed on only 2 server(s) ... such servers. (placed all ...)"
+    line = re.sub(r"server selection failed for <[^>]*>: ", "", line)
+    line = re.split(r"(?<=\.) \(", line, maxsplit=1)[0]
+    line = scrub_caps(" ".join(line.split()))
+    if len(line) > limit:
+        line = line[: limit - 1].rstrip() + "…"
+    return line
+
+
+def error_from_response(status: int, body: bytes, operation: str, cap=None) -> TahoeError:
+    """The exception for a Tahoe answer with an unexpected status."""
+    text = body.decode("utf-8", "replace")
+    detail = summarize_body(text)
+    if status == 404:
+        cls = TahoeNotFound
+    elif status == 410:
+        cls = TahoeSharesMissing
+    elif 400 <= status < 500:
+        cls = TahoeBadRequest
+    elif status >= 500:
+        if _UNHAPPY.search(text):
+            cls = TahoeUnhappy
+        elif _PERMANENT_500.search(text):
+            cls = TahoeBadRequest
+        else:
+            cls = TahoeServerError
+    else:
+        cls = TahoeBadResponse
+        detail = detail or "unexpected status"
+    return cls(operation, status, detail, cap=cap)
+
+
+async def _check_response(response, operation, cap=None, ok=(200, 201)):
+    """Raise the Tahoe* error of ``response`` unless its status is in ``ok``."""
+    if response.code in ok:
+        return
+    try:
+        with _transport_errors(operation, cap):
+            body = await treq.content(response)
+    except TahoeUnavailable:
+        body = b""
+    raise error_from_response(response.code, body, operation, cap)
+
+
+# Failures that happen before any byte of the request reaches the node.
+_NOT_SENT = (_ierror.ConnectError, _ierror.DNSLookupError, _ierror.TimeoutError,
+             _newclient.RequestNotSent)
+# Failures that happen after the request may have reached it.
+_MAYBE_SENT = (_newclient.ResponseNeverReceived, _newclient.RequestTransmissionFailed,
+               _newclient.ResponseFailed, _ierror.ConnectionLost, _ierror.ConnectionDone)
+
+
+def _describe_transport_error(e: Exception) -> str:
+    name = type(e).__name__
+    reasons = getattr(e, "reasons", None)
+    if reasons:
+        inner = ", ".join(sorted({type(r.value).__name__ for r in reasons}))
+        return f"{name} ({inner})"
+    text = str(e).strip()
+    return scrub_caps(f"{name}: {text}" if text else name)
+
+
+@contextmanager
+def _transport_errors(operation, cap=None):
+    """Turn "no answer" failures of the HTTP client into TahoeUnavailable."""
+    try:
+        yield
+    except _NOT_SENT as e:
+        raise TahoeUnavailable(operation, None, _describe_transport_error(e),
+                               cap=cap, sent=False) from e
+    except _MAYBE_SENT as e:
+        raise TahoeUnavailable(operation, None, _describe_transport_error(e),
+                               cap=cap, sent=True) from e
+
+
+# ---------------------------------------------------------------------------
+# Values
+
+
+@attr.frozen
+class DirChild:
+    """
+    One entry of a Tahoe directory listing.
+
+    ``kind`` is ``"filenode"``, ``"dirnode"`` or ``"unknown"``.  ``rw_uri`` is
+    set only for a mutable child listed through a write cap.  ``size`` is
+    the file size (None for directories and where Tahoe does not say);
+    ``mutable`` is None where Tahoe does not say.
+    """
+
+    name: str
+    kind: str
+    ro_uri: str | None = attr.field(repr=False)
+    rw_uri: str | None = attr.field(repr=False, default=None)
+    size: int | None = None
+    mutable: bool | None = None
+
+    @property
+    def cap(self) -> str | None:
+        """The strongest cap we have of the child."""
+        return self.rw_uri or self.ro_uri
+
+
+# Caps that only ever give read access.
+_READ_ONLY_DIR_PREFIXES = ("URI:DIR2-RO:", "URI:DIR2-CHK:", "URI:DIR2-LIT:",
+                           "URI:DIR2-MDMF-RO:")
+
+
+def _child_kind(cap: str) -> str:
+    return "dirnode" if cap.startswith("URI:DIR2") else "filenode"
+
+
+def _expected_size(cap: str) -> int | None:
+    """The size of an immutable file that its cap states, if it does."""
+    if cap.startswith("URI:CHK:"):
+        try:
+            return int(cap.rsplit(":", 1)[1])
+        except ValueError:
+            return None
+    if cap.startswith("URI:LIT:"):
+        data = cap[len("URI:LIT:"):].upper()
+        try:
+            return len(base64.b32decode(data + "=" * (-len(data) % 8)))
+        except ValueError:
+            return None
+    return None
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+# ---------------------------------------------------------------------------
+# The client
+
+
+def _stop_producer(producer):
+    """Stop a body producer the request may have left running; it closes its file."""
+    try:
+        producer.stopProducing()
+    except (AttributeError, TaskFinished):
+        pass  # never started, or already finished
+
+
+class _QuietPool(HTTPConnectionPool):
+    """A connection pool that does not log every connection it opens."""
+
+    class _factory(HTTPConnectionPool._factory):
+        noisy = False
+
+
+class TahoeClient:
+    """
+    A client of one Tahoe node's web API.
+
+    :param base_url: e.g. ``http://127.0.0.1:3456/``.
+    :param http_client: a ``treq.client.HTTPClient``; by default one with
+        its own persistent connection pool (``close()`` closes it).
+    :param clock: an ``IReactorTime`` for retry waits and polling.
+    :param retry: the ``RetryPolicy`` of every method.
+    :param min_servers: mutable writes are refused (``TahoeUnavailable``)
+        while fewer storage servers are connected; the daemon passes
+        ``shares.happy``.
+    :param cooperator: drives file bodies (``FileBodyProducer``); the fake
+        web API passes one it can run in memory.
+    """
+
+    log = Logger()
+
+    def __init__(self, base_url: str, http_client: HTTPClient | None = None,
+                 clock=None, retry: RetryPolicy = RetryPolicy(),
+                 min_servers: int = 1, cooperator=None):
+        reactor = None
+        if http_client is None or clock is None:
+            from twisted.internet import reactor
+        self._pool = None
+        if http_client is None:
+            self._pool = _QuietPool(reactor, persistent=True)
+            self._pool.maxPersistentPerHost = 16
+            http_client = HTTPClient(Agent(reactor, pool=self._pool))
+        if cooperator is None:
+            from twisted.internet import task as cooperator
+        self.base_url = base_url.rstrip("/")
+        self._http = http_client
+        self._clock = clock if clock is not None else reactor
+        self.retry = retry
+        self.min_servers = min_servers
+        self._cooperator = cooperator
+
+    async def close(self) -> None:
+        """Close the connections of the pool this client made, if it made one."""
+        if self._pool is not None:
+            await self._pool.closeCachedConnections()
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _url(self, *segments: str, **query) -> str:
+        url = "/".join([self.base_url, *segments])
+        if query:
+            url += "?" + urlencode(query)
+        return url
+
+    def _cap_url(self, cap: str, name: str | None = None, **query) -> str:
+        segments = ["uri", quote(cap, safe=":")]
+        if name is not None:
+            segments.append(quote(name, safe=""))
+        return self._url(*segments, **query)
+
+    async def _request(self, operation, method, url, cap=None, data=None, headers=None):
+        if isinstance(data, bytes):
+            # Our own producer rather than treq's adapter, so that every body
+            # runs on self._cooperator (which the in-memory fake drives).
+            data = FileBodyProducer(io.BytesIO(data), cooperator=self._cooperator)
+        all_headers = {"Accept": ["text/plain"]}
+        if headers:
+            all_headers.update({k: [v] for k, v in headers.items()})
+        with _transport_errors(operation, cap):
+            # unbuffered: treq would otherwise keep a copy of every body.
+            return await self._http.request(method, url, data=data, headers=all_headers,
+                                            unbuffered=True)
+
+    async def _body(self, response, operation, cap=None) -> bytes:
+        with _transport_errors(operation, cap):
+            return await treq.content(response)
+
+    async def _call(self, operation, method, url, cap=None, data=None, headers=None,
+                    ok=(200, 201)) -> bytes:
+        """One request whose whole answer body we want."""
+        response = await self._request(operation, method, url, cap, data, headers)
+        await _check_response(response, operation, cap, ok)
+        return await self._body(response, operation, cap)
+
+    async def _json(self, operation, method, url, cap=None, data=None):
+        body = await self._call(operation, method, url, cap, data, ok=(200,))
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise TahoeBadResponse(operation, 200, "the answer is not JSON", cap=cap) from None
+
+    def _parse_cap(self, body: bytes, operation: str, prefix: str = "URI:") -> str:
+        text = body.decode("ascii", "replace").strip()
+        if not text.startswith(prefix) or any(c.isspace() for c in text):
+            raise TahoeBadResponse(operation, None, f"the answer is not a {prefix}... cap")
+        return text
+
+    async def _retrying(self, operation, fn, retry_if=is_transient):
+        return await retrying(self._clock, self.retry, operation, fn,
+                              retry_if=retry_if, log=self.log)
+
+    async def _require_servers(self, operation: str) -> None:
+        """
+        Refuse a mutable write while fewer than ``min_servers`` storage
+        servers are connected: Tahoe would write it to fewer servers than
+        ``shares.happy`` without complaint.  Raises TahoeUnavailable (not
+        sent, so retried like a node that is down).
+        """
+        connected = await self._connected_servers_once()
+        if connected < self.min_servers:
+            raise TahoeUnavailable(
+                operation, None,
+                f"only {connected} storage server(s) connected, {self.min_servers} "
+                f"needed for a mutable write",
+                sent=False,
+            )
+
+    @staticmethod
+    def _require_writable(operation: str, dircap: str) -> None:
+        if dircap.startswith(_READ_ONLY_DIR_PREFIXES):
+            raise TahoeBadRequest(operation, None, "this directory cap is read-only",
+                                  cap=dircap, sent=False)
+
+    # -- files -------------------------------------------------------------
+
+    async def upload_file(self, path: str) -> str:
+        """
+        Upload the file at ``path`` as an immutable file; return its read cap.
+
+        The body is streamed from the open file (``FileBodyProducer``, with
+        a Content-Length), never read whole into memory; each attempt
+        opens the file again.  Convergent encryption makes a repeated
+        upload of the same bytes give the same cap, so retries are safe.
+        """
+        async def attempt():
+            with open(path, "rb") as f:
+                producer = FileBodyProducer(f, cooperator=self._cooperator)
+                try:
+                    body = await self._call("upload_file", "PUT", self._url("uri"), data=producer)
+                finally:
+                    # The node may answer (an error) before it read the whole
+                    # body: stop the producer before its file is closed.
+                    _stop_producer(producer)
+            return self._parse_cap(body, "upload_file")
+
+        return await self._retrying("upload_file", attempt)
+
+    async def upload_bytes(self, data: bytes) -> str:
+        """Upload a small body (a log, an index segment); return its read cap."""
+        async def attempt():
+            body = await self._call("upload_bytes", "PUT", self._url("uri"), data=bytes(data))
+            return self._parse_cap(body, "upload_bytes")
+
+        return await self._retrying("upload_bytes", attempt)
+
+    async def download(self, cap: str, offset: int | None = None,
+                       length: int | None = None) -> bytes:
+        """
+        The content of an immutable file, or ``length`` bytes of it from
+        ``offset`` (to the end if ``length`` is None).
+
+        Checks the answer: 200 for a whole file (of the size its cap
+        states), 206 with the asked-for ``Content-Range`` for a range, and
+        exactly ``length`` bytes; anything else is TahoeBadResponse (a range
+        that runs past the end included).  A range that starts past the end
+        is TahoeBadRequest (416).
+        """
+        if length is not None and offset is None:
+            offset = 0
+        if (offset is not None and offset < 0) or (length is not None and length < 0):
+            raise ValueError(f"bad range: offset={offset!r} length={length!r}")
+        if length == 0:
+            return b""
+        headers = {}
+        if offset is not None:
+            end = "" if length is None else str(offset + length - 1)
+            headers["Range"] = f"bytes={offset}-{end}"
+
+        async def attempt():
+            response = await self._request("download", "GET", self._cap_url(cap), cap,
+                                           headers=headers)
+            await _check_response(response, "download", cap, ok=(200, 206))
+            body = await self._body(response, "download", cap)
+            return self._checked_download(cap, response, body, offset, length)
+
+        return await self._retrying("download", attempt)
+
+    def _checked_download(self, cap, response, body, offset, length) -> bytes:
+        def bad(detail):
+            return TahoeBadResponse("download", response.code, detail, cap=cap)
+
+        if response.code == 200:
+            expected = _expected_size(cap)
+            if expected is not None and len(body) != expected:
+                raise bad(f"got {len(body)} bytes of a {expected}-byte file")
+            if offset is None:
+                return body
+            # The node ignored the Range header: cut the range out ourselves.
+            total = len(body)
+            body = body[offset:] if length is None else body[offset:offset + length]
+        else:
+            if offset is None:
+                raise bad("a partial answer to a request for the whole file")
+            values = response.headers.getRawHeaders("content-range") or [""]
+            match = _CONTENT_RANGE.match(values[0].strip())
+            if match is None:
+                raise bad("a partial answer without a valid Content-Range")
+            start, end = int(match.group(1)), int(match.group(2))
+            total = None if match.group(3) == "*" else int(match.group(3))
+            if start != offset or len(body) != end - start + 1:
+                raise bad(f"asked for bytes from {offset}, got {len(body)} bytes "
+                          f"labelled {start}-{end}")
+        if length is not None and len(body) != length:
+            raise bad(f"asked for {length} bytes at {offset}, got {len(body)} "
+                      f"(the file has {total} bytes)")
+        if length is None and total is not None and offset + len(body) != total:
+            raise bad(f"asked for bytes {offset}- of {total}, got {len(body)}")
+        return body
+
+    async def download_to(self, cap: str, fileobj) -> int:
+        """
+        Stream an immutable file into ``fileobj`` (which needs ``write``);
+        return the number of bytes written.
+
+        A failed attempt is retried only if ``fileobj`` is seekable (it is
+        then cut back to where it was) or nothing was written yet.
+        """
+        try:
+            start = fileobj.tell() if fileobj.seekable() else None
+        except (AttributeError, OSError):
+            start = None
+        written = 0
+
+        def write(data):
+            nonlocal written
+            fileobj.write(data)
+            written += len(data)
+
+        async def attempt():
+            nonlocal written
+            if start is not None and written:
+                fileobj.seek(start)
+                fileobj.truncate()
+            written = 0
+            response = await self._request("download_to", "GET", self._cap_url(cap), cap)
+            await _check_response(response, "download_to", cap, ok=(200,))
+            with _transport_errors("download_to", cap):
+                await treq.collect(response, write)
+            expected = _expected_size(cap)
+            if expected is not None and written != expected:
+                raise TahoeBadResponse("download_to", response.code,
+                                       f"got {written} bytes of a {expected}-byte file", cap=cap)
+            return written
+
+        def retry_if(error):
+            return error.transient and (start is not None or written == 0)
+
+        return await self._retrying("download_to", attempt, retry_if)
+
+    async def check(self, cap: str, verify: bool = False, add_lease: bool = False,
+                    repair: bool = False) -> dict:
+        """
+        ``POST /uri/CAP?t=check&output=JSON``: the check results.  A 200 may
+        still say ``results.healthy: false``: look at it.
+
+        With ``repair`` (``repair=true``) the answer has another shape:
+        ``repair-attempted``, ``repair-successful``, ``pre-repair-results``
+        and ``post-repair-results`` (each shaped like a plain check's
+        answer).  A literal cap gets the plain shape, ``{"storage-index": "",
+        "results": {"healthy": true}}``, repair or not.  A repair is safe to
+        retry.  A repair of an unrecoverable immutable file is a 410
+        (TahoeSharesMissing: the repairer cannot download it), where a plain
+        check answers 200 with ``recoverable: false``; an unrecoverable
+        mutable one answers 200, ``repair-successful: false``.  That 410
+        is not retried (every attempt would repeat the failed repair): ask
+        a plain check what is left.
+        """
+        query = {"t": "check", "output": "JSON"}
+        if verify:
+            query["verify"] = "true"
+        if add_lease:
+            query["add-lease"] = "true"
+        if repair:
+            query["repair"] = "true"
+
+        async def attempt():
+            result = await self._json("check", "POST", self._cap_url(cap, **query), cap)
+            if not isinstance(result, dict):
+                raise TahoeBadResponse("check", 200, "the answer is not a JSON object", cap=cap)
+            return result
+
+        def retry_if(error):
+            return error.transient and not (repair and isinstance(error, TahoeSharesMissing))
+
+        return await self._retrying("check", attempt, retry_if)
+
+    # -- directories -------------------------------------------------------
+
+    async def mkdir(self) -> str:
+        """
+        Create a new, empty, unlinked mutable directory; return its write cap.
+
+        Not idempotent: an attempt whose request may have reached the node is
+        not retried (``not_sent``), only one refused before sending (node
+        down, too few servers).  A retry after a lost answer would at worst
+        leave an empty unlinked directory behind, but it would also hide the
+        lost answer from the caller, who may prefer to know.
+        """
+        async def attempt():
+            await self._require_servers("mkdir")
+            body = await self._call("mkdir", "POST", self._url("uri", t="mkdir"))
+            return self._parse_cap(body, "mkdir", "URI:DIR2:")
+
+        return await self._retrying("mkdir", attempt, not_sent)
+
+    async def mkdir_immutable(self, children: dict[str, str]) -> str:
+        """
+        Create a deep-immutable directory of ``children`` (name -> immutable
+        read cap of a file or directory); return its cap.  An empty one is a
+        ``URI:DIR2-LIT:``.  A mutable child is a TahoeBadRequest (400).
+
+        Same children, same cap: retrying is safe.  This is an immutable
+        upload, so Tahoe enforces happiness itself (TahoeUnhappy).
+        """
+        body = json.dumps(
+            {name: [_child_kind(cap), {"ro_uri": cap}] for name, cap in children.items()},
+            sort_keys=True,
+        ).encode("utf-8")
+
+        async def attempt():
+            answer = await self._call("mkdir_immutable", "POST",
+                                      self._url("uri", t="mkdir-immutable"), data=body)
+            return self._parse_cap(answer, "mkdir_immutable", "URI:DIR2-")
+
+        return await self._retrying("mkdir_immutable", attempt)
+
+    async def set_children(self, dircap: str, children: dict[str, str],
+                           overwrite: bool = True) -> None:
+        """
+        Link ``children`` (name -> cap, read or write, file or directory)
+        into the mutable directory ``dircap`` in one write.
+
+        With ``overwrite=False`` a name that exists is a TahoeBadRequest
+        (409), and the call is not retried once it may have reached the node
+        (a retry could clash with its own first attempt).
+        """
+        self._require_writable("set_children", dircap)
+        if not children:
+            return None
+        # A cap goes in rw_uri: Tahoe derives the read cap from a write cap,
+        # and accepts a read cap there too (webapi.rst); a write cap must
+        # never go in ro_uri.
+        body = json.dumps(
+            {name: [_child_kind(cap), {"rw_uri": cap}] for name, cap in children.items()},
+            sort_keys=True,
+        ).encode("utf-8")
+        query = {"t": "set_children"}
+        if not overwrite:
+            # Tahoe 1.20 reads "replace"; webapi.rst's "overwrite" is ignored.
+            query["replace"] = "false"
+        url = self._cap_url(dircap, **query)
+
+        async def attempt():
+            await self._require_servers("set_children")
+            await self._call("set_children", "POST", url, dircap, data=body)
+
+        await self._retrying("set_children", attempt, is_transient if overwrite else not_sent)
+
+    async def list_dir(self, dircap: str) -> dict[str, DirChild]:
+        """The children of a directory, by name."""
+        async def attempt():
+            node = await self._json("list_dir", "GET", self._cap_url(dircap, t="json"), dircap)
+            return self._parse_listing(node, dircap)
+
+        return await self._retrying("list_dir", attempt)
+
+    @staticmethod
+    def _parse_listing(node, dircap) -> dict[str, DirChild]:
+        if not (isinstance(node, list) and len(node) == 2 and isinstance(node[1], dict)):
+            raise TahoeBadResponse("list_dir", 200, "the answer is not a node description",
+                                   cap=dircap)
+        kind, info = node
+        if kind != "dirnode":
+            raise TahoeBadRequest("list_dir", None, f"not a directory (the node says {kind!r})",
+                                  cap=dircap)
+        children = {}
+        for name, entry in (info.get("children") or {}).items():
+            try:
+                child_kind, props = entry
+                children[name] = DirChild(
+                    name=name,
+                    kind=child_kind,
+                    ro_uri=props.get("ro_uri"),
+                    rw_uri=props.get("rw_uri"),
+                    size=props.get("size") if child_kind == "filenode" else None,
+                    mutable=props.get("mutable"),
+                )
+            except (TypeError, ValueError, AttributeError):
+                raise TahoeBadResponse("list_dir", 200, "a child entry of an unknown shape",
+                                       cap=dircap) from None
+        return children
+
+    async def child_cap(self, dircap: str, name: str) -> str | None:
+        """
+        The cap of one child (its write cap if it has one and ``dircap`` is a
+        write cap), or None if the directory has no such child.  A 404 for
+        any other reason (a malformed dircap) is raised as TahoeNotFound.
+        """
+        async def attempt():
+            try:
+                body = await self._call("child_cap", "GET",
+                                        self._cap_url(dircap, name, t="uri"), dircap)
+            except TahoeNotFound as e:
+                if e.detail.startswith(_NO_SUCH_CHILD):
+                    return None
+                raise
+            return self._parse_cap(body, "child_cap", "")
+
+        return await self._retrying("child_cap", attempt)
+
+    async def unlink(self, dircap: str, name: str) -> None:
+        """
+        Remove the child ``name`` from the mutable directory ``dircap``.
+
+        A missing child is TahoeNotFound, except on a retry after an attempt
+        that may have reached the node: the child is then gone, as asked.
+        """
+        self._require_writable("unlink", dircap)
+        url = self._cap_url(dircap, name)
+        maybe_done = False
+
+        async def attempt():
+            nonlocal maybe_done
+            await self._require_servers("unlink")
+            try:
+                await self._call("unlink", "DELETE", url, dircap)
+            except TahoeNotFound as e:
+                if maybe_done and e.detail.startswith(_NO_SUCH_CHILD):
+                    self.log.info("unlink of {dircap}: the child was already gone after "
+                                  "an earlier attempt that may have removed it",
+                                  dircap=short_cap(dircap))
+                    return None
+                raise
+            except TahoeError as e:
+                maybe_done = maybe_done or e.sent
+                raise
+
+        await self._retrying("unlink", attempt)
+
+    # -- the grid ----------------------------------------------------------
+
+    async def _connected_servers_once(self) -> int:
+        welcome = await self._json("connected_servers", "GET", self._url("", t="json"))
+        try:
+            servers = welcome["servers"]
+            return sum(
+                1 for server in servers
+                if str(server.get("connection_status", "")).lower().startswith("connected")
+            )
+        except (TypeError, KeyError, AttributeError):
+            raise TahoeBadResponse("connected_servers", 200,
+                                   "the welcome page JSON has no server list") from None
+
+    async def connected_servers(self) -> int:
+        """How many storage servers the node is connected to now."""
+        return await self._retrying("connected_servers", self._connected_servers_once)
+
+    async def wait_for_servers(self, n: int, timeout: float, interval: float = 1.0) -> None:
+        """
+        Poll until at least ``n`` storage servers are connected; after
+        ``timeout`` seconds raise TahoeUnavailable.  Transient failures (the
+        node still starting) count as zero servers.
+        """
+        deadline = self._clock.seconds() + timeout
+        while True:
+            last_error = None
+            try:
+                connected = await self._connected_servers_once()
+            except TahoeError as e:
+                if not e.transient:
+                    raise
+                connected, last_error = 0, e
+            if connected >= n:
+                return None
+            remaining = deadline - self._clock.seconds()
+            if remaining <= 0:
+                detail = f"{connected} of {n} storage servers connected after {timeout:g}s"
+                if last_error is not None:
+                    detail += f" (last error: {last_error})"
+                raise TahoeUnavailable("wait_for_servers", None, detail, sent=False)
+            await deferLater(self._clock, min(interval, remaining), lambda: None)

@@ -1,0 +1,156 @@
+"""
+Forgetting snapshots: which ones go (a retention policy, or ids a person
+named), and the order that keeps every other snapshot restorable at every
+moment, a crash included.
+
+A kept snapshot whose log is an increment on a forgotten one would lose
+its base, so its log is first rewritten as a full log (same id, same
+entries) and linked in place of the old one; only then are the forgotten
+logs unlinked from ``snapshots/`` and deleted here.  Each step can be done
+again after a crash: the same full log is the same bytes, and unlinking a
+log that is already gone is a no-op.  The blobs only forgotten snapshots
+used are left to ``prune.py``.
+"""
+
+import contextlib
+import os
+
+import attr
+from twisted.logger import Logger
+
+from gridbackupd.format import chain
+from gridbackupd.state import db as dbmod
+from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
+from gridbackupd.format.log import LogWriter
+
+log = Logger()
+
+# Only a snapshot whose log is on the grid, or one that failed, can be
+# forgotten: a queued, scanning or uploading one is still being made.
+PUBLISHED = ("complete", "incomplete")
+FORGETTABLE = PUBLISHED + ("failed",)
+
+
+@attr.frozen
+class ForgetPlan:
+    forget: tuple  # snapshot ids, newest first
+    keep: dict  # id -> reasons (policy runs) or ("not named",)
+    rewrite_full: tuple  # kept ids whose parent is forgotten: their logs become full
+    refused: tuple = ()  # (id, reason) for named ids that cannot be forgotten
+
+    def as_dict(self, conn=None):
+        hosts = {}
+        if conn is not None:
+            hosts = dict(conn.execute("SELECT id, host FROM snapshots"))
+        return {
+            "forget": list(self.forget),
+            "keep": [{"id": i, "host": hosts.get(i), "reasons": list(r)}
+                     for i, r in sorted(self.keep.items(), reverse=True)],
+            "rewrite_full": list(self.rewrite_full),
+            "refused": [{"id": i, "reason": r} for i, r in self.refused],
+        }
+
+
+def plan_forget(conn, policy=None, ids=None, tz=None):
+    """
+    What forgetting would do: by ``policy`` (a RetentionPolicy) over the
+    published snapshots, or the snapshots named in ``ids``.
+    """
+    rows = conn.execute(
+        "SELECT id, state, host, coalesce(started, requested), parent FROM snapshots"
+    ).fetchall()
+    states = {r[0]: r[1] for r in rows}
+    refused = []
+    if ids is not None:
+        forget = []
+        for snapshot_id in dict.fromkeys(ids):
+            state = states.get(snapshot_id)
+            if state is None:
+                refused.append((snapshot_id, "no such snapshot"))
+            elif state not in FORGETTABLE:
+                refused.append((snapshot_id, f"it is {state}: a snapshot still being made "
+                                             "cannot be forgotten"))
+            else:
+                forget.append(snapshot_id)
+        forget = sorted(forget, reverse=True)
+        keep = {r[0]: ("not named",) for r in rows if r[0] not in set(forget)}
+    else:
+        decision = apply_policy(
+            [SnapshotInfo(r[0], r[2], r[3]) for r in rows if r[1] in PUBLISHED], policy, tz=tz)
+        forget = list(decision.forget)
+        keep = dict(decision.keep)
+    gone = set(forget)
+    rewrite = sorted(r[0] for r in rows if r[0] not in gone and r[4] in gone)
+    return ForgetPlan(tuple(forget), keep, tuple(rewrite), tuple(refused))
+
+
+async def forget(ctx, plan):
+    """Carry out ``plan``: rewrite, then unlink and delete.  Returns counts."""
+    rewritten = 0
+    for snapshot_id in plan.rewrite_full:
+        ctx.check_stopping()
+        if await _rewrite_full(ctx, snapshot_id):
+            rewritten += 1
+    forgotten = 0
+    for snapshot_id in plan.forget:
+        ctx.check_stopping()
+        row = ctx.conn.execute(
+            "SELECT log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        if row is None:
+            continue  # forgotten by an earlier, interrupted run
+        log_path, log_cap = row
+        if log_cap:
+            await ctx.publisher.unlink_snapshot_log(snapshot_id)
+        with dbmod.transaction(ctx.conn):
+            ctx.conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
+            ctx.conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+        if log_path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(log_path)
+        forgotten += 1
+        ctx.progress["forgotten"] = forgotten
+        log.info("forgot snapshot {id}", id=snapshot_id)
+    return {"snapshots_forgotten": forgotten, "logs_rewritten": rewritten}
+
+
+async def _rewrite_full(ctx, snapshot_id):
+    row = ctx.conn.execute(
+        "SELECT kind, log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    if row is None or row[0] == "full" or not row[1]:
+        return False
+    _, log_path, log_cap = row
+    tmp = log_path + ".full"
+    await ctx.in_thread(write_full_log, ctx.db_path, snapshot_id, tmp)
+    cap = log_cap
+    try:
+        if log_cap:
+            cap = await ctx.client.upload_file(tmp)
+            await ctx.publisher.link_snapshot_log(snapshot_id, cap)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    os.replace(tmp, log_path)
+    with dbmod.transaction(ctx.conn):
+        ctx.conn.execute(
+            "UPDATE snapshots SET kind = 'full', parent = NULL, log_cap = ? WHERE id = ?",
+            (cap, snapshot_id))
+    log.info("rewrote the log of {id} as a full log: its parent is forgotten", id=snapshot_id)
+    return True
+
+
+def write_full_log(db_path, snapshot_id, out_path):
+    """The complete entries of ``snapshot_id`` as one full log (a worker thread)."""
+    with dbmod.worker_connection(db_path) as conn:
+        resolve = chain.db_resolver(conn)
+        log_path = resolve(snapshot_id)
+        if log_path is None:
+            raise chain.ChainError(f"snapshot {snapshot_id} has no local log")
+        with chain.open_chain(log_path, resolve) as (header, entries):
+            full = attr.evolve(header, kind="full", parent=None)
+            with open(out_path, "wb") as f:
+                with LogWriter(f, full) as writer:
+                    for entry in entries:
+                        writer.add(entry)
+                f.flush()
+                os.fsync(f.fileno())

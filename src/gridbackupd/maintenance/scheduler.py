@@ -1,0 +1,301 @@
+"""
+The maintenance jobs of a backup set, on a schedule and on request: lease
+renewal, check and repair, restore drills, and forget-and-prune by the
+retention policy.
+
+Jobs run one at a time, from the ``jobs`` table, oldest request first.  A
+job that the daemon's stop interrupts stays ``queued`` and resumes, with
+the items it had finished (``job_items``), at the next start; so does one
+killed with the process (``running`` at start).  The schedule is kept in
+the same table: a kind is due when its last run was requested longer ago
+than its interval, so a restart neither repeats nor skips a weekly job.
+Forget and prune hold the backup jobs' scan lock: no scan dedups against a
+blob a prune is dropping.
+"""
+
+import json
+import secrets
+import time
+
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from gridbackupd.state import db as dbmod
+from gridbackupd.errors import APIError
+from gridbackupd.maintenance.jobs import JobContext, JobStopped
+from gridbackupd.waiters import SerialRunner, Waiters
+
+KINDS = ("leases", "check", "drill", "forget", "prune")
+WRITING = ("forget", "prune")  # need a writable root and the scan lock
+TICK = 60.0
+KEEP_RUNS = 50  # finished runs of each kind kept in the table
+
+
+def new_job_id(kind, now):
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + f"-{kind}-" + secrets.token_hex(3)
+
+
+async def run_leases(m, ctx):
+    from gridbackupd.maintenance.leases import renew_leases
+
+    return await renew_leases(ctx)
+
+
+async def run_check(m, ctx):
+    from gridbackupd.maintenance.checkrepair import check_and_repair
+
+    return await check_and_repair(ctx)
+
+
+async def run_drill(m, ctx):
+    from gridbackupd.maintenance.drill import restore_drill
+
+    return await restore_drill(ctx)
+
+
+async def run_forget(m, ctx):
+    from gridbackupd.maintenance.forget import forget, plan_forget
+
+    ids = ctx.options.get("snapshots")
+    if ids is None and m.config.retention.policy().empty:
+        result = {"policy": "none: every snapshot is kept", "snapshots_forgotten": 0}
+    else:
+        plan = plan_forget(ctx.conn, m.config.retention.policy(), ids)
+        ctx.progress.update(forget=len(plan.forget), rewrite_full=len(plan.rewrite_full))
+        result = {"plan": plan.as_dict(), **await forget(ctx, plan)}
+    if ctx.options.get("prune", True):
+        result["prune"] = await run_prune(m, ctx)
+    return result
+
+
+async def run_prune(m, ctx):
+    from gridbackupd.maintenance.prune import prune
+
+    return await prune(ctx, repack_threshold=m.config.retention.repack_threshold,
+                       pack_size=m.config.upload.pack_size)
+
+
+RUNNERS = {"leases": run_leases, "check": run_check, "drill": run_drill,
+           "forget": run_forget, "prune": run_prune}
+
+
+class Maintenance:
+    log = Logger()
+
+    def __init__(self, reactor, daemon):
+        self.reactor = reactor
+        self.daemon = daemon
+        self.config = daemon.config
+        self.conn = daemon.conn
+        self.waiters = Waiters()
+        self.current = None  # the JobContext of the running job
+        self.current_kind = None
+        self._runner = SerialRunner(self._run_queued, self.log, "maintenance job")
+        self._loop = None
+        self._stopping = False
+
+    def intervals(self):
+        c, r = self.config.maintenance, self.config.retention
+        return {
+            "leases": c.lease_interval,
+            "check": c.check_interval,
+            "drill": c.drill_interval,
+            # Forget and prune on a schedule only with a policy, only when writable.
+            "forget": r.interval if not r.policy().empty and not self.daemon.read_only else 0,
+        }
+
+    def default_options(self, kind):
+        c = self.config.maintenance
+        return {
+            "leases": {"parallel": c.parallel},
+            "check": {"parallel": c.parallel, "verify_fraction": c.check_verify_fraction,
+                      "repair": c.check_repair},
+            "drill": {"files": c.drill_files},
+            "forget": {"prune": True},
+            "prune": {},
+        }[kind]
+
+    # -- start and stop ----------------------------------------------------
+
+    def start(self):
+        """Resume interrupted jobs and start the schedule (the grid side is up)."""
+        with dbmod.transaction(self.conn):
+            self.conn.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
+            if dbmod.get_meta(self.conn, "maintenance_epoch") is None:
+                dbmod.set_meta(self.conn, "maintenance_epoch", repr(self.reactor.seconds()))
+        self._loop = LoopingCall(self.tick)
+        self._loop.clock = self.reactor
+        self._loop.start(TICK, now=True)
+
+    def stop(self):
+        self._stopping = True
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self.current is not None:
+            self.current.stopping = True
+        return self._runner.running
+
+    def tick(self):
+        """Queue every job that is due, then run the queue."""
+        now = self.reactor.seconds()
+        for kind, interval in self.intervals().items():
+            if interval <= 0:
+                continue
+            if self._last_requested(kind) + interval <= now:
+                self.request(kind, scheduled=True)
+        self.kick()
+
+    def _last_requested(self, kind):
+        """When a job of this kind was last requested; the schedule's start if never
+        (a new backup set's leases are fresh, its first drill has nothing to restore)."""
+        last = self.conn.execute(
+            "SELECT max(requested) FROM jobs WHERE kind = ?", (kind,)).fetchone()[0]
+        if last is not None:
+            return last
+        return float(dbmod.get_meta(self.conn, "maintenance_epoch"))
+
+    def kick(self):
+        if not self._stopping:
+            self._runner.kick()
+
+    # -- requests ------------------------------------------------------------
+
+    def request(self, kind, options=None, scheduled=False):
+        """Queue a job (or join one of the same kind and options that waits); its id."""
+        if kind not in KINDS:
+            raise APIError(400, "bad_request", f"unknown job kind {kind!r}; one of {list(KINDS)}")
+        if kind in WRITING:
+            self.daemon.require_writable()
+        options = {**self.default_options(kind), **(options or {})}
+        encoded = json.dumps(options, sort_keys=True)
+        row = self.conn.execute(
+            "SELECT id FROM jobs WHERE kind = ? AND state = 'queued' AND options = ?",
+            (kind, encoded)).fetchone()
+        if row is not None:
+            return row[0]
+        now = self.reactor.seconds()
+        job_id = new_job_id(kind, now)
+        with dbmod.transaction(self.conn):
+            self.conn.execute(
+                "INSERT INTO jobs (id, kind, state, requested, options) VALUES (?, ?, 'queued', ?, ?)",
+                (job_id, kind, now, encoded))
+        self.log.info("{how} {kind} job {id} queued", how="scheduled" if scheduled else "requested",
+                      kind=kind, id=job_id)
+        self.kick()
+        return job_id
+
+    def wait(self, job_id):
+        """Fires with the job's end state (done or failed)."""
+        return self.waiters.wait(job_id)
+
+    # -- running -------------------------------------------------------------
+
+    async def _run_queued(self):
+        while not self._stopping:
+            row = self.conn.execute(
+                "SELECT id, kind, options FROM jobs WHERE state = 'queued' "
+                "ORDER BY requested, id LIMIT 1").fetchone()
+            if row is None:
+                return
+            if not await self._run(*row):
+                return  # stopped: it resumes at the next start
+
+    async def _run(self, job_id, kind, options):
+        d = self.daemon
+        ctx = self.context(job_id, json.loads(options))
+        self._set(job_id, state="running", started=self.reactor.seconds())
+        self.current, self.current_kind = ctx, kind
+        lock = d.jobs.scan_lock if kind in WRITING else None
+        state, result, error = "failed", {}, None
+        try:
+            if lock is not None:
+                await lock.acquire()
+            try:
+                if kind in WRITING and d.publisher is None:
+                    raise APIError(403, "read_only", "this daemon does not write to the backup set")
+                result = await RUNNERS[kind](self, ctx)
+                state = "done"
+            finally:
+                if lock is not None:
+                    lock.release()
+        except JobStopped:
+            self._set(job_id, state="queued", progress=json.dumps(ctx.progress))
+            self.log.info("{kind} job {id} stopped; it resumes at the next start", kind=kind, id=job_id)
+            return False
+        except Exception as e:
+            error = str(e)
+            self.log.failure("{kind} job {id} failed", kind=kind, id=job_id)
+        finally:
+            self.current = self.current_kind = None
+        self._set(job_id, state=state, finished=self.reactor.seconds(), error=error,
+                  progress=json.dumps(ctx.progress), result=json.dumps(result, default=str))
+        with dbmod.transaction(self.conn):
+            self.conn.execute("DELETE FROM job_items WHERE job = ?", (job_id,))
+            self.conn.execute(
+                "DELETE FROM jobs WHERE kind = ? AND state IN ('done', 'failed') AND id NOT IN "
+                "(SELECT id FROM jobs WHERE kind = ? AND state IN ('done', 'failed') "
+                " ORDER BY requested DESC LIMIT ?)", (kind, kind, KEEP_RUNS))
+        self.log.info("{kind} job {id}: {state}", kind=kind, id=job_id, state=state)
+        self.waiters.fire(job_id, state)
+        return True
+
+    def context(self, job_id, options=None):
+        """What a job (or a dry run of one) sees of the daemon."""
+        d = self.daemon
+        return JobContext(
+            reactor=self.reactor, conn=self.conn, db_path=d.db_path, client=d.client,
+            rootcap=d.rootcap, pool=d.pool, state_dir=self.config.state_dir, job_id=job_id,
+            options=options or {}, publisher=d.publisher, restorer=d.restorer)
+
+    def _set(self, job_id, **fields):
+        with dbmod.transaction(self.conn):
+            self.conn.execute(
+                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
+                [*fields.values(), job_id])
+
+    # -- for the API -------------------------------------------------------------
+
+    def job(self, job_id):
+        row = self.conn.execute(
+            "SELECT id, kind, state, requested, started, finished, options, progress, result, error "
+            "FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise APIError(404, "unknown_job", f"no job {job_id!r}")
+        return self._doc(row)
+
+    def _doc(self, row):
+        job_id, kind, state, requested, started, finished, options, progress, result, error = row
+        if self.current is not None and self.current.job_id == job_id:
+            progress = self.current.progress
+        else:
+            progress = json.loads(progress)
+        return {"id": job_id, "kind": kind, "state": state, "requested": requested,
+                "started": started, "finished": finished, "options": json.loads(options),
+                "progress": progress, "result": json.loads(result), "error": error}
+
+    def jobs(self, limit=50, kind=None):
+        rows = self.conn.execute(
+            "SELECT id, kind, state, requested, started, finished, options, progress, result, error "
+            "FROM jobs WHERE ? IS NULL OR kind = ? ORDER BY requested DESC, id DESC LIMIT ?",
+            (kind, kind, limit)).fetchall()
+        return [self._doc(r) for r in rows]
+
+    def status(self):
+        """Per kind: running or not, its progress, the last finished run, when it is next due."""
+        intervals = self.intervals()
+        out = {}
+        for kind in KINDS:
+            last = self.conn.execute(
+                "SELECT id, state, finished, error FROM jobs WHERE kind = ? AND state IN "
+                "('done', 'failed') ORDER BY finished DESC LIMIT 1", (kind,)).fetchone()
+            interval = intervals.get(kind, 0)
+            running = self.current_kind == kind
+            out[kind] = {
+                "running": running,
+                "progress": self.current.progress if running else None,
+                "last": ({"id": last[0], "state": last[1], "finished": last[2], "error": last[3]}
+                         if last else None),
+                "interval": interval or None,
+                "next_due": self._last_requested(kind) + interval if interval > 0 else None,
+            }
+        return out

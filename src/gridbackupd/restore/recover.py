@@ -1,0 +1,310 @@
+"""
+Disaster recovery: rebuild the local state from the grid, given nothing but
+the root cap.
+
+Everything a restore or a deduplicating backup needs is reachable from the
+root (docs/FORMAT.md): ``gridbackup.json``; ``commits/``, whose immutable
+directories hold packs and the index segment that describes them; and
+``snapshots/``, one backup log per snapshot, named by the snapshot's id.
+``recover_state`` reads them back into the database:
+
+- every commit: its packs (``packs``), their blobs and the blobs the
+  segment holds inline (``blobs``, state ``committed``), the commit itself
+  (``commits``, linked).  A segment that cannot be read or parsed is
+  replaced by the trailers of the commit's packs (one ranged GET of each
+  pack's tail), which list the same blobs; only inline blobs, which live in
+  the segment alone, are then lost, and the snapshots that need them say so
+  (their files are listed as pending on restore);
+- every snapshot log: downloaded to ``logs/<id>.log`` (the next scan
+  compares with it and reads only what changed), a ``snapshots`` row with
+  the same id as on the old machine, its kind, parent, host, paths, tags
+  and times from the log's header, its file and byte counts from its
+  entries (through the chain of logs for an incremental one).  It is
+  ``complete`` when every blob it names is in the recovered index.
+
+Every step is idempotent (rows are inserted or replaced by their keys), so a
+recovery that was interrupted is simply run again; ``meta.recovery`` says
+``pending`` until it has finished.  Recovery only reads the grid: it works
+with a read-only root cap too.
+"""
+
+import json
+import os
+import sqlite3
+
+import attr
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from gridbackupd.format import chain
+from gridbackupd.state import db as dbmod
+from gridbackupd.upload import packer
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.errors import GridBackupError, TahoeError
+from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
+from gridbackupd.model import FILE
+from gridbackupd.grid.tahoe import _expected_size
+
+SNAPSHOTS = "snapshots"
+COMMITS = "commits"
+SETTINGS = "gridbackup.json"
+INDEX = "index"
+PARALLEL = 4
+# The first ranged GET of a pack's tail; a longer trailer costs one more GET.
+TAIL = 64 * 1024
+META_KEY = "recovery"
+
+log = Logger()
+
+
+class RecoveryError(GridBackupError):
+    """The grid does not hold a backup set this code can recover."""
+
+
+def is_read_only(rootcap):
+    """Whether a root cap gives read access only (the daemon then never writes)."""
+    return rootcap.startswith(("URI:DIR2-RO:", "URI:DIR2-CHK:", "URI:DIR2-LIT:", "URI:DIR2-MDMF-RO:"))
+
+
+def needs_recovery(conn):
+    return dbmod.get_meta(conn, META_KEY) == "pending"
+
+
+def mark_pending(conn):
+    with dbmod.transaction(conn):
+        dbmod.set_meta(conn, META_KEY, "pending")
+
+
+@attr.define
+class RecoveryReport:
+    commits: int = 0
+    packs: int = 0
+    blobs: int = 0
+    inline_blobs: int = 0
+    snapshots: int = 0
+    from_trailers: list = attr.Factory(list)  # commits whose segment was unreadable
+    errors: list = attr.Factory(list)  # {"what", "reason"}
+
+    def as_dict(self):
+        return attr.asdict(self)
+
+
+async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool, parallel=PARALLEL):
+    """
+    Fill the database at ``db_path`` (open as ``conn``) from the backup set
+    under ``rootcap``; download the snapshot logs to ``logs_dir``.  Returns a
+    RecoveryReport.  Raises RecoveryError if the root holds no backup set,
+    TahoeError if the grid fails (the next start tries again).
+    """
+    report = RecoveryReport()
+    root = await client.list_dir(rootcap)
+    if not root:
+        # A new, empty backup set: nothing to recover.
+        _finish(conn, report)
+        return report
+    missing = [name for name in (SNAPSHOTS, COMMITS, SETTINGS) if name not in root]
+    if missing:
+        raise RecoveryError(f"the root cap does not lead to a gridbackup backup set (no {', '.join(missing)})")
+    try:
+        settings = parse_settings(await client.download(root[SETTINGS].cap))
+    except IndexFormatError as e:
+        raise RecoveryError(f"gridbackup.json: {e}")
+    with dbmod.transaction(conn):
+        dbmod.set_meta(conn, "settings", json.dumps(settings, sort_keys=True))
+
+    sem = DeferredSemaphore(parallel)
+
+    def limited(coro_fn, *args):
+        return sem.run(lambda: Deferred.fromCoroutine(coro_fn(*args)))
+
+    commits = await client.list_dir(root[COMMITS].cap)
+    await gatherResults([
+        limited(_recover_commit, client, conn, name, child.cap, report)
+        for name, child in sorted(commits.items())
+    ])
+    log.info("recovered {commits} commits: {packs} packs, {blobs} blobs, {inline} inline blobs",
+             commits=report.commits, packs=report.packs, blobs=report.blobs, inline=report.inline_blobs)
+
+    os.makedirs(logs_dir, exist_ok=True)
+    snapshots = await client.list_dir(root[SNAPSHOTS].cap)
+    paths = {}
+
+    async def fetch(name, child):
+        path = await _download_log(client, name, child.cap, logs_dir, report)
+        if path is not None:
+            paths[name] = (path, child.ro_uri or child.cap)
+
+    await gatherResults([limited(fetch, n, c) for n, c in sorted(snapshots.items())])
+    # Headers and counts in a worker thread (with its own connection: the
+    # completeness check reads the blobs table), rows written here.
+    rows = await deferToThreadPool(reactor, pool, _describe_snapshots, db_path, logs_dir, paths)
+    with dbmod.transaction(conn):
+        for row, problem in rows:
+            if problem is not None:
+                report.errors.append({"what": f"snapshot {row}", "reason": problem})
+                continue
+            conn.execute(
+                "INSERT OR REPLACE INTO snapshots (id, state, kind, parent, host, paths, tags, "
+                "requested, started, finished, files, bytes, errors, log_path, log_cap, complete) "
+                "VALUES (:id, :state, :kind, :parent, :host, :paths, :tags, :started, :started, "
+                ":finished, :files, :bytes, '[]', :log_path, :log_cap, :complete)",
+                row,
+            )
+            report.snapshots += 1
+    _finish(conn, report)
+    log.info("recovered {n} snapshots from the grid ({errors} problems)",
+             n=report.snapshots, errors=len(report.errors))
+    return report
+
+
+def _finish(conn, report):
+    with dbmod.transaction(conn):
+        dbmod.set_meta(conn, META_KEY, "done")
+        dbmod.set_meta(conn, "recovery_report", json.dumps(report.as_dict()))
+
+
+async def _recover_commit(client, conn, name, cap, report):
+    try:
+        children = await client.list_dir(cap)
+    except TahoeError as e:
+        report.errors.append({"what": f"commit {name}", "reason": str(e)})
+        log.warn("commit {name} cannot be listed: {e}", name=name, e=e)
+        return
+    packs = {n: c for n, c in children.items() if n.startswith("pack-")}
+    blobs, inline = None, ()
+    index = children.get(INDEX)
+    if index is not None:
+        try:
+            segment = parse_index_segment(await client.download(index.cap), set(packs))
+            blobs = [(b.hash, b.pack, b.offset, b.length, b.size, b.compression) for b in segment.blobs]
+            inline = segment.inline
+        except (TahoeError, IndexFormatError) as e:
+            log.warn("the index segment of {name} is unusable ({e}); reading its pack trailers",
+                     name=name, e=e)
+    if blobs is None:
+        report.from_trailers.append(name)
+        blobs = []
+        for pack_name, child in sorted(packs.items()):
+            try:
+                for b in await _pack_trailer(client, child):
+                    blobs.append((b.hash, pack_name, b.offset, b.length, b.size, b.compression))
+            except (TahoeError, packer.PackFormatError) as e:
+                report.errors.append({"what": f"{name}/{pack_name[:17]}", "reason": str(e)})
+    with dbmod.transaction(conn):
+        pack_ids = {}
+        for pack_name, child in packs.items():
+            size = child.size if child.size is not None else (_expected_size(child.cap) or 0)
+            conn.execute(
+                "INSERT INTO packs (name, cap, size, commit_name) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET cap = excluded.cap, commit_name = excluded.commit_name",
+                (pack_name, child.ro_uri or child.cap, size, name),
+            )
+            pack_ids[pack_name] = conn.execute(
+                "SELECT id FROM packs WHERE name = ?", (pack_name,)).fetchone()[0]
+        for h, pack_name, offset, length, size, compression in blobs:
+            conn.execute(
+                "INSERT OR REPLACE INTO blobs (hash, size, state, pack_id, offset, length, compression, "
+                "commit_name) VALUES (?, ?, 'committed', ?, ?, ?, ?, ?)",
+                (h, size, pack_ids[pack_name], offset, length, compression, name),
+            )
+        for blob in inline:
+            conn.execute(
+                "INSERT OR REPLACE INTO blobs (hash, size, state, inline_data, compression, commit_name) "
+                "VALUES (?, ?, 'committed', ?, 'none', ?)",
+                (blob.hash, len(blob.data), blob.data, name),
+            )
+        conn.execute("INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 1)", (name, cap))
+    report.commits += 1
+    report.packs += len(packs)
+    report.blobs += len(blobs)
+    report.inline_blobs += len(inline)
+
+
+async def _pack_trailer(client, child):
+    """The blob list of a pack, from its trailer: one ranged GET of its tail (two if long)."""
+    size = child.size if child.size is not None else _expected_size(child.cap)
+    if size is None:
+        raise packer.PackFormatError("the pack's size is not known")
+    start = max(0, size - TAIL)
+    tail = await client.download(child.cap, start, size - start)
+    if len(tail) >= packer.FOOTER.size:
+        length, _ = packer.FOOTER.unpack(tail[-packer.FOOTER.size:])
+        need = length + packer.FOOTER.size
+        if need > len(tail) and need <= size:
+            tail = await client.download(child.cap, size - need, need)
+    return packer.parse_trailer(tail, size)
+
+
+async def _download_log(client, snapshot_id, cap, logs_dir, report):
+    try:
+        snapshotlog._check_id(snapshot_id, "snapshot id")
+    except ValueError as e:
+        report.errors.append({"what": f"snapshot {snapshot_id!r:.80}", "reason": f"not a snapshot id: {e}"})
+        return None
+    path = os.path.join(logs_dir, snapshot_id + ".log")
+    tmp = path + ".recovering"
+    try:
+        with open(tmp, "wb") as f:
+            await client.download_to(cap, f)
+        os.replace(tmp, path)
+    except TahoeError as e:
+        report.errors.append({"what": f"snapshot {snapshot_id}", "reason": str(e)})
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        return None
+    return path
+
+
+def _describe_snapshots(db_path, logs_dir, paths):
+    """
+    In a worker thread: a snapshots row for each downloaded log, or the
+    problem that keeps it out, as ``(row or id, problem or None)`` pairs.
+    """
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    try:
+        known = {snapshot_id: path for snapshot_id, (path, _) in paths.items()}
+        result = []
+        for snapshot_id, (path, cap) in sorted(paths.items()):
+            try:
+                result.append((_describe(conn, snapshot_id, path, cap, known), None))
+            except (OSError, snapshotlog.LogFormatError) as e:
+                result.append((snapshot_id, str(e)))
+        return result
+    finally:
+        conn.close()
+
+
+def _describe(conn, snapshot_id, path, cap, known):
+    with open(path, "rb") as f:
+        header = snapshotlog.LogReader(f).header
+    if header.snapshot != snapshot_id:
+        raise snapshotlog.LogFormatError(
+            f"the log linked as {snapshot_id} says it is snapshot {header.snapshot}")
+    files = nbytes = 0
+    missing = 0
+    with chain.open_chain(path, known.get) as (_, records):
+        for entry in records:
+            if entry.kind != FILE:
+                continue
+            files += 1
+            nbytes += entry.size
+            for h, _ in entry.blobs:
+                if conn.execute("SELECT 1 FROM blobs WHERE hash = ?", (h,)).fetchone() is None:
+                    missing += 1
+    return {
+        "id": snapshot_id,
+        "state": "complete" if not missing else "incomplete",
+        "kind": header.kind,
+        "parent": header.parent,
+        "host": header.host,
+        "paths": json.dumps([os.fsdecode(p) for p in header.paths]),
+        "tags": json.dumps(list(header.tags)),
+        "started": header.started,
+        "finished": header.finished or None,
+        "files": files,
+        "bytes": nbytes,
+        "log_path": path,
+        "log_cap": cap,
+        "complete": int(not missing),
+    }

@@ -1,0 +1,327 @@
+"""
+The one writer of the backup set's mutable directories.
+
+Publish order is what keeps the grid consistent after a crash at any
+moment: packs first (the uploader), then a commit (an immutable directory
+of those packs plus the index segment that describes them and the inline
+blobs read since the last commit), then its link in ``commits/``, and only
+then the logs of the snapshots whose content is all committed.  Every step
+is idempotent: a commit of the same packs is the same immutable directory,
+and linking a name again to the same cap is a no-op, so a restart simply
+does the unfinished steps again.
+
+Only one daemon writes a backup set: before any mutable write the publisher
+holds the writer lock, a small document linked as ``lock`` in the root with
+this daemon's writer id, its host and a heartbeat.  A lock whose heartbeat
+is older than ``LOCK_STALE`` is taken over.
+"""
+
+import contextlib
+import time
+
+import attr
+from twisted.internet.defer import DeferredLock
+from twisted.logger import Logger
+
+from gridbackupd.state import db as dbmod
+from gridbackupd.errors import GridBackupError, TahoeNotFound
+from gridbackupd.format.index import (
+    IndexFormatError, commit_name, encode_index_segment, encode_lock, encode_settings, parse_lock,
+    settings_document,
+)
+from gridbackupd.model import short_cap
+from gridbackupd.waiters import Waiters
+
+__all__ = ["Publisher", "settings_document", "WriterLockHeld"]
+
+SNAPSHOTS = "snapshots"
+COMMITS = "commits"
+SETTINGS = "gridbackup.json"
+LOCK = "lock"
+# Renew the lock before a mutable write when it is older than this...
+LOCK_HEARTBEAT = 240.0
+# ...and take over another writer's lock older than this.
+LOCK_STALE = 900.0
+
+
+class WriterLockHeld(GridBackupError):
+    """Another daemon writes this backup set."""
+
+
+@attr.define
+class Layout:
+    root: str = attr.field(repr=False)
+    snapshots: str = attr.field(repr=False)
+    commits: str = attr.field(repr=False)
+
+
+class Publisher:
+    log = Logger()
+
+    def __init__(self, conn, client, settings, waiters=None, writer_id=None, host="localhost",
+                 now=time.time):
+        self.conn = conn
+        self.client = client
+        self.settings = settings
+        self.waiters = waiters if waiters is not None else Waiters()
+        self.writer_id = writer_id or _writer_id(conn)
+        self.host = host
+        self.now = now
+        self.layout = None
+        self.lock = DeferredLock()
+        self.lock_error = None
+        self._lock_time = None
+
+    async def ensure_layout(self, rootcap):
+        """Find (or create the missing parts of) the directories under the root."""
+        children = await self.client.list_dir(rootcap)
+        caps = {}
+        missing = {}
+        for name in (SNAPSHOTS, COMMITS):
+            child = children.get(name)
+            if child is not None and child.rw_uri:
+                caps[name] = child.rw_uri
+            else:
+                caps[name] = missing[name] = await self.client.mkdir()
+        if SETTINGS not in children:
+            missing[SETTINGS] = await self.client.upload_bytes(encode_settings(self.settings))
+        self.layout = Layout(rootcap, caps[SNAPSHOTS], caps[COMMITS])
+        if missing:
+            await self.lock.acquire()
+            try:
+                await self._take_lock(children, extra=missing)
+            finally:
+                self.lock.release()
+        return self.layout
+
+    # -- the writer lock ---------------------------------------------------------
+
+    async def take_over(self):
+        """
+        Take the writer lock now, however fresh another daemon's is: for a
+        person who knows the other machine is gone (a new machine after a
+        disaster).  The other daemon, if it still runs, sees our lock and
+        stops writing.  Returns the host whose lock was taken, or None.
+        """
+        await self.lock.acquire()
+        try:
+            children = await self.client.list_dir(self.layout.root)
+            current = children.get(LOCK)
+            other = await self._read_lock(current.cap) if current is not None else None
+            await self._take_lock(children, force=True)
+        finally:
+            self.lock.release()
+        if other is None or other["writer"] == self.writer_id:
+            return None
+        self.log.warn("took over the writer lock of host {host} on request", host=other["host"])
+        return other["host"]
+
+    async def _take_lock(self, children=None, extra=None, force=False):
+        """Write our lock (with ``extra`` children of the root in the same write)."""
+        if children is None:
+            children = await self.client.list_dir(self.layout.root)
+        now = self.now()
+        current = children.get(LOCK)
+        if current is not None and not force:
+            other = await self._read_lock(current.cap)
+            if other is not None and other["writer"] != self.writer_id:
+                age = now - other["heartbeat"]
+                if age < LOCK_STALE:
+                    self.lock_error = (
+                        f"another gridbackupd (host {other['host']!r}) writes this backup set "
+                        f"(its heartbeat is {max(age, 0):.0f}s old); this daemon does not write "
+                        f"to it until that lock is {LOCK_STALE:.0f}s old"
+                    )
+                    raise WriterLockHeld(self.lock_error)
+                self.log.warn("taking over the writer lock of host {host}, silent for {age:.0f}s",
+                              host=other["host"], age=age)
+        cap = await self.client.upload_bytes(encode_lock(self.writer_id, self.host, now))
+        await self.client.set_children(self.layout.root, {**(extra or {}), LOCK: cap})
+        # Two daemons may have written at once: the one whose lock is linked now won.
+        linked = await self.client.child_cap(self.layout.root, LOCK)
+        if linked != cap:
+            other = await self._read_lock(linked) if linked else None
+            if other is None or other["writer"] != self.writer_id:
+                self.lock_error = "another gridbackupd took the writer lock at the same moment"
+                raise WriterLockHeld(self.lock_error)
+        self._lock_time = now
+        self.lock_error = None
+
+    async def _read_lock(self, cap):
+        try:
+            return parse_lock(await self.client.download(cap))
+        except IndexFormatError as e:
+            self.log.warn("the writer lock in the root is unreadable, taking it over: {e}", e=e)
+            return None
+
+    async def hold_lock(self):
+        """Make sure this daemon holds the writer lock (call with ``self.lock`` held)."""
+        if self._lock_time is None or self.now() - self._lock_time > LOCK_HEARTBEAT:
+            await self._take_lock()
+
+    @contextlib.asynccontextmanager
+    async def writing(self):
+        """
+        ``async with publisher.writing():`` the one way to write the backup
+        set's mutable directories: one write at a time in this daemon, and
+        under a fresh writer lock (WriterLockHeld if another daemon has it).
+        """
+        await self.lock.acquire()
+        try:
+            await self.hold_lock()
+            yield
+        finally:
+            self.lock.release()
+
+    async def check_writer(self):
+        """For the uploader: raise WriterLockHeld unless this daemon may write."""
+        async with self.writing():
+            pass  # taking the lock renews it when due, or says why not
+
+    # -- commits -----------------------------------------------------------------
+
+    async def commit(self):
+        """Publish every uploaded pack and inline blob that is not yet in a linked commit."""
+        async with self.writing():
+            await self._link_unlinked_commits()
+            packs = self.conn.execute(
+                "SELECT id, name, cap FROM packs WHERE commit_name IS NULL AND cap IS NOT NULL "
+                "ORDER BY name"
+            ).fetchall()
+            inline = self.conn.execute(
+                "SELECT hash, inline_data FROM blobs WHERE state = 'uploaded' "
+                "AND inline_data IS NOT NULL AND commit_name IS NULL ORDER BY hash"
+            ).fetchall()
+            if not packs and not inline:
+                return None
+            ids = [p[0] for p in packs]
+            marks = ",".join("?" * len(ids))
+            rows = self.conn.execute(
+                "SELECT b.hash, p.name, b.offset, b.length, b.size, b.compression "
+                f"FROM blobs b JOIN packs p ON b.pack_id = p.id WHERE p.id IN ({marks}) "
+                "ORDER BY b.hash",
+                ids,
+            ).fetchall()
+            segment = encode_index_segment(rows, [(h, bytes(d)) for h, d in inline])
+            name = commit_name(segment)
+            index_cap = await self.client.upload_bytes(segment)
+            children = {p[1]: p[2] for p in packs}
+            children["index"] = index_cap
+            cap = await self.client.mkdir_immutable(children)
+            with dbmod.transaction(self.conn):
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 0)", (name, cap)
+                )
+                self.conn.execute(
+                    f"UPDATE packs SET commit_name = ? WHERE id IN ({marks})", [name, *ids]
+                )
+                self.conn.executemany(
+                    "UPDATE blobs SET commit_name = ? WHERE hash = ?", [(name, h) for h, _ in inline]
+                )
+            await self._link_unlinked_commits()
+            self.log.info("committed {packs} packs and {inline} inline blobs as {name}",
+                          packs=len(packs), inline=len(inline), name=name)
+            return name
+
+    async def _link_unlinked_commits(self):
+        rows = self.conn.execute("SELECT name, cap FROM commits WHERE linked = 0").fetchall()
+        if not rows:
+            await self._unlink_retired_commits()
+            return
+        await self.client.set_children(self.layout.commits, dict(rows))
+        with dbmod.transaction(self.conn):
+            for name, _ in rows:
+                self.conn.execute("UPDATE commits SET linked = 1 WHERE name = ?", (name,))
+                self.conn.execute(
+                    "UPDATE blobs SET state = 'committed' WHERE pack_id IN "
+                    "(SELECT id FROM packs WHERE commit_name = ?)",
+                    (name,),
+                )
+                self.conn.execute(
+                    "UPDATE blobs SET state = 'committed' WHERE commit_name = ? AND pack_id IS NULL",
+                    (name,),
+                )
+        await self._unlink_retired_commits()
+
+    async def _unlink_retired_commits(self):
+        """
+        Unlink the commits a prune replaced (``linked = -1``).  Only ever
+        after the commits that replace them are linked (the caller's order),
+        so every blob a kept snapshot needs stays in a linked commit.
+        """
+        rows = self.conn.execute("SELECT name FROM commits WHERE linked = -1").fetchall()
+        for (name,) in rows:
+            try:
+                await self.client.unlink(self.layout.commits, name)
+            except TahoeNotFound:
+                pass  # gone already: an earlier run unlinked it before it could say so
+            with dbmod.transaction(self.conn):
+                self.conn.execute("DELETE FROM commits WHERE name = ? AND linked = -1", (name,))
+        if rows:
+            self.log.info("unlinked {n} commits replaced by a prune", n=len(rows))
+
+    async def replace_commits(self):
+        """Link the commits a prune wrote and unlink those they replace."""
+        async with self.writing():
+            await self._link_unlinked_commits()
+
+    # -- snapshot logs -------------------------------------------------------------
+
+    async def link_snapshot_log(self, snapshot_id, cap):
+        """Link (or replace) the log of a snapshot in ``snapshots/``."""
+        async with self.writing():
+            await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
+
+    async def unlink_snapshot_log(self, snapshot_id):
+        """Remove a forgotten snapshot's log from ``snapshots/`` (gone already is fine)."""
+        async with self.writing():
+            try:
+                await self.client.unlink(self.layout.snapshots, snapshot_id)
+            except TahoeNotFound:
+                pass
+
+    async def publish_snapshots(self):
+        """Upload and link the logs of snapshots that have nothing left to upload."""
+        ready = self.conn.execute(
+            "SELECT s.id, s.log_path FROM snapshots s WHERE s.state = 'uploading' AND NOT EXISTS ("
+            "  SELECT 1 FROM snapshot_blobs sb JOIN blobs b ON b.hash = sb.hash "
+            "  WHERE sb.snapshot = s.id AND b.state IN ('pending', 'uploaded')"
+            # An incremental log is only worth linking once its parent's is:
+            # a new machine reads the chain from the grid.
+            ") AND (s.parent IS NULL OR EXISTS ("
+            "  SELECT 1 FROM snapshots p WHERE p.id = s.parent AND p.log_cap IS NOT NULL"
+            ")) ORDER BY s.id"
+        ).fetchall()
+        for snapshot_id, log_path in ready:
+            async with self.writing():
+                cap = await self.client.upload_file(log_path)
+                await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
+                stale = self.conn.execute(
+                    "SELECT count(*) FROM snapshot_blobs sb JOIN blobs b ON b.hash = sb.hash "
+                    "WHERE sb.snapshot = ? AND b.state = 'stale'",
+                    (snapshot_id,),
+                ).fetchone()[0]
+                with dbmod.transaction(self.conn):
+                    self.conn.execute(
+                        "UPDATE snapshots SET state = ?, log_cap = ?, complete = ? WHERE id = ?",
+                        ("complete" if not stale else "incomplete", cap, int(not stale), snapshot_id),
+                    )
+                    # What is committed no longer needs tracking per snapshot.
+                    self.conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
+                self.log.info(
+                    "published snapshot {id} (log {cap})", id=snapshot_id, cap=short_cap(cap)
+                )
+            self.waiters.fire(snapshot_id, "complete" if not stale else "incomplete")
+        return [r[0] for r in ready]
+
+
+def _writer_id(conn):
+    """This state directory's writer id: a restart of the same daemon keeps its lock."""
+    import secrets
+
+    value = dbmod.get_meta(conn, "writer_id")
+    if value is None:
+        value = "w-" + secrets.token_hex(8)
+        with dbmod.transaction(conn):
+            dbmod.set_meta(conn, "writer_id", value)
+    return value

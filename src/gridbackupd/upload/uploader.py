@@ -1,0 +1,402 @@
+"""
+The upload scheduler: pack the queue's blobs by priority, upload several
+packs at once, record where each blob went, and have the publisher commit.
+
+Durable work lives in SQLite; this object only knows which pending blobs it
+is packing right now.  A pack is recorded only after the grid answered
+with its cap, so a kill -9 at any moment costs at most the packs in flight.
+
+Very small blobs (up to ``inline_max`` bytes) are not packed: they are read
+and checked like packed ones and kept in the database until the next commit
+writes them into its index segment.
+
+Pausing lets the packs in flight finish and starts no new one.  ``max_rate``
+(bytes/s, 0 = no limit) is a token bucket on the reactor's clock: a pack
+starts only when the bucket is not in debt, and takes its size from it, so
+the average rate over a few packs stays under the limit (one PUT itself goes
+at the line's speed).  When the node fails, rounds back off (doubling,
+up to ``MAX_RETRY_DELAY``) and fewer packs go up at once, one more per
+successful pack until ``parallel`` again; the queue is kept whatever happens.
+"""
+
+import collections
+import os
+
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from gridbackupd.state import db as dbmod
+from gridbackupd.upload import packer
+from gridbackupd.state import queue
+from gridbackupd.errors import TahoeError
+from gridbackupd.model import short_cap
+from gridbackupd.upload.publisher import WriterLockHeld
+
+COMMIT_INTERVAL = 300.0
+RETRY_DELAY = 5.0
+MAX_RETRY_DELAY = 300.0
+RATE_WINDOW = 60.0
+
+
+class TokenBucket:
+    """``rate`` bytes per second on ``clock``; a take may run into debt, the next waits it off."""
+
+    def __init__(self, clock, rate, burst=None):
+        self.clock = clock
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else rate)
+        self.tokens = self.burst
+        self.stamp = clock.seconds()
+
+    def _refill(self):
+        now = self.clock.seconds()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def delay(self):
+        """Seconds until the bucket is out of debt."""
+        self._refill()
+        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    async def take(self, n):
+        while True:
+            wait = self.delay()
+            if wait <= 0:
+                self.tokens -= n
+                return
+            await deferLater(self.clock, wait, lambda: None)
+
+
+class Uploader:
+    log = Logger()
+
+    def __init__(self, reactor, conn, client, publisher, pool, workdir,
+                 pack_size=8 * 1024 * 1024, parallel=4, inline_max=0, max_rate=0,
+                 weights=None, spool_dir=None):
+        self.reactor = reactor
+        self.spool_dir = spool_dir
+        self._spooled = set()
+        self.conn = conn
+        self.client = client
+        self.publisher = publisher
+        self.pool = pool
+        self.workdir = workdir
+        self.pack_size = pack_size
+        self.parallel = parallel
+        self.inline_max = inline_max
+        self.bucket = TokenBucket(reactor, max_rate) if max_rate else None
+        self.weights = weights
+        self.in_flight = set()
+        self.packs_in_flight = 0
+        self.allowed_parallel = parallel
+        self.paused = False
+        self.uploaded_bytes = 0
+        self.uploaded_packs = 0
+        self.inlined_blobs = 0
+        self.consecutive_failures = 0
+        self.last_error = None
+        self._recent = collections.deque()  # (time, bytes) of the last RATE_WINDOW seconds
+        self._wakeup = None
+        self._stopping = False
+        self._running = None
+        self._last_commit = reactor.seconds()
+
+    # -- control -----------------------------------------------------------
+
+    def start(self):
+        os.makedirs(self.workdir, exist_ok=True)
+        for name in os.listdir(self.workdir):
+            # Packs being built or uploaded when the last process died.
+            os.unlink(os.path.join(self.workdir, name))
+        if self.weights is not None:
+            queue.set_weights(self.conn, self.weights)
+        self._clean_spool(everything=True)
+        self._running = Deferred.fromCoroutine(self._loop())
+        self._running.addErrback(lambda f: self.log.failure("uploader stopped", f))
+        return self._running
+
+    def wake(self):
+        """New blobs or snapshots wait: look at the queue again now."""
+        if self._wakeup is not None:
+            d, self._wakeup = self._wakeup, None
+            d.callback(None)
+
+    def pause(self):
+        """Start no new pack; the ones in flight finish (and are committed)."""
+        self.paused = True
+
+    def resume(self):
+        self.paused = False
+        self.wake()
+
+    def stop(self):
+        self._stopping = True
+        self.wake()
+        return self._running
+
+    # -- the loop ----------------------------------------------------------
+
+    async def _loop(self):
+        delay = RETRY_DELAY
+        while not self._stopping:
+            try:
+                worked = await self.run_once()
+                delay = RETRY_DELAY
+                self.last_error = None
+            except WriterLockHeld as e:
+                self.last_error = str(e)
+                self.log.warn("not writing: {error}", error=e)
+                await self._sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            except TahoeError as e:
+                self.last_error = str(e)
+                self.log.warn("upload round failed, retrying in {delay}s: {error}", delay=delay, error=e)
+                await self._sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            except Exception as e:
+                self.last_error = f"unexpected: {e}"
+                self.log.failure("upload round failed unexpectedly")
+                await self._sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+                continue
+            if not worked and not self._stopping:
+                self._wakeup = Deferred()
+                await self._wakeup
+
+    def _sleep(self, seconds):
+        self._wakeup = Deferred()
+        timer = self.reactor.callLater(seconds, self.wake)
+        self._wakeup.addBoth(lambda r: timer.active() and timer.cancel() or r)
+        return self._wakeup
+
+    async def run_once(self):
+        """Upload everything pending, commit, publish ready snapshots; True if anything was done."""
+        await self.publisher.check_writer()
+        uploaded = await self.upload_pending()
+        committed = None
+        if uploaded or self._has_uncommitted():
+            committed = await self.publisher.commit()
+            self._last_commit = self.reactor.seconds()
+        if committed:
+            self._clean_spool()
+        published = await self.publisher.publish_snapshots()
+        return bool(uploaded or committed or published)
+
+    def _clean_spool(self, everything=False):
+        """
+        Content the scanner saw but could not expect to read again (a file
+        that never held still) waits in ``spool_dir``, queued from there
+        under the hash of what was read; once committed it is not needed.
+        Checks the blobs packed from the spool since the last call (all of
+        them with ``everything``, at start).
+        """
+        if not self.spool_dir or not (everything or self._spooled):
+            return
+        prefix = os.fsencode(os.path.join(self.spool_dir, ""))
+        query = ("SELECT hash, source_path FROM blobs WHERE state = 'committed' "
+                 "AND substr(source_path, 1, ?) = ?")
+        if everything:
+            rows = self.conn.execute(query, (len(prefix), prefix)).fetchall()
+        else:
+            hashes = list(self._spooled)
+            rows = self.conn.execute(
+                query + f" AND hash IN ({','.join('?' * len(hashes))})",
+                (len(prefix), prefix, *hashes)).fetchall()
+        for h, path in rows:
+            self._spooled.discard(h)
+            try:
+                os.unlink(bytes(path))
+            except FileNotFoundError:
+                pass
+        with dbmod.transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE blobs SET source_path = NULL, source_offset = NULL WHERE hash = ?",
+                [(h,) for h, _ in rows])
+
+    def _has_uncommitted(self):
+        return self.conn.execute(
+            "SELECT 1 FROM packs WHERE commit_name IS NULL AND cap IS NOT NULL "
+            "UNION ALL SELECT 1 FROM blobs WHERE state = 'uploaded' AND inline_data IS NOT NULL "
+            "AND commit_name IS NULL LIMIT 1"
+        ).fetchone() is not None
+
+    async def upload_pending(self):
+        """Pack and upload pending blobs, up to ``parallel`` packs at a time, until none is left."""
+        sem = DeferredSemaphore(self.parallel)
+        running = []
+        count = 0
+        failures = []
+        while not self._stopping and not failures and not self.paused:
+            await sem.acquire()
+            # After a failure fewer packs go up at once.
+            while self.packs_in_flight >= self.allowed_parallel and not failures:
+                await _first(running)
+            if self.bucket is not None and queue.next_batch(self.conn, 1, self.in_flight):
+                await self.bucket.take(0)
+            if self._stopping or failures or self.paused:
+                sem.release()
+                break
+            batch = queue.next_batch(self.conn, self.pack_size, self.in_flight)
+            if not batch:
+                sem.release()
+                break
+            self.in_flight.update(b.hash for b in batch)
+            self.packs_in_flight += 1
+            d = Deferred.fromCoroutine(self._pack_and_upload(batch))
+
+            def done(result, batch=batch):
+                self.in_flight.difference_update(b.hash for b in batch)
+                self.packs_in_flight -= 1
+                sem.release()
+                return result
+
+            d.addBoth(done)
+            d.addErrback(failures.append)
+            running.append(d)
+            running = [r for r in running if not r.called]
+            count += 1
+            if self.reactor.seconds() - self._last_commit > COMMIT_INTERVAL:
+                await gatherResults(running)
+                running = []
+                await self.publisher.commit()
+                self._last_commit = self.reactor.seconds()
+        await gatherResults(running)
+        if failures:
+            failures[0].raiseException()
+        return count
+
+    async def _pack_and_upload(self, batch):
+        if self.spool_dir:
+            prefix = os.fsencode(os.path.join(self.spool_dir, ""))
+            self._spooled.update(b.hash for b in batch if b.source_path.startswith(prefix))
+        small = [b for b in batch if b.size <= self.inline_max]
+        large = [b for b in batch if b.size > self.inline_max]
+        if small:
+            found, stale = await deferToThreadPool(
+                self.reactor, self.pool, packer.read_verified, small
+            )
+            if stale:
+                self._mark_stale(stale)
+            self._record_inline(found)
+        if not large:
+            return
+        built = await deferToThreadPool(
+            self.reactor, self.pool, packer.build_pack, large, self.workdir
+        )
+        try:
+            if built.stale:
+                self._mark_stale(built.stale)
+            if not built.blobs:
+                return
+            if self.bucket is not None:
+                await self.bucket.take(built.size)
+            try:
+                cap = await self.client.upload_file(built.path)
+            except TahoeError:
+                self.consecutive_failures += 1
+                self.allowed_parallel = max(1, self.allowed_parallel // 2)
+                raise
+            self.consecutive_failures = 0
+            self.allowed_parallel = min(self.parallel, self.allowed_parallel + 1)
+            self._count(built.size)
+            self._record(built, cap)
+            self.log.info(
+                "uploaded {name} ({blobs} blobs, {size} bytes) as {cap}",
+                name=built.name[:16], blobs=len(built.blobs), size=built.size, cap=short_cap(cap),
+            )
+        finally:
+            os.unlink(built.path)
+
+    def _count(self, nbytes):
+        now = self.reactor.seconds()
+        self.uploaded_bytes += nbytes
+        self.uploaded_packs += 1
+        self._recent.append((now, nbytes))
+
+    def _record(self, built, cap):
+        with dbmod.transaction(self.conn):
+            row = self.conn.execute("SELECT id FROM packs WHERE name = ?", (built.name,)).fetchone()
+            if row is None:
+                pack_id = self.conn.execute(
+                    "INSERT INTO packs (name, cap, size) VALUES (?, ?, ?)",
+                    (built.name, cap, built.size),
+                ).lastrowid
+            else:
+                pack_id = row[0]
+            self.conn.executemany(
+                "UPDATE blobs SET state = 'uploaded', pack_id = ?, offset = ?, length = ?, "
+                "compression = ? WHERE hash = ? AND state = 'pending'",
+                [(pack_id, b.offset, b.length, b.compression, b.hash) for b in built.blobs],
+            )
+
+    def _record_inline(self, found):
+        if not found:
+            return
+        with dbmod.transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE blobs SET state = 'uploaded', inline_data = ?, pack_id = NULL, "
+                "offset = NULL, length = ?, compression = 'none' WHERE hash = ? AND state = 'pending'",
+                [(data, len(data), h) for h, data in found.items()],
+            )
+        self.inlined_blobs += len(found)
+
+    def _mark_stale(self, hashes):
+        with dbmod.transaction(self.conn):
+            self.conn.executemany(
+                "UPDATE blobs SET state = 'stale' WHERE hash = ? AND state = 'pending'",
+                [(h,) for h in hashes],
+            )
+        self.log.warn("{n} blobs changed on disk since their scan; the next scan reads them again",
+                      n=len(hashes))
+
+    # -- figures for the API -------------------------------------------------
+
+    def rate(self):
+        """Bytes per second sent to the grid over the last minute."""
+        now = self.reactor.seconds()
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
+        return sum(n for _, n in self._recent) / RATE_WINDOW
+
+    def status(self):
+        pending_blobs, pending_bytes = queue.pending_totals(self.conn)
+        rate = self.rate()
+        return {
+            "pending_blobs": pending_blobs,
+            "pending_bytes": pending_bytes,
+            "uploaded_bytes": self.uploaded_bytes,
+            "uploaded_packs": self.uploaded_packs,
+            "inlined_blobs": self.inlined_blobs,
+            "in_flight_blobs": len(self.in_flight),
+            "in_flight_packs": self.packs_in_flight,
+            "parallel": self.allowed_parallel,
+            "paused": self.paused,
+            "max_rate": self.bucket.rate if self.bucket is not None else None,
+            "rate_bytes_per_second": round(rate, 1),
+            "eta_seconds": round(pending_bytes / rate, 1) if rate > 0 and pending_bytes else None,
+            "consecutive_failures": self.consecutive_failures,
+            "writer_lock": self.publisher.lock_error,
+            "last_error": self.last_error,
+        }
+
+
+def _first(deferreds):
+    """Fires when any of ``deferreds`` has fired (they keep their own results)."""
+    waiting = [d for d in deferreds if not d.called]
+    result = Deferred()
+    if not waiting:
+        result.callback(None)
+        return result
+
+    def fired(value):
+        if not result.called:
+            result.callback(None)
+        return value
+
+    for d in waiting:
+        d.addBoth(fired)
+    return result

@@ -1,0 +1,263 @@
+"""
+Tests for gridbackupd.localgrid: they start real ``tahoe`` processes.
+
+Few tests, each covering several behaviours, so the suite stays fast on
+two cores.
+"""
+
+import os
+import signal
+import socket
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.task import deferLater
+from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import TestCase
+
+from gridbackupd.grid import localgrid
+from gridbackupd.grid.localgrid import (
+    CLIENT,
+    INTRODUCER,
+    GridStartError,
+    LocalGrid,
+    tahoe_command,
+)
+
+from tests.support.sharedgrid import shared_grid, shared_node_url
+
+NODES = [INTRODUCER, "storage1", "storage2", "storage3", CLIENT]
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def _snapshot(basedir: str) -> dict[str, tuple[str, str]]:
+    """
+    Node id and tahoe.cfg of every node: what must survive a restart.
+    """
+    return {
+        name: (
+            _read(os.path.join(basedir, name, "my_nodeid")),
+            _read(os.path.join(basedir, name, "tahoe.cfg")),
+        )
+        for name in NODES
+    }
+
+
+async def _until(predicate, timeout: float = 15.0) -> None:
+    """
+    Wait (with the reactor) until predicate() is true.
+    """
+    deadline = reactor.seconds() + timeout
+    while not predicate():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"{predicate} still false after {timeout} s")
+        await deferLater(reactor, 0.05, lambda: None)
+
+
+class LocalGridTests(TestCase):
+    timeout = 120
+
+    def _grid(self, basedir: str) -> LocalGrid:
+        grid = LocalGrid(reactor, basedir)
+        # Whatever happens in the test, no node outlives it.
+        self.addCleanup(grid.stopService)
+        return grid
+
+    def test_start_stop_restart(self):
+        """
+        A fresh grid becomes ready with all storage servers connected, its
+        client node dir is basedir/client, stopping it ends its processes;
+        a second start on the same directory reuses ports, keys and node
+        ids.
+        """
+        return Deferred.fromCoroutine(self._start_stop_restart())
+
+    async def _start_stop_restart(self):
+        basedir = os.path.abspath(self.mktemp())
+        grid = self._grid(basedir)
+        # Let trial schedule its timeout first, then see what is pending.
+        await deferLater(reactor, 0, lambda: None)
+        trial_calls = set(reactor.getDelayedCalls())
+        grid.startService()
+        url = await grid.when_ready()
+        # Ready means the start left nothing pending on the reactor (trial
+        # checks that at the end of the test, too).
+        self.assertEqual(set(reactor.getDelayedCalls()) - trial_calls, set())
+
+        self.assertEqual(url, grid.node_url)
+        self.assertTrue(url.startswith("http://127.0.0.1:"), url)
+        self.assertTrue(url.endswith("/"), url)
+        self.assertGreaterEqual(await grid.connected_servers(), 3)
+        self.assertEqual(grid.client_dir, os.path.join(basedir, "client"))
+        # What `tahoe -d basedir/client` reads to find the web API.
+        self.assertEqual(_read(os.path.join(basedir, "client", "node.url")).strip(), url)
+        self.assertIn(
+            "reserved_space = 100M", _read(os.path.join(basedir, "storage1", "tahoe.cfg"))
+        )
+        self.assertEqual(
+            sorted(n for n in os.listdir(basedir) if not n.startswith(".")), sorted(NODES)
+        )
+        before = _snapshot(basedir)
+        pids = grid.pids()
+        self.assertEqual(sorted(pids), sorted(NODES))
+
+        await grid.stopService()
+        for name, pid in pids.items():
+            self.assertFalse(localgrid._pid_alive(pid), name)
+            self.assertFalse(os.path.exists(os.path.join(basedir, name, "running.process")))
+        self.assertEqual(grid.pids(), {})
+
+        again = self._grid(basedir)
+        again.startService()
+        self.assertEqual(await again.when_ready(), url)
+        self.assertEqual(_snapshot(basedir), before)
+        self.assertGreaterEqual(await again.connected_servers(), 3)
+        self.assertEqual(set(again.pids().values()) & set(pids.values()), set())
+        await again.stopService()
+
+    def test_takes_over_leftovers(self):
+        """
+        Nodes left running by a daemon that was killed (the LocalGrid is
+        dropped without a stop) are stopped and replaced by the next start;
+        a pidfile naming a dead process, or a live process that is not
+        the node, is removed and that process left alone.
+        """
+        return Deferred.fromCoroutine(self._takes_over_leftovers())
+
+    async def _takes_over_leftovers(self):
+        basedir = os.path.abspath(self.mktemp())
+        old = self._grid(basedir)
+        old.startService()
+        url = await old.when_ready()
+        old_pids = old.pids()
+        old_procs = dict(old._procs)
+
+        # storage2 dies with the daemon: its pidfile stays, naming a dead pid.
+        os.kill(old_pids["storage2"], signal.SIGKILL)
+        await _until(lambda: old_procs["storage2"].poll() is not None)
+        # storage3 dies too, and its pid file now names a live process that
+        # is not a tahoe node: this test process.
+        os.kill(old_pids["storage3"], signal.SIGKILL)
+        await _until(lambda: old_procs["storage3"].poll() is not None)
+        with open(os.path.join(basedir, "storage3", "running.process"), "w") as f:
+            f.write(f"{os.getpid()} 1.0\n")
+        # The daemon "dies": `old` is never stopped, and its introducer,
+        # storage1 and client keep running and hold their ports.
+        self.assertEqual(localgrid._read_pidfile(os.path.join(basedir, "storage2")), old_pids["storage2"])
+
+        new = self._grid(basedir)
+        new.startService()
+        self.assertEqual(await new.when_ready(), url)
+
+        for name in (INTRODUCER, "storage1", CLIENT):
+            self.assertIsNotNone(old_procs[name].poll(), f"leftover {name} still runs")
+        new_pids = new.pids()
+        self.assertEqual(sorted(new_pids), sorted(NODES))
+        for name in NODES:
+            self.assertNotEqual(new_pids[name], old_pids[name])
+            self.assertEqual(
+                localgrid._read_pidfile(os.path.join(basedir, name)), new_pids[name]
+            )
+        self.assertGreaterEqual(await new.connected_servers(), 3)
+        await new.stopService()
+
+    def test_start_failures(self):
+        """
+        A node port taken by another program, and a node that exits during
+        the start, fail the start with an error naming the node; a stop
+        during the start cancels it.  Nothing is left running.
+        """
+        return Deferred.fromCoroutine(self._start_failures())
+
+    async def _start_failures(self):
+        basedir = os.path.abspath(self.mktemp())
+        os.makedirs(basedir)
+        squatter = socket.socket()
+        self.addCleanup(squatter.close)
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        await deferToThread(
+            localgrid._run_create,
+            tahoe_command(),
+            basedir,
+            INTRODUCER,
+            [
+                "create-introducer",
+                "--listen=tcp",
+                f"--port=tcp:{port}:interface=127.0.0.1",
+                f"--location=tcp:127.0.0.1:{port}",
+            ],
+        )
+
+        grid = self._grid(basedir)
+        grid.startService()
+        error = await self.assertFailure(grid.when_ready(), GridStartError)
+        self.assertIn(f"introducer (127.0.0.1:{port})", str(error))
+        self.assertEqual(grid.pids(), {})
+        await grid.stopService()
+
+        squatter.close()
+        with open(os.path.join(basedir, INTRODUCER, "tahoe.cfg"), "a") as f:
+            f.write("\n[no-such-section]\nkey = value\n")
+        grid = self._grid(basedir)
+        grid.startService()
+        error = await self.assertFailure(grid.when_ready(), GridStartError)
+        self.assertIn("'introducer' exited with status 1", str(error))
+        self.assertIn("no-such-section", str(error))
+        self.assertIn("gridbackup-run.log", str(error))
+        self.assertEqual(grid.pids(), {})
+        # No storage node was created: nothing else was started.
+        self.assertEqual(sorted(os.listdir(basedir)), [INTRODUCER])
+
+        # Stopped while it starts: when the introducer runs, the others
+        # are being created.
+        grid = self._grid(os.path.abspath(self.mktemp()))
+        grid.startService()
+        await _until(lambda: INTRODUCER in grid.pids())
+        pid = grid.pids()[INTRODUCER]
+        ready = grid.when_ready()
+        await grid.stopService()
+        await self.assertFailure(ready, CancelledError)
+        self.assertEqual(grid.pids(), {})
+        self.assertFalse(localgrid._pid_alive(pid))
+
+    def test_tahoe_command_not_from_path(self):
+        """
+        tahoe_command() is the tahoe of this Python environment, whatever
+        PATH says; without one it runs the tahoe module of this Python.
+        """
+        self.patch(os, "environ", dict(os.environ, PATH="/nonexistent"))
+        here = os.path.dirname(os.path.abspath(sys.executable))
+        command = tahoe_command()
+        self.assertEqual(command, [os.path.join(here, "tahoe")])
+        self.assertTrue(os.access(command[0], os.X_OK))
+
+        fake = os.path.join(os.path.abspath(self.mktemp()), "python3")
+        self.patch(sys, "executable", fake)
+        self.assertEqual(tahoe_command(), [fake, "-m", "allmydata.scripts.runner"])
+
+
+class SharedGridTests(TestCase):
+    timeout = 120
+
+    def test_same_url(self):
+        """
+        shared_node_url() starts one grid and hands its URL to every caller.
+        """
+        return Deferred.fromCoroutine(self._same_url())
+
+    async def _same_url(self):
+        first, second = await gatherResults([shared_node_url(), shared_node_url()])
+        self.assertEqual(first, second)
+        self.assertEqual(await shared_node_url(), first)
+        self.assertTrue(first.startswith("http://"), first)
+        grid = shared_grid()
+        if grid is not None:
+            self.assertGreaterEqual(await grid.connected_servers(), grid.happy)
+

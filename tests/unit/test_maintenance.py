@@ -1,0 +1,180 @@
+"""
+The maintenance scheduler on a Clock: what is due when, one job at a time,
+resumed after a stop or a kill, failures kept and reported.
+"""
+
+import os
+
+import attr
+from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.task import Clock
+from twisted.trial.unittest import TestCase
+
+from gridbackupd.state import db as dbmod
+from gridbackupd.maintenance import scheduler as maintenance
+from gridbackupd.api import metrics
+from gridbackupd.config import Config, MaintenanceConfig, RetentionConfig, TahoeConfig
+from gridbackupd.maintenance.jobs import JobStopped
+
+DAY = 86400.0
+
+
+@attr.define
+class _Jobs:
+    scan_lock: DeferredLock = attr.Factory(DeferredLock)
+
+
+@attr.define
+class _Daemon:
+    config: object
+    conn: object
+    db_path: str
+    read_only: bool = False
+    client: object = None
+    rootcap: str = "URI:DIR2:x:y"
+    pool: object = None
+    publisher: object = "publisher"
+    restorer: object = None
+    jobs: _Jobs = attr.Factory(_Jobs)
+
+    def require_writable(self):
+        pass
+
+
+class SchedulerTests(TestCase):
+    def setUp(self):
+        base = os.path.abspath(self.mktemp())
+        self.db_path = os.path.join(base, "state.sqlite")
+        self.conn = dbmod.open_database(self.db_path)
+        self.addCleanup(self.conn.close)
+        self.clock = Clock()
+        self.clock.advance(1_000_000)
+        self.ran = []
+        self.behaviour = {}
+        self.patch(maintenance, "RUNNERS", {k: self._runner(k) for k in maintenance.KINDS})
+
+    def _runner(self, kind):
+        async def run(m, ctx):
+            self.ran.append((kind, ctx.job_id, ctx.is_done("item-1")))
+            ctx.progress.update(done=1, total=2, errors=0)
+            how = self.behaviour.get(kind)
+            if how == "stop":
+                ctx.mark_done(["item-1"])
+                raise JobStopped("stopping")
+            if how == "fail":
+                raise RuntimeError("the grid said no")
+            if isinstance(how, Deferred):
+                await how
+            return {"kind": kind}
+        return run
+
+    def make(self, retention=RetentionConfig(), **maint):
+        config = Config(path="x.ini", state_dir=os.path.dirname(self.db_path), hostname="h",
+                        tahoe=TahoeConfig("embedded"), retention=retention,
+                        maintenance=MaintenanceConfig(**maint))
+        m = maintenance.Maintenance(self.clock, _Daemon(config, self.conn, self.db_path))
+        m.start()
+        self.addCleanup(m.stop)
+        return m
+
+    def kinds(self):
+        return [k for k, _, _ in self.ran]
+
+    def test_nothing_is_due_at_the_first_start(self):
+        self.make(lease_interval=7 * DAY, check_interval=14 * DAY, drill_interval=DAY)
+        self.assertEqual(self.ran, [])
+        self.clock.advance(DAY)
+        self.assertEqual(self.kinds(), ["drill"])
+        self.clock.pump([DAY] * 6)
+        self.assertEqual(sorted(self.kinds()), ["drill"] * 7 + ["leases"])
+        # A daemon asleep for a week runs what is due once, not once per missed day.
+        self.clock.advance(7 * DAY)
+        self.assertEqual(sorted(self.kinds()), ["check"] + ["drill"] * 8 + ["leases"] * 2)
+        # Forget runs on a schedule only with a policy.
+        self.assertNotIn("forget", self.kinds())
+
+    def test_forget_scheduled_with_a_policy(self):
+        self.make(retention=RetentionConfig(keep_daily=7, interval=DAY),
+                  lease_interval=0, check_interval=0, drill_interval=0)
+        self.clock.advance(DAY)
+        self.assertEqual(self.kinds(), ["forget"])
+
+    def test_a_restart_does_not_repeat_a_weekly_job(self):
+        m = self.make(lease_interval=7 * DAY, check_interval=0, drill_interval=0)
+        self.clock.advance(7 * DAY)
+        self.assertEqual(self.kinds(), ["leases"])
+        m.stop()
+        self.make(lease_interval=7 * DAY, check_interval=0, drill_interval=0)
+        self.clock.advance(DAY)
+        self.assertEqual(self.kinds(), ["leases"])
+
+    def test_stopped_job_resumes_with_its_items(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        self.behaviour["leases"] = "stop"
+        job_id = m.request("leases")
+        self.assertEqual(self.ran, [("leases", job_id, False)])
+        self.assertEqual(m.job(job_id)["state"], "queued")
+        m.stop()
+        del self.behaviour["leases"]
+        # A kill in the middle leaves the row running: the next start resumes it too.
+        self.conn.execute("UPDATE jobs SET state = 'running' WHERE id = ?", (job_id,))
+        m2 = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        self.assertEqual(self.ran[-1], ("leases", job_id, True))
+        self.assertEqual(m2.job(job_id)["state"], "done")
+        self.assertEqual(m2.job(job_id)["result"], {"kind": "leases"})
+        # A finished job's items are gone.
+        self.assertEqual(self.conn.execute("SELECT count(*) FROM job_items").fetchone()[0], 0)
+
+    def test_failure_is_kept_and_reported(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        self.behaviour["check"] = "fail"
+        job_id = m.request("check", {"repair": False})
+        doc = m.job(job_id)
+        self.assertEqual((doc["state"], doc["error"]), ("failed", "the grid said no"))
+        self.assertEqual(doc["options"]["repair"], False)
+        self.assertEqual(m.status()["check"]["last"]["state"], "failed")
+        self.assertEqual(samples(m)[("gridbackup_job_last_failed", "check")], 1.0)
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_one_job_at_a_time_and_joining(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        gate = self.behaviour["drill"] = Deferred()
+        first = m.request("drill")
+        second = m.request("leases")
+        again = m.request("leases")
+        self.assertEqual(second, again)
+        self.assertEqual(self.kinds(), ["drill"])
+        status = m.status()
+        self.assertTrue(status["drill"]["running"])
+        self.assertEqual(status["drill"]["progress"], {"done": 1, "total": 2, "errors": 0})
+        found = samples(m)
+        self.assertEqual(found[("gridbackup_job_running", "drill")], 1.0)
+        self.assertEqual(found[("gridbackup_job_running", "leases")], 0.0)
+        self.assertEqual(found[("gridbackup_job_items_total", "drill")], 2.0)
+        gate.callback(None)
+        self.assertEqual(self.kinds(), ["drill", "leases"])
+        self.assertEqual([m.job(i)["state"] for i in (first, second)], ["done", "done"])
+
+    def test_writing_jobs_hold_the_scan_lock(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        lock = m.daemon.jobs.scan_lock
+        held = succeed(None)
+        held.addCallback(lambda _: lock.acquire())
+        m.request("prune")
+        self.assertEqual(self.ran, [])  # waits for the scan
+        lock.release()
+        self.assertEqual(self.kinds(), ["prune"])
+        self.assertFalse(lock.locked)
+
+    def test_unknown_kind(self):
+        from gridbackupd.errors import APIError
+
+        m = self.make()
+        e = self.assertRaises(APIError, m.request, "defrag")
+        self.assertEqual(e.status, 400)
+
+
+def samples(m):
+    """The maintenance metrics as {(name, kind): value}."""
+    return {(sample.name, sample.labels["kind"]): sample.value
+            for family in metrics._maintenance_metrics(m.status()) for sample in family.samples}

@@ -26,6 +26,50 @@ class ConfigError(GridBackupError):
     """The configuration cannot be used; the message names file, section, key."""
 
 
+class DomainError(GridBackupError):
+    """
+    A request the daemon refuses or cannot serve, said in the domain's own
+    words: ``code`` is a stable machine-readable name, the message is one
+    line for a person.  ``gridbackupd.api`` maps each subclass to an HTTP
+    status in one table; nothing outside ``api/`` knows a status code.
+    """
+
+    def __init__(self, code, message):
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self):
+        return f"{self.code}: {self.message}"
+
+
+class NotFound(DomainError):
+    """No such snapshot, restore, job, path or object."""
+
+
+class Conflict(DomainError):
+    """The request clashes with the state things are in (a running job, say)."""
+
+
+class Invalid(DomainError):
+    """The request itself is wrong: a bad field, value or combination."""
+
+
+class ReadOnly(DomainError):
+    """The daemon holds only a read cap: it cannot write to the backup set."""
+
+
+class Unavailable(DomainError):
+    """Not now: the grid is not connected yet, or the daemon is stopping."""
+
+
+class FormatError(GridBackupError):
+    """
+    Bytes that do not follow docs/FORMAT.md: the base of the log, index and
+    pack parsers' errors, so a caller can refuse damaged data in one place.
+    """
+
+
 class APIError(GridBackupError):
     """
     An error the control API answers with: HTTP ``status``, a stable

@@ -28,9 +28,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults  # noqa: E402
 
-from gridbackupd.restore import engine as restore_module  # noqa: E402
 from gridbackupd.config import parse_config  # noqa: E402
 from gridbackupd.grid.localgrid import LocalGrid, tahoe_command  # noqa: E402
+from gridbackupd.restore import engine as restore_module  # noqa: E402
 from gridbackupd.service import from_config  # noqa: E402
 from gridbackupd.testing.configfile import write_config  # noqa: E402
 

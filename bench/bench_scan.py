@@ -23,11 +23,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
-from gridbackupd.scan import chunker  # noqa: E402
-from gridbackupd.state import db as dbmod  # noqa: E402
-from gridbackupd.scan.backup import scan_to_log  # noqa: E402
 from gridbackupd.model import LogHeader  # noqa: E402
+from gridbackupd.scan import chunker  # noqa: E402
+from gridbackupd.scan.backup import scan_to_log  # noqa: E402
 from gridbackupd.scan.scanner import ScanOptions, ScanProgress  # noqa: E402
+from gridbackupd.state import db as dbmod  # noqa: E402
 
 OLD = 1_600_000_000_000_000_000
 

@@ -17,20 +17,20 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from gridbackupd.state import db as dbmod
 from gridbackupd.api.http import endpoint_description, make_site
 from gridbackupd.api.http import listen as api_listen
+from gridbackupd.api.routes import router
+from gridbackupd.errors import APIError, GridBackupError, TahoeError
+from gridbackupd.grid.localgrid import LocalGrid
+from gridbackupd.grid.tahoe import TahoeClient
+from gridbackupd.maintenance.scheduler import Maintenance
+from gridbackupd.restore.engine import Restorer
+from gridbackupd.restore.recover import is_read_only, mark_pending, needs_recovery, recover_state
 from gridbackupd.scan.backup import BackupJobs
 from gridbackupd.scan.chunker import ChunkParams
-from gridbackupd.errors import APIError, GridBackupError, TahoeError
-from gridbackupd.api.routes import router
-from gridbackupd.grid.localgrid import LocalGrid
-from gridbackupd.maintenance.scheduler import Maintenance
-from gridbackupd.upload.publisher import Publisher, settings_document
+from gridbackupd.state import db as dbmod
 from gridbackupd.state.queue import Weights
-from gridbackupd.restore.recover import is_read_only, mark_pending, needs_recovery, recover_state
-from gridbackupd.restore.engine import Restorer
-from gridbackupd.grid.tahoe import TahoeClient
+from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
 from gridbackupd.waiters import Waiters
 

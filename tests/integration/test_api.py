@@ -10,8 +10,8 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 import stat
+import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred

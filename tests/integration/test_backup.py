@@ -3,21 +3,21 @@ Backup jobs and their logs: full and incremental logs, chains of logs
 merged into snapshots, the choice of log kind.
 """
 
-from tests.support import REPO
 import os
 import sqlite3
 
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gridbackupd.config import BackupConfig, Config, TahoeConfig
 from gridbackupd.format import chain
 from gridbackupd.format import log as snapshotlog
-from gridbackupd.state import db as dbmod
-from gridbackupd.scan.backup import BackupJobs, scan_to_log
-from gridbackupd.config import BackupConfig, Config, TahoeConfig
 from gridbackupd.model import Deletion, Entry, LogHeader
+from gridbackupd.scan.backup import BackupJobs, scan_to_log
 from gridbackupd.scan.scanner import ScanOptions, ScanProgress
+from gridbackupd.state import db as dbmod
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.waiters import Waiters
+from tests.support import REPO
 
 OLD = 1_600_000_000_000_000_000
 
@@ -214,7 +214,8 @@ class ChainTests(SynchronousTestCase):
     def test_merge_and_checks(self):
         d = os.path.abspath(self.mktemp())
         os.makedirs(d)
-        e = lambda p, size=0: Entry(path=p, kind="file", size=size, inline=b"x" * size)
+        def e(p, size=0):
+            return Entry(path=p, kind="file", size=size, inline=b"x" * size)
         self.write_log(d, LogHeader(snapshot="s1", kind="full"), [e(b"/a"), e(b"/b"), e(b"/c")])
         self.write_log(d, LogHeader(snapshot="s2", kind="incremental", parent="s1"),
                        [e(b"/a", 1), Deletion(b"/b")])
@@ -581,8 +582,8 @@ class DaemonIncrementalTests(TestCase):
 
         from gridbackupd.config import parse_config
         from gridbackupd.service import from_config
-        from tests.support.sharedgrid import shared_node_url
         from tests.integration.test_daemon import api_client, write_config
+        from tests.support.sharedgrid import shared_node_url
         from tests.support.trees import make_tree, tree_listing
 
         node_url = await shared_node_url()

@@ -18,17 +18,17 @@ from twisted.internet.task import deferLater
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gridbackupd.maintenance.checkrepair import check_and_repair, classify
-from gridbackupd.state.db import open_database
 from gridbackupd.errors import TahoeBadResponse, TahoeError
-from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.grid.localgrid import LocalGrid
-from gridbackupd.maintenance.reachable import ROOT
 from gridbackupd.grid.tahoe import RetryPolicy, TahoeClient
+from gridbackupd.maintenance.checkrepair import check_and_repair, classify
+from gridbackupd.maintenance.jobs import JobContext
+from gridbackupd.maintenance.reachable import ROOT
+from gridbackupd.state.db import open_database
+from tests.integration.test_leases import make_context, reachable_objects
 from tests.support.daemoncase import DaemonTestCase, run, write_config
 from tests.support.gridshares import corrupt_shares, nodes_holding, share_files, storage_node_names
 from tests.support.sharedgrid import shared_grid, shared_node_url
-from tests.integration.test_leases import make_context, reachable_objects
 from tests.support.trees import tree_listing
 
 

@@ -5,7 +5,6 @@ shared real grid).  The command is synchronous, so it runs in a thread
 test runs it as a real subprocess.
 """
 
-from tests.support import REPO
 import io
 import json
 import os
@@ -16,6 +15,7 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.cli import main as cli
+from tests.support import REPO
 from tests.support.daemoncase import DaemonTestCase, run, write_config
 
 SRC = os.path.join(REPO, "src")

@@ -1,6 +1,5 @@
 """Configuration: good files parse, bad ones give one line naming what is wrong."""
 
-from tests.support import REPO
 import os
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.config import DEFAULT_LISTEN, parse_config
 from gridbackupd.errors import ConfigError
+from tests.support import REPO
 
 GOOD = """
 [gridbackup]
@@ -159,7 +159,7 @@ class TwistdTests(SynchronousTestCase):
         )
         self.assertNotEqual(result.returncode, 0)
         self.assertNotIn("Traceback", result.stdout + result.stderr)
-        lines = [l for l in result.stderr.splitlines() if l.strip()]
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, result.stderr)
         return lines[0]
 

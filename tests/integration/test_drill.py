@@ -11,8 +11,8 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.maintenance import drill
 from gridbackupd.format.chain import snapshot_entries
+from gridbackupd.maintenance import drill
 from gridbackupd.model import DIR, FILE, Entry
 from gridbackupd.restore.engine import locate
 from tests.support.daemoncase import DaemonTestCase, run

@@ -9,9 +9,9 @@ import os
 import shutil
 
 from gridbackupd.format import chain
-from gridbackupd.upload import publisher
-from gridbackupd.restore.engine import locate
 from gridbackupd.format.log import LogReader
+from gridbackupd.restore.engine import locate
+from gridbackupd.upload import publisher
 from tests.support.daemoncase import DaemonTestCase, run, write_config
 from tests.support.trees import tree_listing
 

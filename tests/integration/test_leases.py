@@ -13,12 +13,12 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.errors import TahoeServerError
+from gridbackupd.grid.tahoe import RetryPolicy
 from gridbackupd.maintenance import reachable
-from gridbackupd.state.db import open_database
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
 from gridbackupd.maintenance.leases import renew_leases
 from gridbackupd.maintenance.reachable import ROOT, walk
-from gridbackupd.grid.tahoe import RetryPolicy
+from gridbackupd.state.db import open_database
 from gridbackupd.testing.fake_tahoe import fake_client
 from tests.support.daemoncase import DaemonTestCase
 from tests.support.gridshares import backdate_leases, lease_expirations, share_files

@@ -24,7 +24,6 @@ from gridbackupd.grid.localgrid import (
     LocalGrid,
     tahoe_command,
 )
-
 from tests.support.sharedgrid import shared_grid, shared_node_url
 
 NODES = [INTRODUCER, "storage1", "storage2", "storage3", CLIENT]

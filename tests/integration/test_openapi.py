@@ -7,7 +7,6 @@ the file uses (type, nullable, enum, required, properties,
 additionalProperties, items, allOf, $ref).
 """
 
-from tests.support import REPO
 import json
 import os
 import re
@@ -16,12 +15,13 @@ import yaml
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gridbackupd.config import parse_config
 from gridbackupd.api.routes import router
+from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
-from tests.support.sharedgrid import shared_node_url
 from tests.integration.test_api import _tcp, raw_request
 from tests.integration.test_daemon import run, write_config
+from tests.support import REPO
+from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree
 
 SPEC_PATH = os.path.join(REPO, "docs", "openapi.yaml")

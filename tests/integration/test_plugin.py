@@ -1,6 +1,5 @@
 """The twistd plugin is found from the installed package, not only the source tree."""
 
-from tests.support import REPO
 import os
 import subprocess
 import sys
@@ -8,6 +7,8 @@ import sys
 from twisted.application.service import IService, IServiceMaker
 from twisted.plugin import getPlugins
 from twisted.trial.unittest import SynchronousTestCase
+
+from tests.support import REPO
 
 
 class PluginTests(SynchronousTestCase):

@@ -16,15 +16,15 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.upload import packer
 from gridbackupd.format import log as snapshotlog
-from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.format.index import encode_index_segment, encode_settings, settings_document
 from gridbackupd.model import DIR, FILE, Entry, LogHeader
-from gridbackupd.restore.recover import RecoveryError, is_read_only, recover_state
 from gridbackupd.restore.engine import Restorer
+from gridbackupd.restore.recover import RecoveryError, is_read_only, recover_state
+from gridbackupd.scan.chunker import ChunkParams
+from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
+from gridbackupd.upload import packer
 
 T0 = 1_700_000_000_000_000_000
 

@@ -20,14 +20,14 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.upload import packer
-from gridbackupd.restore import engine as restore
-from gridbackupd.format import log as snapshotlog
 from gridbackupd.errors import APIError
+from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import CHARDEV, DIR, FIFO, FILE, HARDLINK, SOCKET, SYMLINK, Entry, LogHeader
+from gridbackupd.restore import engine as restore
 from gridbackupd.restore.engine import Restorer, check_snapshot_spec, parse_time
+from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
+from gridbackupd.upload import packer
 
 T0 = 1_700_000_000_000_000_000
 
@@ -587,8 +587,8 @@ class RealGridRoundTripTests(TestCase):
     async def _metadata_round_trip(self):
         from gridbackupd.config import parse_config
         from gridbackupd.service import from_config
-        from tests.support.sharedgrid import shared_node_url
         from tests.integration.test_daemon import api_client, write_config
+        from tests.support.sharedgrid import shared_node_url
 
         base = os.path.abspath(self.mktemp())
         tree = os.path.join(base, "data")

@@ -9,24 +9,24 @@ import hashlib
 import os
 import random
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.format import index as indexmod
-from gridbackupd.upload import packer
-from gridbackupd.state import queue
-from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.config import parse_config
+from gridbackupd.format import index as indexmod
 from gridbackupd.format.index import parse_index_segment, settings_document
-from gridbackupd.upload.publisher import Publisher
+from gridbackupd.grid.tahoe import RetryPolicy
+from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.scan.scanner import NewBlob
 from gridbackupd.service import from_config
-from gridbackupd.grid.tahoe import RetryPolicy
+from gridbackupd.state import db as dbmod
+from gridbackupd.state import queue
 from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
+from gridbackupd.upload import packer
+from gridbackupd.upload.publisher import Publisher
 from gridbackupd.upload.uploader import RETRY_DELAY, TokenBucket, Uploader
 
 
@@ -308,9 +308,9 @@ class UploadAPITests(TestCase):
         return run(self._queue_pause_resume())
 
     async def _queue_pause_resume(self):
+        from tests.integration.test_daemon import write_config
         from tests.support.apiclient import APIClient
         from tests.support.sharedgrid import shared_node_url
-        from tests.integration.test_daemon import write_config
         from tests.support.trees import make_tree
 
         node_url = await shared_node_url()
@@ -380,12 +380,11 @@ class CrashTests(TestCase):
     async def _kill_9(self):
         import sqlite3
 
-        from gridbackupd.grid.tahoe import TahoeClient
-        from tests.integration.test_process import CONFIG, Daemon, free_port
-
         # The twistd child runs the same gridbackupd as this test process
         # (with PYTHONPATH=src relative, it would find the installed copy).
         import gridbackupd
+        from gridbackupd.grid.tahoe import TahoeClient
+        from tests.integration.test_process import CONFIG, Daemon, free_port
 
         here = os.path.dirname(os.path.dirname(os.path.abspath(gridbackupd.__file__)))
         old = os.environ.get("PYTHONPATH")

@@ -16,6 +16,7 @@ from tests.support.apiclient import APIClient
 from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree
 
+
 def run(coro):
     return Deferred.fromCoroutine(coro)
 

@@ -9,9 +9,13 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.scan.excludes import (
-    CACHEDIR_SIGNATURE, Excluder, ExcludeRules, PatternError, compile_pattern,
+    CACHEDIR_SIGNATURE,
+    Excluder,
+    ExcludeRules,
+    PatternError,
+    compile_pattern,
 )
-from gridbackupd.scan.scanner import ScanOptions, ScanProgress, Scanner
+from gridbackupd.scan.scanner import Scanner, ScanOptions, ScanProgress
 
 
 def matches(pattern, path, is_dir=False, roots=(b"/r",)):

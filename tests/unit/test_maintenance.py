@@ -10,11 +10,11 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.maintenance import scheduler as maintenance
 from gridbackupd.api import metrics
 from gridbackupd.config import Config, MaintenanceConfig, RetentionConfig, TahoeConfig
+from gridbackupd.maintenance import scheduler as maintenance
 from gridbackupd.maintenance.jobs import JobStopped
+from gridbackupd.state import db as dbmod
 
 DAY = 86400.0
 

@@ -6,8 +6,8 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.upload.packer import PackFormatError, build_pack, decode_blob, parse_trailer
 from gridbackupd.state.queue import QueuedBlob
+from gridbackupd.upload.packer import PackFormatError, build_pack, decode_blob, parse_trailer
 
 
 class PackTests(SynchronousTestCase):

@@ -7,14 +7,21 @@ import os
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.format.index import (
-    IndexFormatError, commit_name, encode_index_segment, encode_lock, encode_settings,
-    parse_index_segment, parse_lock, parse_settings, settings_document,
+    IndexFormatError,
+    commit_name,
+    encode_index_segment,
+    encode_lock,
+    encode_settings,
+    parse_index_segment,
+    parse_lock,
+    parse_settings,
+    settings_document,
 )
-from gridbackupd.upload.publisher import LOCK_STALE, Publisher, WriterLockHeld
+from gridbackupd.scan.chunker import ChunkParams
+from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
+from gridbackupd.upload.publisher import LOCK_STALE, Publisher, WriterLockHeld
 
 H1 = "1" * 64
 H2 = "2" * 64

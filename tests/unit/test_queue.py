@@ -4,9 +4,9 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gridbackupd.scan.scanner import NewBlob
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import queue
-from gridbackupd.scan.scanner import NewBlob
 
 NOW = 1_800_000_000.0
 DAY = 86400
@@ -18,8 +18,9 @@ def blob(n, size, path, age_days=0.0):
 
 class PriorityTests(SynchronousTestCase):
     def test_each_term_counts(self):
-        p = lambda **kw: queue.priority(**{"mtime_ns": int(NOW * 1e9), "size": 4096,
-                                            "path": b"/home/a/x", "now": NOW, **kw})
+        def p(**kw):
+            return queue.priority(**{"mtime_ns": int(NOW * 1e9), "size": 4096,
+                                                    "path": b"/home/a/x", "now": NOW, **kw})
         base = p()
         self.assertGreater(base, p(mtime_ns=int((NOW - 30 * DAY) * 1e9)))
         self.assertGreater(base, p(size=400_000_000))
@@ -134,7 +135,7 @@ class UploadConfigTests(SynchronousTestCase):
     def test_bad_values(self):
         from gridbackupd.errors import ConfigError
 
-        for text, needle in [("inline_max = 1MiB", "at most 64KiB"), 
+        for text, needle in [("inline_max = 1MiB", "at most 64KiB"),
                              ("max_rate = fast", "a size"), ("user_roots = home", "absolute"),
                              ("weight_age = -1", "a number"), ("weight_user = 1e9", "a number")]:
             e = self.assertRaises(ConfigError, self.parse, text + "\n")

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.maintenance.retention import (
-    Decision, RetentionPolicy, SnapshotInfo, apply_policy,
+    Decision,
+    RetentionPolicy,
+    SnapshotInfo,
+    apply_policy,
 )
 
 UTC = timezone.utc

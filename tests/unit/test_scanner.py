@@ -11,13 +11,22 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.scan import scanner as scanmod
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import (
-    BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, POSSIBLY_INCONSISTENT, RACY, SOCKET, SYMLINK,
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    POSSIBLY_INCONSISTENT,
+    RACY,
+    SOCKET,
+    SYMLINK,
     LogHeader,
 )
-from gridbackupd.scan.scanner import ScanOptions, ScanProgress, Scanner
+from gridbackupd.scan import scanner as scanmod
+from gridbackupd.scan.scanner import Scanner, ScanOptions, ScanProgress
 
 OLD = 1_600_000_000_000_000_000
 IS_ROOT = os.geteuid() == 0

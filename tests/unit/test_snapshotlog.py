@@ -13,6 +13,19 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from gridbackupd.format.log import (
+    BLOBS_PER_LINE,
+    MAX_LINE_LENGTH,
+    LogFormatError,
+    LogReader,
+    LogWriter,
+    is_in_subtree,
+    merge_records,
+    path_key,
+    read_log,
+    validate_path,
+    write_log,
+)
 from gridbackupd.model import (
     BLOCKDEV,
     CHARDEV,
@@ -28,19 +41,6 @@ from gridbackupd.model import (
     Deletion,
     Entry,
     LogHeader,
-)
-from gridbackupd.format.log import (
-    BLOBS_PER_LINE,
-    MAX_LINE_LENGTH,
-    LogFormatError,
-    LogReader,
-    LogWriter,
-    is_in_subtree,
-    merge_records,
-    path_key,
-    read_log,
-    validate_path,
-    write_log,
 )
 
 PROPERTY = settings(

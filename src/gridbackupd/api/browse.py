@@ -22,9 +22,9 @@ import os
 import attr
 import zstandard
 
+from gridbackupd.errors import APIError
 from gridbackupd.format import chain
 from gridbackupd.format import log as snapshotlog
-from gridbackupd.errors import APIError
 from gridbackupd.model import FILE, HARDLINK
 from gridbackupd.upload.packer import decode_blob
 

@@ -25,7 +25,6 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web import http, resource, server
-
 from zope.interface import implementer
 
 from gridbackupd.errors import APIError
@@ -242,8 +241,9 @@ class APIResource(resource.Resource):
         auth = request.getHeader("authorization") or ""
         scheme, _, given = auth.partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token):
-            raise APIError(401, "unauthorized",
-                           "missing or wrong 'Authorization: Bearer <token>' (the token is in state_dir/private/api_token)")
+            raise APIError(
+                401, "unauthorized",
+                "missing or wrong 'Authorization: Bearer <token>' (the token is in state_dir/private/api_token)")
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
         fn, args = self.router.match(method, path)

@@ -15,13 +15,12 @@ import time
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-from gridbackupd.api import browse
-from gridbackupd.api import metrics
+from gridbackupd.api import browse, metrics
 from gridbackupd.api.http import STREAMED, Pacer, Raw, Router, bool_field, json_body, query_arg, query_int
 from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.format.log import LogFormatError
 from gridbackupd.model import FILE
 from gridbackupd.restore.engine import check_snapshot_spec, locate
-from gridbackupd.format.log import LogFormatError
 
 PAGE = 1000
 MAX_PAGE = 10000

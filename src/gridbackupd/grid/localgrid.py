@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+import treq
+from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import (
     CancelledError,
@@ -51,9 +53,6 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool
-
-import treq
-from treq.client import HTTPClient
 
 INTRODUCER = "introducer"
 CLIENT = "client"

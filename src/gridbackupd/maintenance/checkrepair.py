@@ -19,12 +19,12 @@ import re
 
 from twisted.logger import Logger
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.format.chain import ChainError, snapshot_entries
 from gridbackupd.errors import TahoeBadResponse, TahoeSharesMissing
-from gridbackupd.maintenance.reachable import ROOT, ReachableRun, for_each_reachable
+from gridbackupd.format.chain import ChainError, snapshot_entries
 from gridbackupd.format.log import LogFormatError
 from gridbackupd.grid.tahoe import scrub_caps
+from gridbackupd.maintenance.reachable import ROOT, ReachableRun, for_each_reachable
+from gridbackupd.state import db as dbmod
 
 __all__ = ["affected_by", "check_and_repair", "classify"]
 

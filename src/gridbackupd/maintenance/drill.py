@@ -24,13 +24,13 @@ import stat
 
 from twisted.logger import Logger
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.format.chain import snapshot_entries
 from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.format.chain import snapshot_entries
+from gridbackupd.format.log import LogFormatError
 from gridbackupd.model import FILE
 from gridbackupd.restore.engine import RestoreProgress
 from gridbackupd.restore.targetfs import UnsafePath, components, hash_file
-from gridbackupd.format.log import LogFormatError
+from gridbackupd.state import db as dbmod
 
 log = Logger()
 

@@ -19,9 +19,9 @@ import attr
 from twisted.logger import Logger
 
 from gridbackupd.format import chain
-from gridbackupd.state import db as dbmod
-from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
 from gridbackupd.format.log import LogWriter
+from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
+from gridbackupd.state import db as dbmod
 
 log = Logger()
 

@@ -14,8 +14,8 @@ owns the ``jobs`` table; a job only touches its own items.
 import attr
 from twisted.internet.threads import deferToThreadPool
 
-from gridbackupd.state import db as dbmod
 from gridbackupd.errors import GridBackupError
+from gridbackupd.state import db as dbmod
 
 
 class JobStopped(GridBackupError):

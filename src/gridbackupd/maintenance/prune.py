@@ -26,12 +26,12 @@ import os
 import attr
 from twisted.logger import Logger
 
+from gridbackupd.errors import GridBackupError
 from gridbackupd.format import chain
-from gridbackupd.upload import packer
+from gridbackupd.format.index import commit_name, encode_index_segment
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.state import db as dbmod
-from gridbackupd.errors import GridBackupError
-from gridbackupd.format.index import commit_name, encode_index_segment
+from gridbackupd.upload import packer
 
 log = Logger()
 

@@ -20,9 +20,9 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gridbackupd.grid.tahoe import scrub_caps
 from gridbackupd.maintenance.jobs import JobStopped
 from gridbackupd.model import short_cap
-from gridbackupd.grid.tahoe import scrub_caps
 
 __all__ = ["ROOT", "Reachable", "ReachableRun", "for_each_reachable", "is_literal", "walk"]
 

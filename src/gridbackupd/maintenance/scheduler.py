@@ -20,9 +20,9 @@ import time
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gridbackupd.state import db as dbmod
 from gridbackupd.errors import APIError
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
+from gridbackupd.state import db as dbmod
 from gridbackupd.waiters import SerialRunner, Waiters
 
 KINDS = ("leases", "check", "drill", "forget", "prune")

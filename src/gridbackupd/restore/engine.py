@@ -23,13 +23,13 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults, s
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.model import DIR, FILE, HARDLINK, SYMLINK
+from gridbackupd.restore import plan as restoreplan
+from gridbackupd.restore.targetfs import TargetWriter, UnsafePath, VerifyFailed
 from gridbackupd.state import db as dbmod
 from gridbackupd.upload import packer
-from gridbackupd.restore import plan as restoreplan
-from gridbackupd.format import log as snapshotlog
-from gridbackupd.errors import APIError, TahoeError
-from gridbackupd.model import DIR, FILE, HARDLINK, SYMLINK
-from gridbackupd.restore.targetfs import TargetWriter, UnsafePath, VerifyFailed
 from gridbackupd.waiters import SerialRunner, Waiters
 
 PARALLEL_SPANS = 4

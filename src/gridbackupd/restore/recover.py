@@ -37,14 +37,14 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from gridbackupd.errors import GridBackupError, TahoeError
 from gridbackupd.format import chain
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
+from gridbackupd.grid.tahoe import _expected_size
+from gridbackupd.model import FILE
 from gridbackupd.state import db as dbmod
 from gridbackupd.upload import packer
-from gridbackupd.format import log as snapshotlog
-from gridbackupd.errors import GridBackupError, TahoeError
-from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
-from gridbackupd.model import FILE
-from gridbackupd.grid.tahoe import _expected_size
 
 SNAPSHOTS = "snapshots"
 COMMITS = "commits"

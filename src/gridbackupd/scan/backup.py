@@ -23,17 +23,16 @@ import subprocess
 import time
 
 import attr
-
 from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from gridbackupd.state import db as dbmod
 from gridbackupd.format import chain
-from gridbackupd.state import queue
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import LogHeader
-from gridbackupd.scan.scanner import ScanOptions, ScanProgress, Scanner, ScanStopped, display_path
+from gridbackupd.scan.scanner import Scanner, ScanOptions, ScanProgress, ScanStopped, display_path
+from gridbackupd.state import db as dbmod
+from gridbackupd.state import queue
 from gridbackupd.waiters import SerialRunner
 
 BLOB_BATCH = 2000

@@ -23,13 +23,23 @@ import time
 
 import attr
 
+from gridbackupd.format.log import MAX_HOLES, path_key
+from gridbackupd.model import (
+    BLOCKDEV,
+    CHARDEV,
+    DIR,
+    FIFO,
+    FILE,
+    HARDLINK,
+    POSSIBLY_INCONSISTENT,
+    RACY,
+    SOCKET,
+    SYMLINK,
+    Deletion,
+    Entry,
+)
 from gridbackupd.scan import chunker
 from gridbackupd.scan.excludes import Excluder, ExcludeRules
-from gridbackupd.model import (
-    BLOCKDEV, CHARDEV, DIR, FIFO, FILE, HARDLINK, POSSIBLY_INCONSISTENT, RACY,
-    SOCKET, SYMLINK, Deletion, Entry,
-)
-from gridbackupd.format.log import MAX_HOLES, path_key
 
 # A file whose mtime is this close to the time it was read may change again
 # within the same timestamp tick: read it again on the next scan.

@@ -267,7 +267,7 @@ class FakeTahoe:
     def _new_immutable_dir(self, children: dict[str, _Link]) -> str:
         if not children:
             return "URI:DIR2-LIT:"
-        packed = json.dumps({n: l.ro for n, l in sorted(children.items())}).encode("utf-8")
+        packed = json.dumps({n: link.ro for n, link in sorted(children.items())}).encode("utf-8")
         cap = self._immutable_cap("DIR2-CHK", packed)
         self.immutable_dirs[cap] = dict(children)
         return cap
@@ -504,7 +504,7 @@ class _FakeTahoeResource(Resource):
                         "the cap is being added to an immutable directory, or it was "
                         "originally retrieved from an immutable directory as an unknown cap."))
                 links[name] = fake._link_for(cap, mutable_parent=False)
-            body = json.dumps({n: l.ro for n, l in links.items()}).encode()
+            body = json.dumps({n: link.ro for n, link in links.items()}).encode()
             if len(body) > LIT_THRESHOLD and fake.connected < fake.happy:
                 raise self._unhappy(request)
             return self._ok(fake._new_immutable_dir(links), b"text/html")

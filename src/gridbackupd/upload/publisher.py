@@ -23,13 +23,18 @@ import attr
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
-from gridbackupd.state import db as dbmod
 from gridbackupd.errors import GridBackupError, TahoeNotFound
 from gridbackupd.format.index import (
-    IndexFormatError, commit_name, encode_index_segment, encode_lock, encode_settings, parse_lock,
+    IndexFormatError,
+    commit_name,
+    encode_index_segment,
+    encode_lock,
+    encode_settings,
+    parse_lock,
     settings_document,
 )
 from gridbackupd.model import short_cap
+from gridbackupd.state import db as dbmod
 from gridbackupd.waiters import Waiters
 
 __all__ = ["Publisher", "settings_document", "WriterLockHeld"]

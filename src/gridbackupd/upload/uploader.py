@@ -27,11 +27,11 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from gridbackupd.state import db as dbmod
-from gridbackupd.upload import packer
-from gridbackupd.state import queue
 from gridbackupd.errors import TahoeError
 from gridbackupd.model import short_cap
+from gridbackupd.state import db as dbmod
+from gridbackupd.state import queue
+from gridbackupd.upload import packer
 from gridbackupd.upload.publisher import WriterLockHeld
 
 COMMIT_INTERVAL = 300.0

@@ -1,0 +1,118 @@
+"""
+Named crash points: the places where a test may kill the daemon, so that
+every durable step is proven to be finished by a restart.
+
+Each durable step calls ``reached("name")`` right after its effect is
+durable (a row committed, an object on the grid, a file renamed).  The
+table ``POINTS`` is the registry the crash matrix reads: a point added
+here is covered by the matrix without editing it.
+
+The points do nothing unless ``GRIDBACKUP_TESTING=1`` is set together with
+``GRIDBACKUP_CRASH_AT=name[:n]``: the process then ends with
+``os._exit(137)`` (as a SIGKILL would, with nothing flushed) the n-th time
+it passes that point (the first time when n is left out).
+"""
+
+import os
+import threading
+
+import attr
+
+TESTING = "GRIDBACKUP_TESTING"
+CRASH_AT = "GRIDBACKUP_CRASH_AT"
+EXIT_STATUS = 137
+
+
+@attr.frozen
+class Point:
+    """A named durable step; ``scenario`` is what the matrix runs to reach it."""
+
+    name: str
+    scenario: str
+    doc: str
+
+
+POINTS: dict[str, Point] = {}
+
+
+def _point(name, scenario, doc):
+    POINTS[name] = Point(name, scenario, doc)
+
+
+# Scenario "backup": a backup of a tree, from the request to a complete snapshot.
+_point("scan.checkpoint_written", "backup", "a scan checkpoint is on disk")
+_point("scan.log_finished", "backup", "the scan's log is written and its snapshot row is uploading")
+_point("packer.pack_built", "backup", "a pack file is complete in the spool")
+_point("uploader.pack_uploaded", "backup", "a pack is on the grid, its row not yet updated")
+_point("uploader.pack_recorded", "backup", "a pack's row holds its cap and its blobs are uploaded")
+_point("publisher.index_uploaded", "backup", "a commit's index segment is on the grid")
+_point("publisher.commit_made", "backup", "a commit's immutable directory is on the grid")
+_point("publisher.commit_recorded", "backup", "the commit row is written, not linked")
+_point("publisher.commit_linked", "backup", "the commit is linked under commits/, its row not yet marked")
+_point("publisher.blobs_committed", "backup", "the commit's row is linked and its blobs committed")
+_point("publisher.log_uploaded", "backup", "a snapshot's log is on the grid, not linked")
+_point("publisher.log_linked", "backup", "a snapshot's log is linked under snapshots/")
+_point("publisher.snapshot_complete", "backup", "the snapshot row is complete")
+# Scenario "start": a restart of a daemon with work left over.
+_point("start.grid_started", "start", "the embedded grid answers")
+_point("start.leftovers_taken_over", "start", "leftover tahoe nodes were stopped or adopted")
+_point("start.recovery_halfway", "start", "the recovery pass has finished part of its steps")
+# Scenario "forget": a forget by policy followed by a prune.
+_point("forget.full_log_written", "forget", "a kept snapshot's full log is on the grid")
+_point("forget.full_log_linked", "forget", "the full log is linked in place of the incremental one")
+_point("forget.logs_unlinked", "forget", "the forgotten snapshots' logs are unlinked")
+_point("prune.packs_uploaded", "forget", "the repacked packs are on the grid")
+_point("prune.commits_replaced", "forget", "the database names the replacement commits")
+_point("prune.commits_linked", "forget", "the replacement commits are linked")
+_point("prune.retired_unlinked", "forget", "the retired commits are unlinked")
+# Scenario "restore": a whole-snapshot restore.
+_point("restore.mid_file", "restore", "part of a file's content is written to its temporary name")
+_point("restore.before_rename", "restore", "a file is complete under its temporary name")
+_point("restore.after_rename", "restore", "a file is in place, its row not yet done")
+
+
+class _Trigger:
+    """The parsed setting, and how often each point was passed."""
+
+    def __init__(self, environ, exit):
+        self.exit = exit
+        self.name = None
+        self.nth = 1
+        self.passed = 0
+        self.lock = threading.Lock()
+        spec = environ.get(CRASH_AT, "")
+        if environ.get(TESTING) != "1" or not spec:
+            return
+        name, _, nth = spec.partition(":")
+        if name not in POINTS:
+            raise ValueError(f"{CRASH_AT}={spec}: no crash point named {name!r}")
+        self.name = name
+        self.nth = int(nth) if nth else 1
+        if self.nth < 1:
+            raise ValueError(f"{CRASH_AT}={spec}: the count starts at 1")
+
+    def reached(self, name):
+        if name != self.name:
+            return
+        with self.lock:
+            self.passed += 1
+            if self.passed == self.nth:
+                self.exit(EXIT_STATUS)
+
+
+_trigger: _Trigger | None = None
+
+
+def configure(environ=None, exit=os._exit):
+    """Read the setting again (at start, and in tests); an unknown name is an error."""
+    global _trigger
+    _trigger = _Trigger(os.environ if environ is None else environ, exit)
+    return _trigger
+
+
+def reached(name):
+    """Mark that the durable step ``name`` is done; may end the process in tests."""
+    if name not in POINTS:
+        raise KeyError(f"unregistered crash point {name!r}")
+    trigger = _trigger if _trigger is not None else configure()
+    trigger.reached(name)

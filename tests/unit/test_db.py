@@ -47,6 +47,31 @@ class DatabaseTests(SynchronousTestCase):
                 1 / 0
         self.assertIsNone(db.get_meta(conn, "k"))
 
+    def test_nested_transaction_is_a_savepoint(self):
+        """A transition inside a larger step: its failure undoes only its own writes."""
+        conn = db.open_database(self.path())
+        with db.transaction(conn):
+            db.set_meta(conn, "outer", "1")
+            with self.assertRaises(ZeroDivisionError):
+                with db.transaction(conn):
+                    db.set_meta(conn, "inner", "1")
+                    1 / 0
+            with db.transaction(conn):
+                db.set_meta(conn, "kept", "1")
+        self.assertFalse(conn.in_transaction)
+        self.assertEqual(db.get_meta(conn, "outer"), "1")
+        self.assertIsNone(db.get_meta(conn, "inner"))
+        self.assertEqual(db.get_meta(conn, "kept"), "1")
+
+    def test_outer_rollback_undoes_nested(self):
+        conn = db.open_database(self.path())
+        with self.assertRaises(ZeroDivisionError):
+            with db.transaction(conn):
+                with db.transaction(conn):
+                    db.set_meta(conn, "inner", "1")
+                1 / 0
+        self.assertIsNone(db.get_meta(conn, "inner"))
+
 
 class PreflightTests(SynchronousTestCase):
     """The start-up check must not create the database: its absence means recovery."""

@@ -196,6 +196,17 @@ def connect(path, **kwargs):
     return conn
 
 
+def connect_writer(path):
+    """
+    Another connection for a worker thread's many short write transactions
+    (a scan queueing its blobs): autocommit and ``synchronous=NORMAL``, as
+    the daemon's own connection.
+    """
+    conn = connect(path, isolation_level=None)
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
 @contextlib.contextmanager
 def worker_connection(path):
     """``with worker_connection(db_path) as conn:`` a ``connect``ed connection, closed after."""
@@ -208,7 +219,24 @@ def worker_connection(path):
 
 @contextlib.contextmanager
 def transaction(conn):
-    """One short write transaction: committed on success, rolled back on error."""
+    """
+    One short write transaction: committed on success, rolled back on error.
+
+    Inside another transaction it is a savepoint of that one, so a named
+    transition of state/ is atomic whether it runs alone or as a part of a
+    larger step (the outer transaction then decides what becomes durable).
+    """
+    if conn.in_transaction:
+        conn.execute("SAVEPOINT nested")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK TO nested")
+            conn.execute("RELEASE nested")
+            raise
+        else:
+            conn.execute("RELEASE nested")
+        return
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
@@ -220,13 +248,20 @@ def transaction(conn):
 
 
 def get_meta(conn, key, default=None):
+    """The value stored under ``key`` in ``meta``, or ``default``."""
     row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
     return row[0] if row else default
 
 
 def set_meta(conn, key, value):
+    """Store ``value`` under ``key`` in ``meta``, replacing any earlier value."""
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?, ?) "
         "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
+
+
+def delete_meta(conn, key):
+    """Remove ``key`` from ``meta`` (absent already is fine)."""
+    conn.execute("DELETE FROM meta WHERE key = ?", (key,))

@@ -16,7 +16,6 @@ half-way resumes instead of starting over; ``pre_command`` and
 
 import base64
 import hashlib
-import json
 import os
 import secrets
 import subprocess
@@ -31,8 +30,8 @@ from gridbackupd.format import chain
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import LogHeader
 from gridbackupd.scan.scanner import Scanner, ScanOptions, ScanProgress, ScanStopped, display_path
+from gridbackupd.state import checkpoints, queue, snapshots
 from gridbackupd.state import db as dbmod
-from gridbackupd.state import queue
 from gridbackupd.waiters import SerialRunner
 
 BLOB_BATCH = 2000
@@ -71,42 +70,30 @@ class BackupJobs:
         checkpoint if it has one (see ``scan_to_log``), else from the
         beginning.
         """
-        rows = self.conn.execute("SELECT id FROM snapshots WHERE state = 'scanning'").fetchall()
+        ids = snapshots.scanning_ids(self.conn)
         resumable = set()
         with dbmod.transaction(self.conn):
-            for (snapshot_id,) in rows:
-                if load_checkpoint(self.conn, snapshot_id) is not None:
+            for snapshot_id in ids:
+                if checkpoints.load(self.conn, snapshot_id) is not None:
                     resumable.add(snapshot_id)
-                else:
-                    self.conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
-                self.conn.execute(
-                    "UPDATE snapshots SET state = 'queued', started = NULL, errors = '[]' WHERE id = ?",
-                    (snapshot_id,),
-                )
-        for (snapshot_id,) in rows:
+                snapshots.requeue(self.conn, snapshot_id, keep_blobs=snapshot_id in resumable)
+        for snapshot_id in ids:
             if snapshot_id in resumable:
                 self.log.info("scan of {id} was interrupted; it resumes from its checkpoint",
                               id=snapshot_id)
             else:
                 self.log.info("scan of {id} was interrupted; it starts again", id=snapshot_id)
-        return [r[0] for r in rows]
+        return ids
 
     def request(self, tags=()):
         """Queue a scan (or join the one already waiting); return its snapshot id."""
-        row = self.conn.execute(
-            "SELECT id FROM snapshots WHERE state = 'queued' ORDER BY id LIMIT 1"
-        ).fetchone()
-        if row is not None:
-            return row[0]
+        waiting = snapshots.next_queued(self.conn)
+        if waiting is not None:
+            return waiting
         now = time.time()
         snapshot_id = new_snapshot_id(now)
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO snapshots (id, state, host, paths, tags, requested) "
-                "VALUES (?, 'queued', ?, ?, ?, ?)",
-                (snapshot_id, self.config.hostname, json.dumps(list(self.config.backup.paths)),
-                 json.dumps(list(tags)), now),
-            )
+        snapshots.create_queued(self.conn, snapshot_id, self.config.hostname,
+                                self.config.backup.paths, tags, now)
         self.kick()
         return snapshot_id
 
@@ -123,16 +110,14 @@ class BackupJobs:
 
     async def _run_queued(self):
         while not self._stopping:
-            row = self.conn.execute(
-                "SELECT id FROM snapshots WHERE state = 'queued' ORDER BY id LIMIT 1"
-            ).fetchone()
-            if row is None:
+            snapshot_id = snapshots.next_queued(self.conn)
+            if snapshot_id is None:
                 return
             await self.scan_lock.acquire()
             try:
                 if self._stopping:
                     return
-                await self.run_scan(row[0])
+                await self.run_scan(snapshot_id)
             finally:
                 self.scan_lock.release()
 
@@ -143,12 +128,7 @@ class BackupJobs:
         here and readable; else ``(None, [])`` (the next log is full and
         every file is read).
         """
-        rows = self.conn.execute(
-            "SELECT id, log_path FROM snapshots WHERE host = ? AND log_path IS NOT NULL "
-            "AND state IN ('uploading', 'complete', 'incomplete') ORDER BY id DESC LIMIT 1",
-            (self.config.hostname,),
-        ).fetchall()
-        for snapshot_id, log_path in rows:
+        for snapshot_id, log_path in snapshots.newest_scanned(self.conn, self.config.hostname):
             if not os.path.exists(log_path):
                 continue
             try:
@@ -171,11 +151,7 @@ class BackupJobs:
 
     async def run_scan(self, snapshot_id):
         started = time.time()
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "UPDATE snapshots SET state = 'scanning', started = ? WHERE id = ?",
-                (started, snapshot_id),
-            )
+        snapshots.mark_scanning(self.conn, snapshot_id, started)
         self.current = snapshot_id
         self.current_kind = None
         self.progress = ScanProgress(started=started)
@@ -188,11 +164,8 @@ class BackupJobs:
                 self.current = None
                 self.log.warn("pre_command failed, {id} is not scanned: {why}", id=snapshot_id, why=why)
                 with dbmod.transaction(self.conn):
-                    self.conn.execute(
-                        "UPDATE snapshots SET state = 'failed', finished = ?, errors = ? WHERE id = ?",
-                        (time.time(), json.dumps([{"path": None, "reason": "pre_command " + why}]),
-                         snapshot_id),
-                    )
+                    snapshots.mark_failed(self.conn, snapshot_id, time.time(),
+                                          [{"path": None, "reason": "pre_command " + why}])
                     drop_checkpoint(self.conn, snapshot_id, self.logs_dir)
                 self.waiters.fire(snapshot_id, "failed")
                 return
@@ -211,20 +184,11 @@ class BackupJobs:
         if ok:
             return
         self.log.warn("post_command failed after {id}: {why}", id=snapshot_id, why=why)
-        with dbmod.transaction(self.conn):
-            row = self.conn.execute("SELECT errors FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
-            errors = json.loads(row[0]) if row else []
-            errors.append({"path": None, "reason": "post_command " + why})
-            self.conn.execute("UPDATE snapshots SET errors = ? WHERE id = ?",
-                              (json.dumps(errors), snapshot_id))
+        snapshots.add_error(self.conn, snapshot_id, {"path": None, "reason": "post_command " + why})
 
     async def _scan(self, snapshot_id, started):
         kind, parent, parent_chain = self.plan()
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "UPDATE snapshots SET kind = ?, parent = ? WHERE id = ?",
-                (kind, parent if kind == "incremental" else None, snapshot_id),
-            )
+        snapshots.set_kind(self.conn, snapshot_id, kind, parent)
         self.current_kind = kind
         self.progress.current = b""
         os.makedirs(self.logs_dir, exist_ok=True)
@@ -262,24 +226,17 @@ class BackupJobs:
             return
         except Exception as e:
             self.log.failure("scan of {id} failed", id=snapshot_id)
-            with dbmod.transaction(self.conn):
-                self.conn.execute(
-                    "UPDATE snapshots SET state = 'failed', finished = ?, errors = ? WHERE id = ?",
-                    (time.time(), json.dumps([{"path": None, "reason": str(e)}]), snapshot_id),
-                )
+            snapshots.mark_failed(self.conn, snapshot_id, time.time(), [{"path": None, "reason": str(e)}])
             self.waiters.fire(snapshot_id, "failed")
             return
         finally:
             self.current = None
         kind = counts["kind"]
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "UPDATE snapshots SET state = 'uploading', kind = ?, parent = ?, started = ?, "
-                "finished = ?, files = ?, bytes = ?, errors = ?, log_path = ? WHERE id = ?",
-                (kind, parent if kind == "incremental" else None, counts["started"], time.time(),
-                 counts["files"], counts["bytes"], json.dumps(self.progress.error_list()),
-                 log_path, snapshot_id),
-            )
+        snapshots.mark_uploading(
+            self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
+            finished=time.time(), files=counts["files"], bytes=counts["bytes"],
+            errors=self.progress.error_list(), log_path=log_path,
+        )
         self.log.info(
             "scanned {id} ({kind}): {files} files, {bytes} bytes, {records} records, "
             "{errors} errors",
@@ -289,11 +246,7 @@ class BackupJobs:
         self.on_scanned(snapshot_id)
 
     def _tags(self, snapshot_id):
-        row = self.conn.execute("SELECT tags FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
-        try:
-            tags = json.loads(row[0]) if row else []
-        except ValueError:
-            tags = []
+        tags = snapshots.tags(self.conn, snapshot_id)
         return tuple(dict.fromkeys(t for t in tags if isinstance(t, str) and t))
 
     def status(self):
@@ -361,28 +314,6 @@ class _PreviousEntries:
         self._gen.close()
 
 
-def queue_blobs(conn, snapshot_id, blobs):
-    """
-    Queue a scan's blobs (inside a transaction), leaving out those already
-    committed: an unchanged file's blobs usually are, and the snapshot needs
-    nothing done for them (``publish_snapshots`` waits only for blobs that
-    are pending or uploaded, and committed is final).
-    """
-    hashes = list({b.hash for b in blobs})
-    committed = set()
-    for start in range(0, len(hashes), 500):
-        part = hashes[start:start + 500]
-        # By primary key: a condition on state would let SQLite walk the
-        # state index over every committed blob, once per query.
-        rows = conn.execute(
-            f"SELECT hash, state FROM blobs WHERE hash IN ({','.join('?' * len(part))})", part)
-        committed.update(h for h, state in rows if state == "committed")
-    if committed:
-        blobs = [b for b in blobs if b.hash not in committed]
-    if blobs:
-        queue.add_blobs(conn, snapshot_id, blobs)
-
-
 CHECKPOINT_SECONDS = 15.0
 COMMAND_TIMEOUT = 3600.0
 
@@ -408,7 +339,6 @@ def run_command(command, env):
     status = (f"exit status {done.returncode}" if done.returncode > 0
               else f"killed by signal {-done.returncode}")
     return False, f"failed ({status})" + (f": {lines[-1][:500]}" if lines else "")
-CHECKPOINT_KEY = "scan_checkpoint:"
 
 
 def _fingerprint(header, options, previous_logs):
@@ -420,14 +350,13 @@ def _fingerprint(header, options, previous_logs):
     return hashlib.sha256(text.encode("utf-8", "backslashreplace")).hexdigest()
 
 
-def load_checkpoint(conn, snapshot_id):
-    text = dbmod.get_meta(conn, CHECKPOINT_KEY + snapshot_id)
-    return json.loads(text) if text else None
+load_checkpoint = checkpoints.load
 
 
 def drop_checkpoint(conn, snapshot_id, logs_dir=None):
-    state = load_checkpoint(conn, snapshot_id)
-    conn.execute("DELETE FROM meta WHERE key = ?", (CHECKPOINT_KEY + snapshot_id,))
+    """Forget a scan's checkpoint, and with ``logs_dir`` delete the files it points at."""
+    state = checkpoints.load(conn, snapshot_id)
+    checkpoints.drop(conn, snapshot_id)
     if state is not None and logs_dir is not None:
         for name in (state["file"], state["file"] + ".links"):
             try:
@@ -487,8 +416,8 @@ class _Checkpoints:
         }
         with dbmod.transaction(self.conn):
             if batch:
-                queue_blobs(self.conn, self.snapshot_id, batch)
-            dbmod.set_meta(self.conn, CHECKPOINT_KEY + self.snapshot_id, json.dumps(state))
+                queue.add_uncommitted(self.conn, self.snapshot_id, batch)
+            checkpoints.save(self.conn, self.snapshot_id, state)
         batch.clear()
         self.last = time.monotonic()
 
@@ -511,8 +440,7 @@ def scan_to_log(db_path, snapshot_id, header, options, previous_logs, log_path, 
     """
     if header.kind == "incremental" and not previous_logs:
         raise ValueError("an incremental log needs its parent's logs")
-    conn = dbmod.connect(db_path, isolation_level=None)
-    conn.execute("PRAGMA synchronous=NORMAL")  # as the daemon's own connection (WAL)
+    conn = dbmod.connect_writer(db_path)
     logs_dir = os.path.dirname(log_path)
     batch = []
 
@@ -523,7 +451,7 @@ def scan_to_log(db_path, snapshot_id, header, options, previous_logs, log_path, 
 
     def flush():
         with dbmod.transaction(conn):
-            queue_blobs(conn, snapshot_id, batch)
+            queue.add_uncommitted(conn, snapshot_id, batch)
         batch.clear()
 
     fingerprint = _fingerprint(header, options, previous_logs)

@@ -23,6 +23,7 @@ import time
 
 import attr
 
+from gridbackupd.state import blobs as blobsmod
 from gridbackupd.state import db as dbmod
 
 USER_ROOTS = (b"/home", b"/root")
@@ -211,3 +212,18 @@ def pending_totals(conn):
         "SELECT count(*), coalesce(sum(size), 0) FROM blobs WHERE state = 'pending'"
     ).fetchone()
     return row[0], row[1]
+
+
+def add_uncommitted(conn, snapshot_id, blobs):
+    """
+    Queue a scan's blobs, leaving out those already committed: an unchanged
+    file's blobs usually are, and the snapshot needs nothing done for them
+    (a snapshot waits only for blobs that are pending or uploaded, and
+    committed is final).
+    """
+    with dbmod.transaction(conn):
+        committed = blobsmod.committed_among(conn, {b.hash for b in blobs})
+        if committed:
+            blobs = [b for b in blobs if b.hash not in committed]
+        if blobs:
+            add_blobs(conn, snapshot_id, blobs)

@@ -34,7 +34,10 @@ from gridbackupd.format.index import (
     settings_document,
 )
 from gridbackupd.model import short_cap
+from gridbackupd.state import blobs as blobsmod
+from gridbackupd.state import commits, snapshots
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import packs as packsmod
 from gridbackupd.waiters import Waiters
 
 __all__ = ["Publisher", "settings_document", "WriterLockHeld"]
@@ -189,63 +192,31 @@ class Publisher:
         """Publish every uploaded pack and inline blob that is not yet in a linked commit."""
         async with self.writing():
             await self._link_unlinked_commits()
-            packs = self.conn.execute(
-                "SELECT id, name, cap FROM packs WHERE commit_name IS NULL AND cap IS NOT NULL "
-                "ORDER BY name"
-            ).fetchall()
-            inline = self.conn.execute(
-                "SELECT hash, inline_data FROM blobs WHERE state = 'uploaded' "
-                "AND inline_data IS NOT NULL AND commit_name IS NULL ORDER BY hash"
-            ).fetchall()
+            packs = packsmod.uncommitted(self.conn)
+            inline = blobsmod.uncommitted_inline(self.conn)
             if not packs and not inline:
                 return None
             ids = [p[0] for p in packs]
-            marks = ",".join("?" * len(ids))
-            rows = self.conn.execute(
-                "SELECT b.hash, p.name, b.offset, b.length, b.size, b.compression "
-                f"FROM blobs b JOIN packs p ON b.pack_id = p.id WHERE p.id IN ({marks}) "
-                "ORDER BY b.hash",
-                ids,
-            ).fetchall()
-            segment = encode_index_segment(rows, [(h, bytes(d)) for h, d in inline])
+            rows = blobsmod.placed_in_packs(self.conn, ids)
+            segment = encode_index_segment(rows, inline)
             name = commit_name(segment)
             index_cap = await self.client.upload_bytes(segment)
             children = {p[1]: p[2] for p in packs}
             children["index"] = index_cap
             cap = await self.client.mkdir_immutable(children)
-            with dbmod.transaction(self.conn):
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 0)", (name, cap)
-                )
-                self.conn.execute(
-                    f"UPDATE packs SET commit_name = ? WHERE id IN ({marks})", [name, *ids]
-                )
-                self.conn.executemany(
-                    "UPDATE blobs SET commit_name = ? WHERE hash = ?", [(name, h) for h, _ in inline]
-                )
+            commits.record(self.conn, name, cap, ids, [h for h, _ in inline])
             await self._link_unlinked_commits()
             self.log.info("committed {packs} packs and {inline} inline blobs as {name}",
                           packs=len(packs), inline=len(inline), name=name)
             return name
 
     async def _link_unlinked_commits(self):
-        rows = self.conn.execute("SELECT name, cap FROM commits WHERE linked = 0").fetchall()
+        rows = commits.unlinked(self.conn)
         if not rows:
             await self._unlink_retired_commits()
             return
         await self.client.set_children(self.layout.commits, dict(rows))
-        with dbmod.transaction(self.conn):
-            for name, _ in rows:
-                self.conn.execute("UPDATE commits SET linked = 1 WHERE name = ?", (name,))
-                self.conn.execute(
-                    "UPDATE blobs SET state = 'committed' WHERE pack_id IN "
-                    "(SELECT id FROM packs WHERE commit_name = ?)",
-                    (name,),
-                )
-                self.conn.execute(
-                    "UPDATE blobs SET state = 'committed' WHERE commit_name = ? AND pack_id IS NULL",
-                    (name,),
-                )
+        commits.mark_linked(self.conn, [name for name, _ in rows])
         await self._unlink_retired_commits()
 
     async def _unlink_retired_commits(self):
@@ -254,16 +225,15 @@ class Publisher:
         after the commits that replace them are linked (the caller's order),
         so every blob a kept snapshot needs stays in a linked commit.
         """
-        rows = self.conn.execute("SELECT name FROM commits WHERE linked = -1").fetchall()
-        for (name,) in rows:
+        names = commits.retired(self.conn)
+        for name in names:
             try:
                 await self.client.unlink(self.layout.commits, name)
             except TahoeNotFound:
                 pass  # gone already: an earlier run unlinked it before it could say so
-            with dbmod.transaction(self.conn):
-                self.conn.execute("DELETE FROM commits WHERE name = ? AND linked = -1", (name,))
-        if rows:
-            self.log.info("unlinked {n} commits replaced by a prune", n=len(rows))
+            commits.drop_retired(self.conn, name)
+        if names:
+            self.log.info("unlinked {n} commits replaced by a prune", n=len(names))
 
     async def replace_commits(self):
         """Link the commits a prune wrote and unlink those they replace."""
@@ -287,32 +257,13 @@ class Publisher:
 
     async def publish_snapshots(self):
         """Upload and link the logs of snapshots that have nothing left to upload."""
-        ready = self.conn.execute(
-            "SELECT s.id, s.log_path FROM snapshots s WHERE s.state = 'uploading' AND NOT EXISTS ("
-            "  SELECT 1 FROM snapshot_blobs sb JOIN blobs b ON b.hash = sb.hash "
-            "  WHERE sb.snapshot = s.id AND b.state IN ('pending', 'uploaded')"
-            # An incremental log is only worth linking once its parent's is:
-            # a new machine reads the chain from the grid.
-            ") AND (s.parent IS NULL OR EXISTS ("
-            "  SELECT 1 FROM snapshots p WHERE p.id = s.parent AND p.log_cap IS NOT NULL"
-            ")) ORDER BY s.id"
-        ).fetchall()
+        ready = snapshots.ready_to_publish(self.conn)
         for snapshot_id, log_path in ready:
             async with self.writing():
                 cap = await self.client.upload_file(log_path)
                 await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
-                stale = self.conn.execute(
-                    "SELECT count(*) FROM snapshot_blobs sb JOIN blobs b ON b.hash = sb.hash "
-                    "WHERE sb.snapshot = ? AND b.state = 'stale'",
-                    (snapshot_id,),
-                ).fetchone()[0]
-                with dbmod.transaction(self.conn):
-                    self.conn.execute(
-                        "UPDATE snapshots SET state = ?, log_cap = ?, complete = ? WHERE id = ?",
-                        ("complete" if not stale else "incomplete", cap, int(not stale), snapshot_id),
-                    )
-                    # What is committed no longer needs tracking per snapshot.
-                    self.conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
+                stale = snapshots.stale_blob_count(self.conn, snapshot_id)
+                snapshots.mark_complete(self.conn, snapshot_id, cap, complete=not stale)
                 self.log.info(
                     "published snapshot {id} (log {cap})", id=snapshot_id, cap=short_cap(cap)
                 )

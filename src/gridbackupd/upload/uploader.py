@@ -29,8 +29,7 @@ from twisted.logger import Logger
 
 from gridbackupd.errors import TahoeError
 from gridbackupd.model import short_cap
-from gridbackupd.state import db as dbmod
-from gridbackupd.state import queue
+from gridbackupd.state import blobs, packs, queue
 from gridbackupd.upload import packer
 from gridbackupd.upload.publisher import WriterLockHeld
 
@@ -197,32 +196,17 @@ class Uploader:
         if not self.spool_dir or not (everything or self._spooled):
             return
         prefix = os.fsencode(os.path.join(self.spool_dir, ""))
-        query = ("SELECT hash, source_path FROM blobs WHERE state = 'committed' "
-                 "AND substr(source_path, 1, ?) = ?")
-        if everything:
-            rows = self.conn.execute(query, (len(prefix), prefix)).fetchall()
-        else:
-            hashes = list(self._spooled)
-            rows = self.conn.execute(
-                query + f" AND hash IN ({','.join('?' * len(hashes))})",
-                (len(prefix), prefix, *hashes)).fetchall()
+        rows = blobs.committed_sources_under(self.conn, prefix, None if everything else self._spooled)
         for h, path in rows:
             self._spooled.discard(h)
             try:
-                os.unlink(bytes(path))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
-        with dbmod.transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE blobs SET source_path = NULL, source_offset = NULL WHERE hash = ?",
-                [(h,) for h, _ in rows])
+        blobs.forget_sources(self.conn, [h for h, _ in rows])
 
     def _has_uncommitted(self):
-        return self.conn.execute(
-            "SELECT 1 FROM packs WHERE commit_name IS NULL AND cap IS NOT NULL "
-            "UNION ALL SELECT 1 FROM blobs WHERE state = 'uploaded' AND inline_data IS NOT NULL "
-            "AND commit_name IS NULL LIMIT 1"
-        ).fetchone() is not None
+        return packs.anything_uncommitted(self.conn)
 
     async def upload_pending(self):
         """Pack and upload pending blobs, up to ``parallel`` packs at a time, until none is left."""
@@ -318,38 +302,17 @@ class Uploader:
         self._recent.append((now, nbytes))
 
     def _record(self, built, cap):
-        with dbmod.transaction(self.conn):
-            row = self.conn.execute("SELECT id FROM packs WHERE name = ?", (built.name,)).fetchone()
-            if row is None:
-                pack_id = self.conn.execute(
-                    "INSERT INTO packs (name, cap, size) VALUES (?, ?, ?)",
-                    (built.name, cap, built.size),
-                ).lastrowid
-            else:
-                pack_id = row[0]
-            self.conn.executemany(
-                "UPDATE blobs SET state = 'uploaded', pack_id = ?, offset = ?, length = ?, "
-                "compression = ? WHERE hash = ? AND state = 'pending'",
-                [(pack_id, b.offset, b.length, b.compression, b.hash) for b in built.blobs],
-            )
+        packs.record(self.conn, built.name, cap, built.size,
+                     [(b.hash, b.offset, b.length, b.compression) for b in built.blobs])
 
     def _record_inline(self, found):
         if not found:
             return
-        with dbmod.transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE blobs SET state = 'uploaded', inline_data = ?, pack_id = NULL, "
-                "offset = NULL, length = ?, compression = 'none' WHERE hash = ? AND state = 'pending'",
-                [(data, len(data), h) for h, data in found.items()],
-            )
+        blobs.mark_inlined(self.conn, found)
         self.inlined_blobs += len(found)
 
     def _mark_stale(self, hashes):
-        with dbmod.transaction(self.conn):
-            self.conn.executemany(
-                "UPDATE blobs SET state = 'stale' WHERE hash = ? AND state = 'pending'",
-                [(h,) for h in hashes],
-            )
+        blobs.mark_stale(self.conn, hashes)
         self.log.warn("{n} blobs changed on disk since their scan; the next scan reads them again",
                       n=len(hashes))
 

@@ -20,7 +20,7 @@ _IN_CHUNK = 500
 def committed_among(conn, hashes):
     """The subset of ``hashes`` that is ``committed`` (final: nothing to queue for it)."""
     hashes = list(hashes)
-    committed = set()
+    committed: set[str] = set()
     for start in range(0, len(hashes), _IN_CHUNK):
         part = hashes[start:start + _IN_CHUNK]
         # By primary key: a condition on state would let SQLite walk the

@@ -172,7 +172,7 @@ def add_blobs(conn, snapshot_id, blobs, now=None, weights=None):
 
 def next_batch(conn, target_size, exclude):
     """The pending blobs that go into the next pack: by effective priority, up to a size."""
-    batch = []
+    batch: list[QueuedBlob] = []
     total = 0
     rows = conn.execute(
         "SELECT hash, size, source_path, source_offset FROM blobs "

@@ -124,3 +124,47 @@ def forget_sources(conn, hashes):
         conn.executemany(
             "UPDATE blobs SET source_path = NULL, source_offset = NULL WHERE hash = ?",
             [(h,) for h in hashes])
+
+
+# -- for restores, recovery and checks -------------------------------------------
+
+
+def locate(conn, blob_hash):
+    """
+    Where a blob's bytes are, for a restore: (pack cap, offset, length,
+    compression), the bytes themselves when the index holds the blob
+    inline, or None when it is not in a pack yet (or unknown).  Any state
+    counts: a blob with a pack is readable whether or not its commit is
+    linked yet.
+    """
+    row = conn.execute(
+        "SELECT p.cap, b.offset, b.length, b.compression, b.inline_data FROM blobs b "
+        "LEFT JOIN packs p ON p.id = b.pack_id WHERE b.hash = ?",
+        (blob_hash,),
+    ).fetchone()
+    if row is None:
+        return None
+    if row[4] is not None:
+        return bytes(row[4])
+    if row[0] is None:
+        return None
+    return tuple(row[:4])
+
+
+def known(conn, blob_hash):
+    """Whether the index has a row for the blob, in any state; reads only."""
+    return conn.execute("SELECT 1 FROM blobs WHERE hash = ?", (blob_hash,)).fetchone() is not None
+
+
+def hashes_in_pack(conn, pack_name):
+    """The hashes of the blobs the index places in the pack named ``pack_name``."""
+    return {row[0] for row in conn.execute(
+        "SELECT b.hash FROM blobs b JOIN packs p ON p.id = b.pack_id WHERE p.name = ?",
+        (pack_name,))}
+
+
+def hashes_in_commit(conn, commit_name):
+    """The hashes of the blobs the index places in the packs of commit ``commit_name``."""
+    return {row[0] for row in conn.execute(
+        "SELECT b.hash FROM blobs b JOIN packs p ON p.id = b.pack_id "
+        "WHERE p.commit_name = ?", (commit_name,))}

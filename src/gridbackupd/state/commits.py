@@ -50,3 +50,35 @@ def drop_retired(conn, name):
     """A retired commit's row goes once it is unlinked from the grid; a live one is never dropped."""
     with dbmod.transaction(conn):
         conn.execute("DELETE FROM commits WHERE name = ? AND linked = -1", (name,))
+
+
+def record_recovered(conn, name, cap, packs, blobs, inline):
+    """
+    A commit read back from the grid, in one transaction: it is linked; its
+    packs ((name, cap, size)) belong to it; its blobs ((hash, pack name,
+    offset, length, size, compression)) and inline blobs (``.hash``,
+    ``.data``) are ``committed``, replacing any rows of the same keys.
+    """
+    with dbmod.transaction(conn):
+        pack_ids = {}
+        for pack_name, pack_cap, size in packs:
+            conn.execute(
+                "INSERT INTO packs (name, cap, size, commit_name) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET cap = excluded.cap, commit_name = excluded.commit_name",
+                (pack_name, pack_cap, size, name),
+            )
+            pack_ids[pack_name] = conn.execute(
+                "SELECT id FROM packs WHERE name = ?", (pack_name,)).fetchone()[0]
+        for h, pack_name, offset, length, size, compression in blobs:
+            conn.execute(
+                "INSERT OR REPLACE INTO blobs (hash, size, state, pack_id, offset, length, compression, "
+                "commit_name) VALUES (?, ?, 'committed', ?, ?, ?, ?, ?)",
+                (h, size, pack_ids[pack_name], offset, length, compression, name),
+            )
+        for blob in inline:
+            conn.execute(
+                "INSERT OR REPLACE INTO blobs (hash, size, state, inline_data, compression, commit_name) "
+                "VALUES (?, ?, 'committed', ?, 'none', ?)",
+                (blob.hash, len(blob.data), blob.data, name),
+            )
+        conn.execute("INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 1)", (name, cap))

@@ -207,6 +207,16 @@ def connect_writer(path):
     return conn
 
 
+def read_only_connection(path):
+    """A connection that can only read the state database at ``path`` (SQLite refuses its writes)."""
+    return sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+
+
+def database_path(conn):
+    """The file of ``conn``'s main database, for a worker thread's own connection to it."""
+    return conn.execute("PRAGMA database_list").fetchone()[2]
+
+
 @contextlib.contextmanager
 def worker_connection(path):
     """``with worker_connection(db_path) as conn:`` a ``connect``ed connection, closed after."""

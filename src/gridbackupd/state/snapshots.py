@@ -160,3 +160,127 @@ def mark_complete(conn, snapshot_id, log_cap, complete):
         )
         # What is committed no longer needs tracking per snapshot.
         conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
+
+
+# -- for restores and drills ---------------------------------------------------
+
+
+def newest_complete(conn, prefer_host, not_after=None):
+    """
+    (id, log_path, log_cap) of the newest complete snapshot of
+    ``prefer_host``, else of any host; started no later than ``not_after``
+    (seconds) if given.  None if there is none.
+    """
+    if not_after is None:
+        return conn.execute(
+            "SELECT id, log_path, log_cap FROM snapshots WHERE complete = 1 "
+            "ORDER BY host = ? DESC, id DESC LIMIT 1",
+            (prefer_host,),
+        ).fetchone()
+    return conn.execute(
+        "SELECT id, log_path, log_cap FROM snapshots WHERE complete = 1 "
+        "AND coalesce(started, requested) <= ? ORDER BY host = ? DESC, id DESC LIMIT 1",
+        (not_after, prefer_host),
+    ).fetchone()
+
+
+def with_log(conn, snapshot_id):
+    """(id, log_path, log_cap) if the snapshot has a log here or on the grid, complete or not; else None."""
+    return conn.execute(
+        "SELECT id, log_path, log_cap FROM snapshots WHERE id = ? "
+        "AND (log_path IS NOT NULL OR log_cap IS NOT NULL)",
+        (snapshot_id,),
+    ).fetchone()
+
+
+def count_complete(conn):
+    """How many snapshots are complete (every blob they name is on the grid)."""
+    return conn.execute("SELECT count(*) FROM snapshots WHERE complete = 1").fetchone()[0]
+
+
+def nth_complete(conn, n):
+    """The id of the ``n``-th complete snapshot in id order (from 0), or None."""
+    row = conn.execute(
+        "SELECT id FROM snapshots WHERE complete = 1 ORDER BY id LIMIT 1 OFFSET ?", (n,)).fetchone()
+    return row[0] if row is not None else None
+
+
+# -- for forgetting, pruning and checking --------------------------------------
+
+# A snapshot whose entries still count for pruning: on the grid, or on its way there.
+USING_BLOBS = ("uploading", "complete", "incomplete")
+
+
+def hosts(conn):
+    """{snapshot id: host} of every snapshot."""
+    return dict(conn.execute("SELECT id, host FROM snapshots"))
+
+
+def lineage(conn):
+    """(id, state, host, time, parent) of every snapshot; time is when it started, else was requested."""
+    return conn.execute(
+        "SELECT id, state, host, coalesce(started, requested), parent FROM snapshots"
+    ).fetchall()
+
+
+def children(conn):
+    """{parent id: [ids of the snapshots whose log is an increment on it]}."""
+    found: dict[str, list[str]] = {}
+    for snapshot_id, parent in conn.execute("SELECT id, parent FROM snapshots WHERE parent IS NOT NULL"):
+        found.setdefault(parent, []).append(snapshot_id)
+    return found
+
+
+def ids_on_grid(conn):
+    """The ids of the snapshots whose log is linked on the grid, oldest request first."""
+    return [row[0] for row in conn.execute(
+        "SELECT id FROM snapshots WHERE log_cap IS NOT NULL ORDER BY requested, id")]
+
+
+def ids_using_blobs(conn):
+    """The ids of the snapshots whose entries keep their blobs alive (``USING_BLOBS``)."""
+    marks = ",".join("?" * len(USING_BLOBS))
+    return [row[0] for row in conn.execute(
+        f"SELECT id FROM snapshots WHERE state IN ({marks})", USING_BLOBS)]
+
+
+def log_of(conn, snapshot_id):
+    """(kind, log_path, log_cap) of the snapshot, or None if there is no such snapshot."""
+    return conn.execute(
+        "SELECT kind, log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+
+
+def mark_full(conn, snapshot_id, log_cap):
+    """The snapshot's log was rewritten as a full log: no parent, and ``log_cap`` is the new log's cap."""
+    with dbmod.transaction(conn):
+        conn.execute(
+            "UPDATE snapshots SET kind = 'full', parent = NULL, log_cap = ? WHERE id = ?",
+            (log_cap, snapshot_id))
+
+
+def forget(conn, snapshot_id):
+    """The snapshot is gone, with the blobs it held on to, in one transaction (a no-op if already gone)."""
+    with dbmod.transaction(conn):
+        conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
+        conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+
+# -- for disaster recovery -----------------------------------------------------
+
+
+def put_recovered(conn, rows):
+    """
+    Recovered snapshots (dicts: id, state, kind, parent, host, paths, tags,
+    started, finished, files, bytes, log_path, log_cap, complete) replace
+    any rows of the same ids, all in one transaction; requested = started,
+    no errors.
+    """
+    with dbmod.transaction(conn):
+        conn.executemany(
+            "INSERT OR REPLACE INTO snapshots (id, state, kind, parent, host, paths, tags, "
+            "requested, started, finished, files, bytes, errors, log_path, log_cap, complete) "
+            "VALUES (:id, :state, :kind, :parent, :host, :paths, :tags, :started, :started, "
+            ":finished, :files, :bytes, '[]', :log_path, :log_cap, :complete)",
+            rows,
+        )
+

@@ -24,6 +24,7 @@ from gridbackupd.format.chain import ChainError, snapshot_entries
 from gridbackupd.format.log import LogFormatError
 from gridbackupd.grid.tahoe import scrub_caps
 from gridbackupd.maintenance.reachable import ROOT, ReachableRun, for_each_reachable
+from gridbackupd.state import blobs, snapshots
 from gridbackupd.state import db as dbmod
 
 __all__ = ["affected_by", "check_and_repair", "classify"]
@@ -86,9 +87,7 @@ def classify(answer: dict, repair: bool) -> dict:
 
 def _descendants(conn, snapshot_id) -> list[str]:
     """``snapshot_id`` and every snapshot whose chain of parents includes it."""
-    children = {}
-    for sid, parent in conn.execute("SELECT id, parent FROM snapshots WHERE parent IS NOT NULL"):
-        children.setdefault(parent, []).append(sid)
+    children = snapshots.children(conn)
     found, todo = [], [snapshot_id]
     while todo:
         sid = todo.pop(0)
@@ -110,17 +109,15 @@ def _search_logs(conn, wanted, logs_dir):
     answer maps each key to the snapshots and files that reference any of
     them.  Snapshots whose local log cannot be read are listed apart.
     """
-    found = {key: {"snapshots": [], "files": [], "files_count": 0} for key in wanted}
-    by_hash = {}
+    found: dict[str, dict] = {key: {"snapshots": [], "files": [], "files_count": 0} for key in wanted}
+    by_hash: dict[str, list[str]] = {}
     for key, hashes in wanted.items():
         for h in hashes:
             by_hash.setdefault(h, []).append(key)
-    not_searched = []
+    not_searched: list[dict] = []
     if not by_hash:
         return found, not_searched
-    ids = [row[0] for row in conn.execute(
-        "SELECT id FROM snapshots WHERE log_cap IS NOT NULL ORDER BY requested, id")]
-    for sid in ids:
+    for sid in snapshots.ids_on_grid(conn):
         hits = set()
         try:
             for entry in snapshot_entries(conn, sid, logs_dir):
@@ -143,14 +140,10 @@ def _blobs_lost(conn, name):
     """The blob hashes lost with a pack, an index or a commit; None for other objects."""
     match = _PACK.match(name)
     if match:
-        return {row[0] for row in conn.execute(
-            "SELECT b.hash FROM blobs b JOIN packs p ON p.id = b.pack_id WHERE p.name = ?",
-            (match.group(2),))}
+        return blobs.hashes_in_pack(conn, match.group(2))
     match = _INDEX.match(name) or _COMMIT.match(name)
     if match:
-        return {row[0] for row in conn.execute(
-            "SELECT b.hash FROM blobs b JOIN packs p ON p.id = b.pack_id "
-            "WHERE p.commit_name = ?", (match.group(1),))}
+        return blobs.hashes_in_commit(conn, match.group(1))
     return None
 
 
@@ -172,11 +165,11 @@ def affected_by(conn, names, logs_dir: str | None) -> list[dict]:
             reports.append({"name": name, "kind": "directory", "affects": under})
         elif name in _LAYOUT_FILES:
             reports.append({"name": name, "kind": "file", "affects": _LAYOUT_FILES[name]})
-        elif _SNAPSHOT_LOG.match(name):
+        elif (log_name := _SNAPSHOT_LOG.match(name)) is not None:
             reports.append({
                 "name": name, "kind": "snapshot-log",
                 "affects": "these snapshots (the snapshot and those whose chain includes it)",
-                "snapshots": _descendants(conn, _SNAPSHOT_LOG.match(name).group(1))})
+                "snapshots": _descendants(conn, log_name.group(1))})
         else:
             hashes = _blobs_lost(conn, name)
             if hashes is None:
@@ -231,7 +224,7 @@ async def check_and_repair(ctx) -> dict:
     rng = random.Random(ctx.options.get("seed"))
     counts = dict(checked=0, verified=0, healthy=0, unhealthy=0, repaired=0,
                   still_unhealthy=0, unrecoverable=0, corrupt_shares=0)
-    unhealthy_objects = []
+    unhealthy_objects: list[dict] = []
     unrecoverable = []
 
     run = ReachableRun(ctx.progress)

@@ -31,6 +31,7 @@ from gridbackupd.model import FILE
 from gridbackupd.restore.engine import RestoreProgress
 from gridbackupd.restore.targetfs import UnsafePath, components, hash_file
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
 
 log = Logger()
 
@@ -106,7 +107,7 @@ async def _drill(ctx, wanted, rnd, target):
 
 
 # id(ctx) -> the scratch directory of each drill running in this process.
-_active = {}
+_active: dict[int, str] = {}
 
 
 def remove_leftovers(root, keep):
@@ -155,21 +156,14 @@ def _pick_snapshot(ctx, rnd):
     """(snapshot id, None), or (None, why there is nothing to drill)."""
     chosen = ctx.options.get("snapshot")
     if chosen is not None:
-        row = ctx.conn.execute(
-            "SELECT id FROM snapshots WHERE id = ? AND (log_path IS NOT NULL OR log_cap IS NOT NULL)",
-            (chosen,),
-        ).fetchone()
+        row = snapshots.with_log(ctx.conn, chosen)
         if row is None:
             return None, f"no snapshot {chosen!r} with a log to drill"
         return row[0], None
-    count = ctx.conn.execute("SELECT count(*) FROM snapshots WHERE complete = 1").fetchone()[0]
+    count = snapshots.count_complete(ctx.conn)
     if not count:
         return None, "no complete snapshot to drill"
-    row = ctx.conn.execute(
-        "SELECT id FROM snapshots WHERE complete = 1 ORDER BY id LIMIT 1 OFFSET ?",
-        (rnd.randrange(count),),
-    ).fetchone()
-    return row[0], None
+    return snapshots.nth_complete(ctx.conn, rnd.randrange(count)), None
 
 
 class Sample:
@@ -233,7 +227,7 @@ async def _restore(ctx, snapshot_id, files, target):
     whole is a reason for every file.
     """
     progress = RestoreProgress()
-    reasons = {}
+    reasons: dict[bytes, list[str]] = {}
     if not files:
         return reasons  # (no paths would mean the whole snapshot)
     try:

@@ -22,6 +22,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.log import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
 
 log = Logger()
 
@@ -39,9 +40,7 @@ class ForgetPlan:
     refused: tuple = ()  # (id, reason) for named ids that cannot be forgotten
 
     def as_dict(self, conn=None):
-        hosts = {}
-        if conn is not None:
-            hosts = dict(conn.execute("SELECT id, host FROM snapshots"))
+        hosts = snapshots.hosts(conn) if conn is not None else {}
         return {
             "forget": list(self.forget),
             "keep": [{"id": i, "host": hosts.get(i), "reasons": list(r)}
@@ -56,9 +55,7 @@ def plan_forget(conn, policy=None, ids=None, tz=None):
     What forgetting would do: by ``policy`` (a RetentionPolicy) over the
     published snapshots, or the snapshots named in ``ids``.
     """
-    rows = conn.execute(
-        "SELECT id, state, host, coalesce(started, requested), parent FROM snapshots"
-    ).fetchall()
+    rows = snapshots.lineage(conn)
     states = {r[0]: r[1] for r in rows}
     refused = []
     if ids is not None:
@@ -94,16 +91,13 @@ async def forget(ctx, plan):
     forgotten = 0
     for snapshot_id in plan.forget:
         ctx.check_stopping()
-        row = ctx.conn.execute(
-            "SELECT log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        row = snapshots.log_of(ctx.conn, snapshot_id)
         if row is None:
             continue  # forgotten by an earlier, interrupted run
-        log_path, log_cap = row
+        _, log_path, log_cap = row
         if log_cap:
             await ctx.publisher.unlink_snapshot_log(snapshot_id)
-        with dbmod.transaction(ctx.conn):
-            ctx.conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
-            ctx.conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+        snapshots.forget(ctx.conn, snapshot_id)
         if log_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(log_path)
@@ -114,8 +108,7 @@ async def forget(ctx, plan):
 
 
 async def _rewrite_full(ctx, snapshot_id):
-    row = ctx.conn.execute(
-        "SELECT kind, log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    row = snapshots.log_of(ctx.conn, snapshot_id)
     if row is None or row[0] == "full" or not row[1]:
         return False
     _, log_path, log_cap = row
@@ -131,10 +124,7 @@ async def _rewrite_full(ctx, snapshot_id):
             os.unlink(tmp)
         raise
     os.replace(tmp, log_path)
-    with dbmod.transaction(ctx.conn):
-        ctx.conn.execute(
-            "UPDATE snapshots SET kind = 'full', parent = NULL, log_cap = ? WHERE id = ?",
-            (cap, snapshot_id))
+    snapshots.mark_full(ctx.conn, snapshot_id, cap)
     log.info("rewrote the log of {id} as a full log: its parent is forgotten", id=snapshot_id)
     return True
 

@@ -11,11 +11,21 @@ daemon stop does not wait for a long walk.  The scheduler (maintenance.py)
 owns the ``jobs`` table; a job only touches its own items.
 """
 
+import sqlite3
+from typing import TYPE_CHECKING
+
 import attr
+from twisted.internet.interfaces import IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
 
 from gridbackupd.errors import GridBackupError
-from gridbackupd.state import db as dbmod
+from gridbackupd.state import jobs as jobstate
+
+if TYPE_CHECKING:
+    from gridbackupd.grid.tahoe import TahoeClient
+    from gridbackupd.restore.requests import Restorer
+    from gridbackupd.upload.publisher import Publisher
 
 
 class JobStopped(GridBackupError):
@@ -24,18 +34,18 @@ class JobStopped(GridBackupError):
 
 @attr.define(eq=False)
 class JobContext:
-    reactor: object
-    conn: object  # the daemon's SQLite connection: use it on the reactor thread only
+    reactor: IReactorFromThreads
+    conn: sqlite3.Connection  # the daemon's: use it on the reactor thread only
     db_path: str  # for a worker thread's own connection
-    client: object  # TahoeClient
+    client: "TahoeClient"
     rootcap: str = attr.field(repr=False)
-    pool: object  # the daemon's worker ThreadPool
+    pool: ThreadPool  # the daemon's worker pool
     state_dir: str
     job_id: str
     options: dict = attr.Factory(dict)
     progress: dict = attr.Factory(dict)
-    publisher: object = None  # the Publisher (writer lock, commits); None when read-only
-    restorer: object = None
+    publisher: "Publisher | None" = None  # writer lock, commits; None when read-only
+    restorer: "Restorer | None" = None
     stopping: bool = False
 
     def in_thread(self, fn, *args):
@@ -47,17 +57,10 @@ class JobContext:
             raise JobStopped("the daemon is stopping")
 
     def is_done(self, item):
-        return self.conn.execute(
-            "SELECT 1 FROM job_items WHERE job = ? AND item = ?", (self.job_id, item)
-        ).fetchone() is not None
+        return jobstate.item_done(self.conn, self.job_id, item)
 
     def done_items(self):
-        return {row[0] for row in self.conn.execute(
-            "SELECT item FROM job_items WHERE job = ?", (self.job_id,))}
+        return jobstate.done_items(self.conn, self.job_id)
 
     def mark_done(self, items):
-        with dbmod.transaction(self.conn):
-            self.conn.executemany(
-                "INSERT OR IGNORE INTO job_items (job, item) VALUES (?, ?)",
-                [(self.job_id, item) for item in items],
-            )
+        jobstate.mark_items_done(self.conn, self.job_id, items)

@@ -31,6 +31,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.index import commit_name, encode_index_segment
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import liveset, snapshots
 from gridbackupd.upload import packer
 
 log = Logger()
@@ -85,7 +86,7 @@ class PrunePlan:
 class _Session:
     """
     A connection of the prune's own, in worker threads only, holding the
-    live set in a temporary table from the plan to the final transaction.
+    live set (``state.liveset``) from the plan to the final transaction.
     """
 
     def __init__(self, db_path, logs_dir):
@@ -97,44 +98,35 @@ class _Session:
 
     def find_live(self, exclude=()):
         conn = self.conn
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS live (hash TEXT PRIMARY KEY) WITHOUT ROWID")
-        conn.execute("DELETE FROM live")
-        snapshots = [r[0] for r in conn.execute(
-            "SELECT id FROM snapshots WHERE state IN ('uploading', 'complete', 'incomplete')")]
-        for snapshot_id in snapshots:
+        liveset.reset(conn)
+        for snapshot_id in snapshots.ids_using_blobs(conn):
             if snapshot_id in exclude:
                 continue
-            batch = []
+            batch: list[str] = []
             try:
                 for entry in chain.snapshot_entries(conn, snapshot_id, self.logs_dir):
-                    batch.extend((h,) for h, _ in entry.blobs)
+                    batch.extend(h for h, _ in entry.blobs)
                     if len(batch) >= 10000:
-                        conn.executemany("INSERT OR IGNORE INTO live VALUES (?)", batch)
+                        liveset.add(conn, batch)
                         batch = []
             except (OSError, chain.LogFormatError) as e:
                 raise PruneError(
                     f"cannot read snapshot {snapshot_id} to know which blobs it uses, "
                     f"so nothing is pruned: {e}") from None
-            conn.executemany("INSERT OR IGNORE INTO live VALUES (?)", batch)
-        conn.execute("INSERT OR IGNORE INTO live SELECT hash FROM snapshot_blobs")
+            liveset.add(conn, batch)
+        liveset.add_held(conn)
 
     def plan(self, repack_threshold, exclude=()):
         self.find_live(set(exclude))
         conn = self.conn
-        live = conn.execute("SELECT count(*) FROM live").fetchone()[0]
+        live = liveset.count(conn)
         commits = []
         total_dead = 0
-        for (name,) in conn.execute("SELECT name FROM commits WHERE linked = 1 ORDER BY name").fetchall():
+        for name in liveset.linked_commits(conn):
             fates = []
             dead = 0
-            for pack_id, pack_name, cap, size in conn.execute(
-                    "SELECT id, name, cap, size FROM packs WHERE commit_name = ? ORDER BY name",
-                    (name,)).fetchall():
-                live_bytes, live_n, dead_n = conn.execute(
-                    "SELECT coalesce(sum(CASE WHEN l.hash IS NOT NULL THEN b.length END), 0), "
-                    "count(l.hash), count(*) - count(l.hash) "
-                    "FROM blobs b LEFT JOIN live l ON l.hash = b.hash "
-                    "WHERE b.pack_id = ? AND b.state = 'committed'", (pack_id,)).fetchone()
+            for pack_id, pack_name, cap, size in liveset.packs_of(conn, name):
+                live_bytes, live_n, dead_n = liveset.pack_liveness(conn, pack_id)
                 dead += dead_n
                 if live_n == 0:
                     fate = "drop"
@@ -143,10 +135,7 @@ class _Session:
                 else:
                     fate = "keep"
                 fates.append(PackFate(pack_id, pack_name, cap, size, live_bytes, fate))
-            dead += conn.execute(
-                "SELECT count(*) FROM blobs b WHERE b.commit_name = ? AND b.pack_id IS NULL "
-                "AND b.state = 'committed' AND b.hash NOT IN (SELECT hash FROM live)",
-                (name,)).fetchone()[0]
+            dead += liveset.dead_inline(conn, name)
             if dead:
                 commits.append(CommitPlan(name, tuple(fates), dead))
                 total_dead += dead
@@ -154,96 +143,41 @@ class _Session:
 
     def live_blobs_of(self, pack_ids):
         """(hash, offset, length, size, compression) of the live blobs of packs, by pack id."""
-        out = {}
-        for pack_id in pack_ids:
-            out[pack_id] = self.conn.execute(
-                "SELECT b.hash, b.offset, b.length, b.size, b.compression FROM blobs b "
-                "JOIN live l ON l.hash = b.hash WHERE b.pack_id = ? AND b.state = 'committed' "
-                "ORDER BY b.offset", (pack_id,)).fetchall()
-        return out
+        return {pack_id: liveset.live_in_pack(self.conn, pack_id) for pack_id in pack_ids}
 
     def segment_of(self, commit):
         """The index segment of a commit's survivors: kept packs' live blobs, live inline blobs."""
-        kept = [p for p in commit.packs if p.fate == "keep"]
-        rows = []
-        for pack in kept:
-            rows += [
-                (h, pack.name, o, n, s, c) for h, o, n, s, c in self.conn.execute(
-                    "SELECT b.hash, b.offset, b.length, b.size, b.compression FROM blobs b "
-                    "JOIN live l ON l.hash = b.hash WHERE b.pack_id = ? AND b.state = 'committed'",
-                    (pack.id,))
-            ]
-        inline = [(h, bytes(d)) for h, d in self.conn.execute(
-            "SELECT b.hash, b.inline_data FROM blobs b JOIN live l ON l.hash = b.hash "
-            "WHERE b.commit_name = ? AND b.pack_id IS NULL AND b.state = 'committed'",
-            (commit.name,))]
+        rows = [
+            (h, pack.name, o, n, s, c)
+            for pack in commit.packs if pack.fate == "keep"
+            for h, o, n, s, c in liveset.live_in_pack(self.conn, pack.id)
+        ]
+        inline = liveset.live_inline(self.conn, commit.name)
         if not rows and not inline:
             return None
         return encode_index_segment(rows, inline)
 
     def apply(self, plan, replacements, new_packs, new_commit):
         """
-        One transaction: the new packs and commits, every live blob at its
-        place, the dead blobs and the left-out packs gone, the replaced
-        commits retired (``linked = -1``: the publisher unlinks them).
+        One transaction (``liveset.drop_dead``): the new packs and commits,
+        every live blob at its place, the dead blobs and the left-out packs
+        gone, the replaced commits retired (the publisher unlinks them).
         ``replacements``: old commit name -> (new name, cap) or None.
         ``new_packs``: (BuiltPack, cap) of the repacked blobs, all in
         ``new_commit`` (name, cap) unless that is None.
         """
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
+        commits = [
+            (commit.name, [p.id for p in commit.packs if p.fate == "keep"],
+             [p.id for p in commit.packs if p.fate != "keep"], replacements.get(commit.name))
+            for commit in plan.commits
+        ]
+        packs = [(built.name, cap, built.size,
+                  [(b.hash, b.offset, b.length, b.compression) for b in built.blobs])
+                 for built, cap in new_packs]
         try:
-            if new_commit is not None:
-                conn.execute("INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 0)",
-                             new_commit)
-            for built, cap in new_packs:
-                conn.execute(
-                    "INSERT INTO packs (name, cap, size, commit_name) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET cap = excluded.cap, "
-                    "commit_name = excluded.commit_name",
-                    (built.name, cap, built.size, new_commit[0]))
-                pack_id = conn.execute(
-                    "SELECT id FROM packs WHERE name = ?", (built.name,)).fetchone()[0]
-                conn.executemany(
-                    "UPDATE blobs SET pack_id = ?, offset = ?, length = ?, compression = ? "
-                    "WHERE hash = ?",
-                    [(pack_id, b.offset, b.length, b.compression, b.hash) for b in built.blobs])
-            for commit in plan.commits:
-                gone = [p.id for p in commit.packs if p.fate != "keep"]
-                kept = [p.id for p in commit.packs if p.fate == "keep"]
-                ids = [p.id for p in commit.packs]
-                marks = ",".join("?" * len(ids))
-                if ids:
-                    conn.execute(
-                        f"DELETE FROM blobs WHERE pack_id IN ({marks}) AND state = 'committed' "
-                        "AND hash NOT IN (SELECT hash FROM live)", ids)
-                conn.execute(
-                    "DELETE FROM blobs WHERE commit_name = ? AND pack_id IS NULL "
-                    "AND state = 'committed' AND hash NOT IN (SELECT hash FROM live)",
-                    (commit.name,))
-                if gone:
-                    still = conn.execute(
-                        f"SELECT count(*) FROM blobs WHERE pack_id IN ({','.join('?' * len(gone))})",
-                        gone).fetchone()[0]
-                    if still:
-                        raise PruneError(f"{still} live blobs would lose their pack; nothing pruned")
-                    conn.execute(f"DELETE FROM packs WHERE id IN ({','.join('?' * len(gone))})", gone)
-                replacement = replacements.get(commit.name)
-                if replacement is not None:
-                    conn.execute("INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 0)",
-                                 replacement)
-                    if kept:
-                        conn.execute(
-                            f"UPDATE packs SET commit_name = ? WHERE id IN ({','.join('?' * len(kept))})",
-                            [replacement[0], *kept])
-                    conn.execute(
-                        "UPDATE blobs SET commit_name = ? WHERE commit_name = ? AND pack_id IS NULL",
-                        (replacement[0], commit.name))
-                conn.execute("UPDATE commits SET linked = -1 WHERE name = ?", (commit.name,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+            liveset.drop_dead(self.conn, commits, packs, new_commit)
+        except liveset.DeadPackInUse as e:
+            raise PruneError(str(e)) from None
 
 
 async def dry_run(ctx, repack_threshold=REPACK_THRESHOLD, forgotten=()):
@@ -275,7 +209,7 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
                     for built, _ in new_packs for b in built.blobs]
             new_commit = await _upload_commit(
                 ctx, encode_index_segment(rows), {built.name: cap for built, cap in new_packs})
-        replacements = {}
+        replacements: dict[str, tuple[str, str] | None] = {}
         for commit in plan.commits:
             ctx.check_stopping()
             await ctx.publisher.check_writer()
@@ -309,7 +243,7 @@ async def _repack(ctx, session, plan, pack_size):
     live = await ctx.in_thread(session.live_blobs_of, [p.id for p in sources])
     workdir = os.path.join(ctx.state_dir, "packs")
     written = []
-    pending = []
+    pending: list[tuple[str, bytes, str, int]] = []
     pending_bytes = 0
 
     async def flush():

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from gridbackupd.errors import APIError
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
-from gridbackupd.state import db as dbmod
+from gridbackupd.state import jobs as jobstate
 from gridbackupd.waiters import SerialRunner, Waiters
 
 KINDS = ("leases", "check", "drill", "forget", "prune")
@@ -119,10 +119,7 @@ class Maintenance:
 
     def start(self):
         """Resume interrupted jobs and start the schedule (the grid side is up)."""
-        with dbmod.transaction(self.conn):
-            self.conn.execute("UPDATE jobs SET state = 'queued' WHERE state = 'running'")
-            if dbmod.get_meta(self.conn, "maintenance_epoch") is None:
-                dbmod.set_meta(self.conn, "maintenance_epoch", repr(self.reactor.seconds()))
+        jobstate.start_schedule(self.conn, self.reactor.seconds())
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.reactor
         self._loop.start(TICK, now=True)
@@ -148,11 +145,10 @@ class Maintenance:
     def _last_requested(self, kind):
         """When a job of this kind was last requested; the schedule's start if never
         (a new backup set's leases are fresh, its first drill has nothing to restore)."""
-        last = self.conn.execute(
-            "SELECT max(requested) FROM jobs WHERE kind = ?", (kind,)).fetchone()[0]
+        last = jobstate.last_requested(self.conn, kind)
         if last is not None:
             return last
-        return float(dbmod.get_meta(self.conn, "maintenance_epoch"))
+        return jobstate.epoch(self.conn)
 
     def kick(self):
         if not self._stopping:
@@ -168,17 +164,12 @@ class Maintenance:
             self.daemon.require_writable()
         options = {**self.default_options(kind), **(options or {})}
         encoded = json.dumps(options, sort_keys=True)
-        row = self.conn.execute(
-            "SELECT id FROM jobs WHERE kind = ? AND state = 'queued' AND options = ?",
-            (kind, encoded)).fetchone()
-        if row is not None:
-            return row[0]
+        waiting = jobstate.find_queued(self.conn, kind, encoded)
+        if waiting is not None:
+            return waiting
         now = self.reactor.seconds()
         job_id = new_job_id(kind, now)
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO jobs (id, kind, state, requested, options) VALUES (?, ?, 'queued', ?, ?)",
-                (job_id, kind, now, encoded))
+        jobstate.add(self.conn, job_id, kind, now, encoded)
         self.log.info("{how} {kind} job {id} queued", how="scheduled" if scheduled else "requested",
                       kind=kind, id=job_id)
         self.kick()
@@ -192,9 +183,7 @@ class Maintenance:
 
     async def _run_queued(self):
         while not self._stopping:
-            row = self.conn.execute(
-                "SELECT id, kind, options FROM jobs WHERE state = 'queued' "
-                "ORDER BY requested, id LIMIT 1").fetchone()
+            row = jobstate.next_queued(self.conn)
             if row is None:
                 return
             if not await self._run(*row):
@@ -203,7 +192,7 @@ class Maintenance:
     async def _run(self, job_id, kind, options):
         d = self.daemon
         ctx = self.context(job_id, json.loads(options))
-        self._set(job_id, state="running", started=self.reactor.seconds())
+        jobstate.mark_running(self.conn, job_id, self.reactor.seconds())
         self.current, self.current_kind = ctx, kind
         lock = d.jobs.scan_lock if kind in WRITING else None
         state, result, error = "failed", {}, None
@@ -219,7 +208,7 @@ class Maintenance:
                 if lock is not None:
                     lock.release()
         except JobStopped:
-            self._set(job_id, state="queued", progress=json.dumps(ctx.progress))
+            jobstate.requeue(self.conn, job_id, json.dumps(ctx.progress))
             self.log.info("{kind} job {id} stopped; it resumes at the next start", kind=kind, id=job_id)
             return False
         except Exception as e:
@@ -227,14 +216,8 @@ class Maintenance:
             self.log.failure("{kind} job {id} failed", kind=kind, id=job_id)
         finally:
             self.current = self.current_kind = None
-        self._set(job_id, state=state, finished=self.reactor.seconds(), error=error,
-                  progress=json.dumps(ctx.progress), result=json.dumps(result, default=str))
-        with dbmod.transaction(self.conn):
-            self.conn.execute("DELETE FROM job_items WHERE job = ?", (job_id,))
-            self.conn.execute(
-                "DELETE FROM jobs WHERE kind = ? AND state IN ('done', 'failed') AND id NOT IN "
-                "(SELECT id FROM jobs WHERE kind = ? AND state IN ('done', 'failed') "
-                " ORDER BY requested DESC LIMIT ?)", (kind, kind, KEEP_RUNS))
+        jobstate.finish(self.conn, job_id, kind, state, self.reactor.seconds(), error,
+                    json.dumps(ctx.progress), json.dumps(result, default=str), keep=KEEP_RUNS)
         self.log.info("{kind} job {id}: {state}", kind=kind, id=job_id, state=state)
         self.waiters.fire(job_id, state)
         return True
@@ -247,18 +230,10 @@ class Maintenance:
             rootcap=d.rootcap, pool=d.pool, state_dir=self.config.state_dir, job_id=job_id,
             options=options or {}, publisher=d.publisher, restorer=d.restorer)
 
-    def _set(self, job_id, **fields):
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                f"UPDATE jobs SET {', '.join(f'{k} = ?' for k in fields)} WHERE id = ?",
-                [*fields.values(), job_id])
-
     # -- for the API -------------------------------------------------------------
 
     def job(self, job_id):
-        row = self.conn.execute(
-            "SELECT id, kind, state, requested, started, finished, options, progress, result, error "
-            "FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        row = jobstate.get(self.conn, job_id)
         if row is None:
             raise APIError(404, "unknown_job", f"no job {job_id!r}")
         return self._doc(row)
@@ -274,25 +249,19 @@ class Maintenance:
                 "progress": progress, "result": json.loads(result), "error": error}
 
     def jobs(self, limit=50, kind=None):
-        rows = self.conn.execute(
-            "SELECT id, kind, state, requested, started, finished, options, progress, result, error "
-            "FROM jobs WHERE ? IS NULL OR kind = ? ORDER BY requested DESC, id DESC LIMIT ?",
-            (kind, kind, limit)).fetchall()
-        return [self._doc(r) for r in rows]
+        return [self._doc(r) for r in jobstate.recent(self.conn, limit, kind)]
 
     def status(self):
         """Per kind: running or not, its progress, the last finished run, when it is next due."""
         intervals = self.intervals()
         out = {}
         for kind in KINDS:
-            last = self.conn.execute(
-                "SELECT id, state, finished, error FROM jobs WHERE kind = ? AND state IN "
-                "('done', 'failed') ORDER BY finished DESC LIMIT 1", (kind,)).fetchone()
+            last = jobstate.last_finished(self.conn, kind)
             interval = intervals.get(kind, 0)
-            running = self.current_kind == kind
+            current = self.current if self.current_kind == kind else None
             out[kind] = {
-                "running": running,
-                "progress": self.current.progress if running else None,
+                "running": current is not None,
+                "progress": current.progress if current is not None else None,
                 "last": ({"id": last[0], "state": last[1], "finished": last[2], "error": last[3]}
                          if last else None),
                 "interval": interval or None,

@@ -24,8 +24,8 @@ from gridbackupd.errors import APIError, GridBackupError, TahoeError
 from gridbackupd.grid.localgrid import LocalGrid
 from gridbackupd.grid.tahoe import TahoeClient
 from gridbackupd.maintenance.scheduler import Maintenance
-from gridbackupd.restore.engine import Restorer
 from gridbackupd.restore.recover import is_read_only, mark_pending, needs_recovery, recover_state
+from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.backup import BackupJobs
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod

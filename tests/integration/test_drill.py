@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gridbackupd.format.chain import snapshot_entries
 from gridbackupd.maintenance import drill
 from gridbackupd.model import DIR, FILE, Entry
-from gridbackupd.restore.engine import locate
+from gridbackupd.state.blobs import locate
 from tests.support.daemoncase import DaemonTestCase, run
 from tests.support.gridshares import corrupt_shares
 from tests.support.sharedgrid import shared_grid

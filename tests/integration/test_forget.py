@@ -10,7 +10,7 @@ import shutil
 
 from gridbackupd.format import chain
 from gridbackupd.format.log import LogReader
-from gridbackupd.restore.engine import locate
+from gridbackupd.state.blobs import locate
 from gridbackupd.upload import publisher
 from tests.support.daemoncase import DaemonTestCase, run, write_config
 from tests.support.trees import tree_listing

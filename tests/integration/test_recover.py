@@ -19,8 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.format.index import encode_index_segment, encode_settings, settings_document
 from gridbackupd.model import DIR, FILE, Entry, LogHeader
-from gridbackupd.restore.engine import Restorer
 from gridbackupd.restore.recover import RecoveryError, is_read_only, recover_state
+from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client

@@ -24,7 +24,7 @@ from gridbackupd.errors import APIError
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import CHARDEV, DIR, FIFO, FILE, HARDLINK, SOCKET, SYMLINK, Entry, LogHeader
 from gridbackupd.restore import engine as restore
-from gridbackupd.restore.engine import Restorer, check_snapshot_spec, parse_time
+from gridbackupd.restore.requests import Restorer, check_snapshot_spec, parse_time
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.upload import packer

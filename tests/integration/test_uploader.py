@@ -15,7 +15,6 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.config import parse_config
-from gridbackupd.format import index as indexmod
 from gridbackupd.format.index import parse_index_segment, settings_document
 from gridbackupd.grid.tahoe import RetryPolicy
 from gridbackupd.scan.chunker import ChunkParams
@@ -23,6 +22,7 @@ from gridbackupd.scan.scanner import NewBlob
 from gridbackupd.service import from_config
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import queue
+from gridbackupd.state.blobs import locate
 from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.upload import packer
@@ -185,9 +185,10 @@ class UploaderTests(SynchronousTestCase):
         self.assertEqual([r[1] for r in rows], ["committed"] * 5)
         self.assertEqual([(r[2] is None, r[3]) for r in rows[:3]], [(True, 100), (True, 1500), (True, 2048)])
         self.assertTrue(all(r[2] is not None and r[3] is None for r in rows[3:]))
-        self.assertEqual(indexmod.lookup(self.conn, small[0].hash), ("inline", index_data(small[0])))
-        kind, cap, offset, length, compression = indexmod.lookup(self.conn, large[0].hash)
-        self.assertEqual((kind, length, compression), ("pack", 2049, "none"))
+        self.assertEqual(locate(self.conn, small[0].hash), index_data(small[0]))
+        cap, offset, length, compression = locate(self.conn, large[0].hash)
+        self.assertTrue(cap.startswith("URI:"))
+        self.assertEqual((length, compression), (2049, "none"))
 
     def test_spooled_content_is_removed_once_committed(self):
         spool = os.path.join(self.base, "spool")
@@ -206,8 +207,8 @@ class UploaderTests(SynchronousTestCase):
         self.assertIn(h, self.grid_index())
         self.assertEqual(self.conn.execute("SELECT state, source_path FROM blobs WHERE hash = ?", (h,)).fetchone(),
                          ("committed", None))
-        self.assertEqual(indexmod.lookup(self.conn, h)[0], "pack")
-        self.assertIsNone(indexmod.lookup(self.conn, "0" * 64))
+        self.assertIsInstance(locate(self.conn, h), tuple)  # (cap, offset, length, compression): in a pack
+        self.assertIsNone(locate(self.conn, "0" * 64))
 
     def test_changed_file_goes_stale(self):
         blobs = self.files([3000, 3000])

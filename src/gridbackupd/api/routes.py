@@ -20,7 +20,8 @@ from gridbackupd.api.http import STREAMED, Pacer, Raw, Router, bool_field, json_
 from gridbackupd.errors import APIError, TahoeError
 from gridbackupd.format.log import LogFormatError
 from gridbackupd.model import FILE
-from gridbackupd.restore.engine import check_snapshot_spec, locate
+from gridbackupd.restore.requests import check_snapshot_spec
+from gridbackupd.state.blobs import locate
 
 PAGE = 1000
 MAX_PAGE = 10000

@@ -285,27 +285,3 @@ def parse_lock(data):
             raise IndexFormatError(f"writer lock: {key} must be a string of 1 to 255 characters")
     _int(doc["heartbeat"], "writer lock: heartbeat")
     return doc
-
-
-# -- the local copy of the index (the blobs table) ------------------------------------
-
-def lookup(conn, blob_hash):
-    """
-    Where a blob is, for a restore, from the local database: None (not
-    uploaded yet), ``("inline", data)`` for a blob kept inline in an index
-    segment, or ``("pack", cap, offset, length, compression)``.
-    """
-    row = conn.execute(
-        "SELECT b.inline_data, p.cap, b.offset, b.length, b.compression FROM blobs b "
-        "LEFT JOIN packs p ON p.id = b.pack_id "
-        "WHERE b.hash = ? AND b.state IN ('uploaded', 'committed')",
-        (blob_hash,),
-    ).fetchone()
-    if row is None:
-        return None
-    inline_data, cap, offset, length, compression = row
-    if inline_data is not None:
-        return ("inline", bytes(inline_data))
-    if cap is None:
-        return None
-    return ("pack", cap, offset, length, compression)

@@ -30,7 +30,6 @@ with a read-only root cap too.
 
 import json
 import os
-import sqlite3
 
 import attr
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
@@ -43,7 +42,10 @@ from gridbackupd.format import log as snapshotlog
 from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
 from gridbackupd.grid.tahoe import _expected_size
 from gridbackupd.model import FILE
+from gridbackupd.state import blobs as blobstate
+from gridbackupd.state import commits as commitstate
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
 from gridbackupd.upload import packer
 
 SNAPSHOTS = "snapshots"
@@ -127,7 +129,7 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
              commits=report.commits, packs=report.packs, blobs=report.blobs, inline=report.inline_blobs)
 
     os.makedirs(logs_dir, exist_ok=True)
-    snapshots = await client.list_dir(root[SNAPSHOTS].cap)
+    logs = await client.list_dir(root[SNAPSHOTS].cap)
     paths = {}
 
     async def fetch(name, child):
@@ -135,23 +137,18 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
         if path is not None:
             paths[name] = (path, child.ro_uri or child.cap)
 
-    await gatherResults([limited(fetch, n, c) for n, c in sorted(snapshots.items())])
+    await gatherResults([limited(fetch, n, c) for n, c in sorted(logs.items())])
     # Headers and counts in a worker thread (with its own connection: the
     # completeness check reads the blobs table), rows written here.
-    rows = await deferToThreadPool(reactor, pool, _describe_snapshots, db_path, logs_dir, paths)
-    with dbmod.transaction(conn):
-        for row, problem in rows:
-            if problem is not None:
-                report.errors.append({"what": f"snapshot {row}", "reason": problem})
-                continue
-            conn.execute(
-                "INSERT OR REPLACE INTO snapshots (id, state, kind, parent, host, paths, tags, "
-                "requested, started, finished, files, bytes, errors, log_path, log_cap, complete) "
-                "VALUES (:id, :state, :kind, :parent, :host, :paths, :tags, :started, :started, "
-                ":finished, :files, :bytes, '[]', :log_path, :log_cap, :complete)",
-                row,
-            )
-            report.snapshots += 1
+    described = await deferToThreadPool(reactor, pool, _describe_snapshots, db_path, logs_dir, paths)
+    rows = []
+    for row, problem in described:
+        if problem is not None:
+            report.errors.append({"what": f"snapshot {row}", "reason": problem})
+        else:
+            rows.append(row)
+    snapshots.put_recovered(conn, rows)
+    report.snapshots += len(rows)
     _finish(conn, report)
     log.info("recovered {n} snapshots from the grid ({errors} problems)",
              n=report.snapshots, errors=len(report.errors))
@@ -191,30 +188,12 @@ async def _recover_commit(client, conn, name, cap, report):
                     blobs.append((b.hash, pack_name, b.offset, b.length, b.size, b.compression))
             except (TahoeError, packer.PackFormatError) as e:
                 report.errors.append({"what": f"{name}/{pack_name[:17]}", "reason": str(e)})
-    with dbmod.transaction(conn):
-        pack_ids = {}
-        for pack_name, child in packs.items():
-            size = child.size if child.size is not None else (_expected_size(child.cap) or 0)
-            conn.execute(
-                "INSERT INTO packs (name, cap, size, commit_name) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(name) DO UPDATE SET cap = excluded.cap, commit_name = excluded.commit_name",
-                (pack_name, child.ro_uri or child.cap, size, name),
-            )
-            pack_ids[pack_name] = conn.execute(
-                "SELECT id FROM packs WHERE name = ?", (pack_name,)).fetchone()[0]
-        for h, pack_name, offset, length, size, compression in blobs:
-            conn.execute(
-                "INSERT OR REPLACE INTO blobs (hash, size, state, pack_id, offset, length, compression, "
-                "commit_name) VALUES (?, ?, 'committed', ?, ?, ?, ?, ?)",
-                (h, size, pack_ids[pack_name], offset, length, compression, name),
-            )
-        for blob in inline:
-            conn.execute(
-                "INSERT OR REPLACE INTO blobs (hash, size, state, inline_data, compression, commit_name) "
-                "VALUES (?, ?, 'committed', ?, 'none', ?)",
-                (blob.hash, len(blob.data), blob.data, name),
-            )
-        conn.execute("INSERT OR REPLACE INTO commits (name, cap, linked) VALUES (?, ?, 1)", (name, cap))
+    pack_rows = [
+        (pack_name, child.ro_uri or child.cap,
+         child.size if child.size is not None else (_expected_size(child.cap) or 0))
+        for pack_name, child in packs.items()
+    ]
+    commitstate.record_recovered(conn, name, cap, pack_rows, blobs, inline)
     report.commits += 1
     report.packs += len(packs)
     report.blobs += len(blobs)
@@ -261,10 +240,10 @@ def _describe_snapshots(db_path, logs_dir, paths):
     In a worker thread: a snapshots row for each downloaded log, or the
     problem that keeps it out, as ``(row or id, problem or None)`` pairs.
     """
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    conn = dbmod.read_only_connection(db_path)
     try:
         known = {snapshot_id: path for snapshot_id, (path, _) in paths.items()}
-        result = []
+        result: list[tuple[dict | str, str | None]] = []
         for snapshot_id, (path, cap) in sorted(paths.items()):
             try:
                 result.append((_describe(conn, snapshot_id, path, cap, known), None))
@@ -290,7 +269,7 @@ def _describe(conn, snapshot_id, path, cap, known):
             files += 1
             nbytes += entry.size
             for h, _ in entry.blobs:
-                if conn.execute("SELECT 1 FROM blobs WHERE hash = ?", (h,)).fetchone() is None:
+                if not blobstate.known(conn, h):
                     missing += 1
     return {
         "id": snapshot_id,

@@ -1,0 +1,221 @@
+"""
+Restore requests: what to restore (``latest``, an id or a time; which paths;
+where), the queue of requests, and their status.
+
+A request is a row in the database (``state.restores``); requests run one
+after another through the ``RestoreEngine``.  A restore the daemon's stop
+interrupts stays ``running`` in the table and is queued again at the next
+start; the files it had put in place are found there and kept.
+"""
+
+import datetime
+import json
+import secrets
+import time
+
+from twisted.internet.defer import succeed
+from twisted.logger import Logger
+
+from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.restore.engine import Cancelled, RestoreEngine, RestoreProgress
+from gridbackupd.restore.targetfs import UnsafePath
+from gridbackupd.state import restores, snapshots
+from gridbackupd.waiters import SerialRunner, Waiters
+
+FINAL_STATES = ("done", "failed", "cancelled")
+
+
+def parse_time(text):
+    """An ISO 8601 time (a zone is optional: UTC is assumed) -> seconds since the epoch."""
+    if not isinstance(text, str) or not text:
+        raise APIError(400, "bad_request", "as_of must be an ISO 8601 time such as 2026-01-31T12:00:00Z")
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise APIError(400, "bad_request", f"as_of is not an ISO 8601 time: {text!r}")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def check_snapshot_spec(spec):
+    """'latest', an id, or {"as_of": time}; APIError 400 for anything else."""
+    if isinstance(spec, str) and spec:
+        return spec
+    if isinstance(spec, dict) and set(spec) == {"as_of"}:
+        parse_time(spec["as_of"])
+        return spec
+    raise APIError(400, "bad_request",
+                  'snapshot must be "latest", a snapshot id, or {"as_of": "<ISO 8601 time>"}')
+
+
+class Restorer:
+    """The queue of restore requests and its runner, one restore at a time."""
+
+    log = Logger()
+
+    def __init__(self, reactor, conn, client_getter, pool, tmpdir, hostname=None):
+        self.reactor = reactor
+        self.conn = conn
+        self.hostname = hostname
+        self.engine = RestoreEngine(reactor, conn, client_getter, pool, tmpdir)
+        self.progress = {}
+        self._runner = SerialRunner(self._run_queued, self.log, "restore runner")
+        self._stopping = False
+        self.waiters = Waiters()
+
+    # -- requests ------------------------------------------------------------
+
+    def resolve_snapshot(self, spec):
+        """
+        'latest', an id or {"as_of": ISO time} -> (id, log_path, log_cap);
+        APIError 404 if there is no such snapshot.  'latest' and as_of pick
+        complete snapshots only; an id may name an unfinished one (what is
+        uploaded is restored, the rest is listed as pending).
+        """
+        spec = check_snapshot_spec(spec)
+        if spec == "latest":
+            # This host's newest; another host's only if this one has none
+            # (a new machine restoring the old one's backups).
+            row = snapshots.newest_complete(self.conn, self.hostname)
+        elif isinstance(spec, dict):
+            row = snapshots.newest_complete(self.conn, self.hostname, parse_time(spec["as_of"]))
+        else:
+            row = snapshots.with_log(self.conn, spec)
+        if row is None:
+            raise APIError(404, "unknown_snapshot", f"no snapshot {spec!r} to restore from")
+        return row
+
+    def request(self, snapshot, paths, target, overwrite=False, dry_run=False, verify=False):
+        snapshot_id, _, _ = self.resolve_snapshot(snapshot)
+        restore_id = "r-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(4)
+        options = {"paths": paths, "overwrite": overwrite, "dry_run": dry_run, "verify": verify}
+        restores.add(self.conn, restore_id, snapshot_id, options, target, time.time())
+        self.kick()
+        return restore_id
+
+    def cancel(self, restore_id):
+        """
+        Cancel a queued or running restore.  A running one stops between
+        spans: files not finished are removed (their temporary files), files
+        already in place stay.  Cancelling a cancelled one is a no-op;
+        a finished one is a 409.
+        """
+        state = restores.state_of(self.conn, restore_id)
+        if state is None:
+            raise APIError(404, "unknown_restore", f"no restore {restore_id!r}")
+        if state in ("done", "failed"):
+            raise APIError(409, "restore_finished", f"restore {restore_id} has already finished ({state})")
+        live = self.progress.get(restore_id)
+        if live is not None:
+            live.cancelled = True
+        elif state == "queued" or state == "running":
+            self._finish(restore_id, "cancelled", RestoreProgress())
+            self.waiters.fire(restore_id, "cancelled")
+        return self.status(restore_id)
+
+    def recover_interrupted(self):
+        restores.requeue_running(self.conn)
+
+    def kick(self):
+        if not self._stopping:
+            self._runner.kick()
+
+    def wait(self, restore_id):
+        """Fires with the end state of a restore: done, failed or cancelled."""
+        state = restores.state_of(self.conn, restore_id)
+        if state in FINAL_STATES:
+            return succeed(state)
+        return self.waiters.wait(restore_id)
+
+    def status(self, restore_id):
+        result = restores.get(self.conn, restore_id)
+        if result is None:
+            raise APIError(404, "unknown_restore", f"no restore {restore_id!r}")
+        options = json.loads(result.pop("options"))
+        extra = json.loads(result.pop("result") or "{}")
+        result["paths"] = options.get("paths") or []
+        for key in ("overwrite", "dry_run", "verify"):
+            result[key] = bool(options.get(key, False))
+        result["errors"] = json.loads(result["errors"])
+        result["pending"] = extra.get("pending", [])
+        if "plan" in extra:
+            result["plan"] = extra["plan"]
+        if "files_verified" in extra:
+            result["files_verified"] = extra["files_verified"]
+        live = self.progress.get(restore_id)
+        if live is not None:
+            result.update(
+                files_done=live.files_done, files_total=live.files_total,
+                bytes_done=live.bytes_done, bytes_total=live.bytes_total,
+                errors=list(live.errors), pending=list(live.pending),
+            )
+            if live.cancelled:
+                result["cancel_requested"] = True
+        return result
+
+    # -- running ---------------------------------------------------------------
+
+    def run(self, snapshot_id, paths, target, overwrite, progress, dry_run=False, verify=False):
+        """Restore now, outside the queue (a drill does): see ``RestoreEngine.run``."""
+        return self.engine.run(snapshot_id, paths, target, overwrite, progress,
+                               dry_run=dry_run, verify=verify)
+
+    def stop(self):
+        """Stop after the files being written; an unfinished restore resumes on the next start."""
+        self._stopping = True
+        self.engine.stopping = True
+        return self._runner.running
+
+    async def _run_queued(self):
+        while not self._stopping:
+            row = restores.next_queued(self.conn)
+            if row is None:
+                return
+            restore_id, snapshot_id, options, target = row
+            progress = self.progress[restore_id] = RestoreProgress()
+            restores.mark_running(self.conn, restore_id)
+            try:
+                await self.run(
+                    snapshot_id, options["paths"], target, options["overwrite"], progress,
+                    dry_run=options.get("dry_run", False), verify=options.get("verify", False),
+                )
+                state = "done" if not progress.errors else "failed"
+            except Cancelled:
+                state = "cancelled"
+            except (snapshotlog.LogFormatError, APIError, TahoeError, OSError, UnsafePath) as e:
+                # Bad snapshot data, a grid or a target that fails us: the
+                # restore's errors say it; no traceback needed.
+                if self._stopping:
+                    return
+                self.log.warn("restore {id} failed: {error}", id=restore_id, error=str(e))
+                progress.errors.append({"path": None, "reason": str(e)})
+                state = "failed"
+            except Exception as e:
+                if self._stopping:
+                    return
+                self.log.failure("restore {id} failed", id=restore_id)
+                progress.errors.append({"path": None, "reason": str(e)})
+                state = "failed"
+            if self._stopping and state != "cancelled":
+                return
+            self._finish(restore_id, state, progress)
+            del self.progress[restore_id]
+            self.log.info("restore {id}: {state}, {files} files, {errors} errors, {pending} pending",
+                          id=restore_id, state=state, files=progress.files_done,
+                          errors=len(progress.errors), pending=len(progress.pending))
+            self.waiters.fire(restore_id, state)
+
+    def _finish(self, restore_id, state, progress):
+        extra = {"pending": progress.pending}
+        if progress.plan is not None:
+            extra["plan"] = progress.plan
+        if progress.files_verified is not None:
+            extra["files_verified"] = progress.files_verified
+        restores.finish(self.conn, restore_id, state, time.time(), progress.files_done,
+                        progress.files_total, progress.bytes_done, progress.bytes_total,
+                        progress.errors, extra)

@@ -14,6 +14,7 @@ it has finished.
 from __future__ import annotations
 
 from collections import deque
+from typing import cast
 
 import attr
 from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
@@ -244,7 +245,7 @@ async def for_each_reachable(ctx, process, parallel: int | None = None,
         nonlocal queued
         queued -= 1
         if isinstance(outcome, Failure):
-            errors.append(outcome.value)
+            errors.append(cast(BaseException, outcome.value))
         if queued <= HIGH_WATER // 2:
             waiting, room[:] = list(room), []
             for d in waiting:
@@ -257,7 +258,7 @@ async def for_each_reachable(ctx, process, parallel: int | None = None,
     def throttle():
         if queued < HIGH_WATER:
             return succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         room.append(d)
         return d
 
@@ -288,7 +289,7 @@ async def for_each_reachable(ctx, process, parallel: int | None = None,
     except BaseException as e:  # noqa: B902 (re-raised below)
         errors.append(e)
     if queued:
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         all_done.append(d)
         await d
     flush(force=True)

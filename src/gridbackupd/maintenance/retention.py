@@ -87,7 +87,7 @@ def _newest_first(snapshot):
 
 def _reasons_for_host(snapshots, policy, tz):
     """Reasons for each of one host's snapshots, given newest first."""
-    reasons = {s.id: [] for s in snapshots}
+    reasons: dict[str, list[str]] = {s.id: [] for s in snapshots}
     reasons[snapshots[0].id].append("newest")
     if policy.empty:
         for s in snapshots:
@@ -98,7 +98,7 @@ def _reasons_for_host(snapshots, policy, tz):
     local = [datetime.fromtimestamp(s.time, tz) for s in snapshots]
     for name, label in PERIODS:
         wanted = getattr(policy, "keep_" + name)
-        seen = set()
+        seen: set[str] = set()
         for s, when in zip(snapshots, local):
             if len(seen) >= wanted:
                 break
@@ -118,7 +118,7 @@ def apply_policy(snapshots, policy, tz=None):
     zone).  Where a clock goes back, the hour or day it repeats is one bucket.
     """
     ordered = sorted(snapshots, key=_newest_first, reverse=True)
-    by_host = {}
+    by_host: dict[str, list] = {}
     for s in ordered:
         by_host.setdefault(s.host, []).append(s)
     twice = sorted(i for i, n in Counter(s.id for s in ordered).items() if n > 1)

@@ -57,7 +57,7 @@ def plan(files, locate):
     inline), or None (not uploaded yet).  Returns (jobs, spans, pending
     entries); a job's ``remaining`` counts its blobs in packs only.
     """
-    by_pack = {}
+    by_pack: dict[str, dict] = {}
     jobs = []
     pending = []
     for entry in files:
@@ -98,8 +98,8 @@ def plan(files, locate):
 def coalesce(cap, reads, max_gap=MAX_GAP, max_span=MAX_SPAN):
     """Group reads sorted by offset into spans: close neighbours share one GET."""
     spans = []
-    current = []
-    start = end = None
+    current: list[BlobRead] = []
+    start = end = 0  # set by the first read
     for read in reads:
         read_end = read.offset + read.length
         if current and (read.offset - end > max_gap or read_end - start > max_span):

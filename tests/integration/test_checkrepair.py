@@ -159,6 +159,7 @@ class UnhealthyAnswerTests(DaemonTestCase):
         self.assertEqual(ctx.progress["errors"], 3)
         self.assertEqual({o["name"] for o in result["unhealthy_objects"]},
                          {pack, commit, f"snapshots/{first}"})
+        self.assertTrue(stub.calls, "the check ran on the grid")
         self.assertTrue(all(c[2] for c in stub.calls), "repair is asked for by default")
         # Unhealthy objects are not marked done: a resumed run looks again.
         self.assertNotIn(pack, ctx.done_items())

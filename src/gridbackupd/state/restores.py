@@ -42,19 +42,6 @@ def get(conn, restore_id):
     return dict(zip(FIELDS, row)) if row is not None else None
 
 
-def page(conn, after, limit):
-    """Up to ``limit`` request ids in the order they were made, after the id ``after`` (None: from the first)."""
-    if after is None:
-        rows = conn.execute(
-            "SELECT id FROM restores ORDER BY created, id LIMIT ?", (limit,)).fetchall()
-    else:
-        rows = conn.execute(
-            "SELECT id FROM restores WHERE (created, id) > "
-            "(SELECT created, id FROM restores WHERE id = ?) ORDER BY created, id LIMIT ?",
-            (after, limit)).fetchall()
-    return [r[0] for r in rows]
-
-
 def next_queued(conn):
     """(id, snapshot id, options dict, target) of the oldest queued request, or None."""
     row = conn.execute(

@@ -11,6 +11,7 @@ import configparser
 import os
 import re
 import socket
+from typing import NoReturn
 
 import attr
 
@@ -36,13 +37,34 @@ _SIZE_UNITS = {
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
+_INI = "gridbackupd.ini"  # the metadata key of a field read from the INI file
+
+
+@attr.frozen
+class _Option:
+    """How one INI option is read: the ``_Reader`` method, its arguments, its key and section."""
+
+    read: str
+    args: dict
+    key: str | None = None  # the INI key, if not the field's name
+    section: str | None = None  # for Config's own fields: the section they are read from
+
+
+def option(default, read, key=None, section=None, **args):
+    """
+    A config field that is also an INI option: its default is written here
+    once, and the parser and the list of known keys are made from it.
+    """
+    return attr.field(default=default, metadata={_INI: _Option(read, args, key, section)})
+
+
 @attr.frozen
 class TahoeConfig:
-    node_url: str  # "embedded" or an http(s) URL ending in "/"
-    storage_nodes: int = 3
-    shares_needed: int = 2
-    shares_happy: int = 3
-    shares_total: int = 3
+    node_url: str = option(attr.NOTHING, "node_url")  # "embedded" or an http(s) URL ending in "/"
+    storage_nodes: int = option(3, "integer", minimum=1, maximum=32)
+    shares_needed: int = option(2, "integer", minimum=1, maximum=256)
+    shares_happy: int = option(3, "integer", minimum=1, maximum=256)
+    shares_total: int = option(3, "integer", minimum=1, maximum=256)
 
     @property
     def embedded(self):
@@ -51,44 +73,47 @@ class TahoeConfig:
 
 @attr.frozen
 class BackupConfig:
-    paths: tuple = ()
-    exclude: tuple = ()
-    scan_interval: float = 3600.0
-    tiny_max: int = 128
-    chunk_threshold: int = 1024**2
-    full_every: int = 10
-    exclude_if_present: tuple = ()  # marker file names
-    exclude_caches: bool = True  # leave out directories with a valid CACHEDIR.TAG
-    one_file_system: bool = False
-    pre_command: str | None = None  # shell command run before each scan
-    post_command: str | None = None  # shell command run after each scan
+    paths: tuple = option((), "abs_paths")
+    exclude: tuple = option((), "lines")
+    scan_interval: float = option(3600.0, "duration")
+    tiny_max: int = option(128, "size", minimum=0)
+    chunk_threshold: int = option(1024**2, "size", minimum=64 * 1024)
+    full_every: int = option(10, "integer", minimum=1)
+    exclude_if_present: tuple = option((), "marker_names")  # marker file names
+    # Leave out directories with a valid CACHEDIR.TAG.
+    exclude_caches: bool = option(True, "boolean")
+    one_file_system: bool = option(False, "boolean")
+    pre_command: str | None = option(None, "string")  # shell command run before each scan
+    post_command: str | None = option(None, "string")  # shell command run after each scan
 
 
 @attr.frozen
 class UploadConfig:
-    parallel: int = 4
-    pack_size: int = 8 * 1024**2
-    inline_max: int = 2048  # INLINE_MAX_DEFAULT
-    max_rate: int = 0  # bytes/s, 0 = no limit
-    user_roots: tuple = (b"/home", b"/root")
-    weight_recency: float = 10.0
-    weight_small: float = 1.0
-    weight_user: float = 4.0
-    weight_age: float = 1.0
+    parallel: int = option(4, "integer", minimum=1, maximum=64)
+    pack_size: int = option(8 * 1024**2, "size", minimum=64 * 1024)
+    inline_max: int = option(INLINE_MAX_DEFAULT, "size", minimum=0)
+    max_rate: int = option(0, "size", minimum=0)  # bytes/s, 0 = no limit
+    user_roots: tuple = option((b"/home", b"/root"), "user_roots")
+    weight_recency: float = option(10.0, "number")
+    weight_small: float = option(1.0, "number")
+    weight_user: float = option(4.0, "number")
+    weight_age: float = option(1.0, "number")
 
 
 @attr.frozen
 class RetentionConfig:
     """[retention]: which snapshots are kept (retention.py) and when forget and prune run."""
 
-    keep_last: int = 0
-    keep_hourly: int = 0
-    keep_daily: int = 0
-    keep_weekly: int = 0
-    keep_monthly: int = 0
-    keep_yearly: int = 0
-    interval: float = 86400.0  # apply the policy (forget, then prune) this often; 0 = on request
-    repack_threshold: float = 0.5  # repack a pack once this fraction of it is dead
+    keep_last: int = option(0, "integer", minimum=0, maximum=100000)
+    keep_hourly: int = option(0, "integer", minimum=0, maximum=100000)
+    keep_daily: int = option(0, "integer", minimum=0, maximum=100000)
+    keep_weekly: int = option(0, "integer", minimum=0, maximum=100000)
+    keep_monthly: int = option(0, "integer", minimum=0, maximum=100000)
+    keep_yearly: int = option(0, "integer", minimum=0, maximum=100000)
+    # Apply the policy (forget, then prune) this often; 0 = on request.
+    interval: float = option(86400.0, "duration")
+    # Repack a pack once this fraction of it is dead.
+    repack_threshold: float = option(0.5, "number", minimum=0.01, maximum=1.0)
 
     def policy(self):
         from gridbackupd.maintenance.retention import RetentionPolicy
@@ -101,51 +126,58 @@ class RetentionConfig:
 class MaintenanceConfig:
     """[maintenance]: the jobs that keep a backup set alive on the grid."""
 
-    lease_interval: float = 7 * 86400.0
-    check_interval: float = 7 * 86400.0
-    check_verify_fraction: float = 0.05  # of the objects checked, the share downloaded and verified
-    check_repair: bool = True
-    drill_interval: float = 7 * 86400.0
-    drill_files: int = 20
-    parallel: int = 8
+    lease_interval: float = option(7 * 86400.0, "duration")
+    check_interval: float = option(7 * 86400.0, "duration")
+    # Of the objects checked, the share downloaded and verified.
+    check_verify_fraction: float = option(0.05, "number", minimum=0.0, maximum=1.0)
+    check_repair: bool = option(True, "boolean")
+    drill_interval: float = option(7 * 86400.0, "duration")
+    drill_files: int = option(20, "integer", minimum=1, maximum=100000)
+    parallel: int = option(8, "integer", minimum=1, maximum=64)
 
 
-@attr.frozen
+@attr.frozen(kw_only=True)
 class Config:
     path: str
-    state_dir: str
-    hostname: str
-    tahoe: TahoeConfig
+    state_dir: str = option(attr.NOTHING, "state_dir", section="gridbackup")
+    hostname: str = option(attr.Factory(socket.gethostname), "string", section="gridbackup")
+    tahoe: TahoeConfig = attr.field()
     backup: BackupConfig = BackupConfig()
     upload: UploadConfig = UploadConfig()
-    api_listen: str = DEFAULT_LISTEN
+    api_listen: str = option(DEFAULT_LISTEN, "endpoint", key="listen", section="api")
     retention: RetentionConfig = RetentionConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
 
     @property
-    def private_dir(self):
-        return os.path.join(self.state_dir, "private")
+    def statedir(self):
+        """The paths under state_dir."""
+        from gridbackupd.statedir import StateDir
 
-    @property
-    def grid_dir(self):
-        return os.path.join(self.state_dir, "grid")
+        return StateDir(self.state_dir)
 
 
-# What each section may hold; anything else is a typo worth stopping for.
-_KNOWN = {
-    "gridbackup": {"state_dir", "hostname"},
-    "tahoe": {"node_url", "storage_nodes", "shares_needed", "shares_happy", "shares_total"},
-    "backup": {"paths", "exclude", "scan_interval", "tiny_max", "chunk_threshold", "full_every",
-               "exclude_if_present", "exclude_caches", "one_file_system", "pre_command",
-               "post_command"},
-    "upload": {"parallel", "pack_size", "inline_max", "max_rate", "user_roots", "weight_recency",
-               "weight_small", "weight_user", "weight_age"},
-    "api": {"listen"},
-    "retention": {"keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
-                  "keep_yearly", "interval", "repack_threshold"},
-    "maintenance": {"lease_interval", "check_interval", "check_verify_fraction", "check_repair",
-                    "drill_interval", "drill_files", "parallel"},
+# Each section and the class whose option fields it holds ([gridbackup] and
+# [api] are Config's own); anything else in a file is a typo worth stopping for.
+_SECTIONS = {
+    "gridbackup": Config,
+    "tahoe": TahoeConfig,
+    "backup": BackupConfig,
+    "upload": UploadConfig,
+    "api": Config,
+    "retention": RetentionConfig,
+    "maintenance": MaintenanceConfig,
 }
+
+
+def _options(section):
+    """``(field name, INI key, field, option)`` of each option of a section, in the class's order."""
+    for field in attr.fields(_SECTIONS[section]):
+        opt = field.metadata.get(_INI)
+        if opt is not None and (opt.section or section) == section:
+            yield field.name, opt.key or field.name, field, opt
+
+
+_KNOWN = {section: {key for _, key, _, _ in _options(section)} for section in _SECTIONS}
 
 
 class _Reader:
@@ -155,7 +187,7 @@ class _Reader:
         self.path = path
         self.parser = parser
 
-    def fail(self, section, key, value, allowed):
+    def fail(self, section, key, value, allowed) -> NoReturn:
         raise ConfigError(
             f"{self.path}: [{section}] {key} = {value!r}: {allowed}"
         )
@@ -227,10 +259,10 @@ class _Reader:
             self.fail(section, key, value, allowed)
         return number
 
-    def lines(self, section, key):
+    def lines(self, section, key, default=()):
         value = self.raw(section, key)
         if not value:
-            return ()
+            return default
         return tuple(line.strip() for line in value.splitlines() if line.strip())
 
     def boolean(self, section, key, default):
@@ -242,6 +274,65 @@ class _Reader:
         if value.lower() in ("no", "false", "off", "0"):
             return False
         self.fail(section, key, value, "expected yes or no (true/false, on/off, 1/0)")
+
+    # -- the options with a shape of their own ---------------------------------
+
+    def state_dir(self, section, key, default):
+        state_dir = self.string(section, key, required=True)
+        if not os.path.isabs(state_dir):
+            self.fail(section, key, state_dir, "expected an absolute path (or one starting with %(here)s)")
+        return os.path.normpath(state_dir)
+
+    def node_url(self, section, key, default):
+        node_url = self.string(section, key, required=True)
+        if node_url != "embedded":
+            if not re.fullmatch(r"https?://[^/\s]+/?", node_url):
+                self.fail(section, key, node_url,
+                          "expected 'embedded' or the URL of a Tahoe client node such as http://127.0.0.1:3456")
+            if not node_url.endswith("/"):
+                node_url += "/"
+        return node_url
+
+    def abs_paths(self, section, key, default):
+        normalized = []
+        for p in self.lines(section, key, default):
+            if not os.path.isabs(p):
+                self.fail(section, key, p, "expected absolute paths, one per line")
+            normalized.append(os.path.normpath(p))
+        return tuple(normalized)
+
+    def marker_names(self, section, key, default):
+        names = self.lines(section, key, default)
+        for name in names:
+            if "/" in name or name in (".", ".."):
+                self.fail(section, key, name, "expected file names (no /), one per line")
+        return names
+
+    def user_roots(self, section, key, default):
+        if self.raw(section, key) is None:
+            return default
+        roots = self.lines(section, key)
+        for p in roots:
+            if not os.path.isabs(p):
+                self.fail(section, key, p, "expected absolute paths, one per line")
+        return tuple(os.fsencode(os.path.normpath(p)) for p in roots)
+
+    def endpoint(self, section, key, default):
+        """A Twisted server endpoint string, refused here if Twisted cannot parse it."""
+        from twisted.internet.endpoints import serverFromString
+
+        listen = self.string(section, key, default)
+        try:
+            endpoint = serverFromString(None, listen)
+        except Exception:
+            self.fail(section, key, listen,
+                      "expected a Twisted server endpoint such as tcp:7234:interface=127.0.0.1 "
+                      "or unix:/run/gridbackup.sock")
+        address = getattr(endpoint, "_address", None)
+        if isinstance(address, str) and len(os.fsencode(address)) > 107:
+            self.fail(section, key, listen,
+                      "a unix socket path must be at most 107 bytes long (the kernel's limit)")
+        return listen
 
 
 def parse_config(path):
@@ -278,143 +369,66 @@ def parse_config(path):
                     + ", ".join(sorted(_KNOWN[section]))
                 )
 
-    state_dir = r.string("gridbackup", "state_dir", required=True)
-    if not os.path.isabs(state_dir):
-        r.fail("gridbackup", "state_dir", state_dir, "expected an absolute path (or one starting with %(here)s)")
-    state_dir = os.path.normpath(state_dir)
-    hostname = r.string("gridbackup", "hostname", default=socket.gethostname())
+    sections = {}
+    for section in _SECTIONS:
+        values = _read_section(r, section)
+        _CHECKS.get(section, lambda r, values: None)(r, values)
+        sections[section] = values
+    own = {**sections.pop("gridbackup"), **sections.pop("api")}
+    return Config(path=path, **own, **{
+        section: _SECTIONS[section](**values) for section, values in sections.items()})
 
-    node_url = r.string("tahoe", "node_url", required=True)
-    if node_url != "embedded":
-        if not re.fullmatch(r"https?://[^/\s]+/?", node_url):
-            r.fail("tahoe", "node_url", node_url,
-                   "expected 'embedded' or the URL of a Tahoe client node such as http://127.0.0.1:3456")
-        if not node_url.endswith("/"):
-            node_url += "/"
-    needed = r.integer("tahoe", "shares_needed", 2, 1, 256)
-    total = r.integer("tahoe", "shares_total", 3, 1, 256)
-    happy = r.integer("tahoe", "shares_happy", 3, 1, 256)
+
+def _read_section(r, section):
+    """The values of a section's options, by field name: each read as its field says, with its default."""
+    values = {}
+    for name, key, field, opt in _options(section):
+        default = field.default
+        if isinstance(default, attr.Factory):  # type: ignore[arg-type]
+            default = default.factory()
+        elif default is attr.NOTHING:
+            default = None
+        values[name] = getattr(r, opt.read)(section, key, default, **opt.args)
+    return values
+
+
+def _check_tahoe(r, values):
+    needed, happy, total = values["shares_needed"], values["shares_happy"], values["shares_total"]
     if needed > total:
         r.fail("tahoe", "shares_needed", str(needed), f"expected at most shares_total ({total})")
     if happy > total:
         r.fail("tahoe", "shares_happy", str(happy), f"expected at most shares_total ({total})")
-    storage_nodes = r.integer("tahoe", "storage_nodes", 3, 1, 32)
-    if node_url == "embedded" and storage_nodes < happy:
+    storage_nodes = values["storage_nodes"]
+    if values["node_url"] == "embedded" and storage_nodes < happy:
         r.fail("tahoe", "storage_nodes", str(storage_nodes),
                f"expected at least shares_happy ({happy}) for the embedded grid")
-    tahoe = TahoeConfig(node_url, storage_nodes, needed, happy, total)
-
-    paths = r.lines("backup", "paths")
-    normalized = []
-    for p in paths:
-        if not os.path.isabs(p):
-            r.fail("backup", "paths", p, "expected absolute paths, one per line")
-        normalized.append(os.path.normpath(p))
-    tiny_max = r.size("backup", "tiny_max", 128, 0)
-    threshold = r.size("backup", "chunk_threshold", 1024**2, 64 * 1024)
-    backup = BackupConfig(
-        paths=tuple(normalized),
-        exclude=r.lines("backup", "exclude"),
-        scan_interval=r.duration("backup", "scan_interval", 3600.0),
-        tiny_max=tiny_max,
-        chunk_threshold=threshold,
-        full_every=r.integer("backup", "full_every", 10, 1),
-        exclude_if_present=_marker_names(r),
-        exclude_caches=r.boolean("backup", "exclude_caches", True),
-        one_file_system=r.boolean("backup", "one_file_system", False),
-        pre_command=r.string("backup", "pre_command"),
-        post_command=r.string("backup", "post_command"),
-    )
-    _check_patterns(r, backup)
-
-    upload = UploadConfig(
-        parallel=r.integer("upload", "parallel", 4, 1, 64),
-        pack_size=r.size("upload", "pack_size", 8 * 1024**2, 64 * 1024),
-        inline_max=r.size("upload", "inline_max", INLINE_MAX_DEFAULT, 0),
-        max_rate=r.size("upload", "max_rate", 0, 0),
-        user_roots=_user_roots(r),
-        weight_recency=r.number("upload", "weight_recency", 10.0),
-        weight_small=r.number("upload", "weight_small", 1.0),
-        weight_user=r.number("upload", "weight_user", 4.0),
-        weight_age=r.number("upload", "weight_age", 1.0),
-    )
-    if upload.inline_max > 65536:
-        r.fail("upload", "inline_max", str(upload.inline_max), "expected at most 64KiB")
-
-    listen = r.string("api", "listen", default=DEFAULT_LISTEN)
-    _check_endpoint(r, listen)
-
-    retention = RetentionConfig(
-        **{key: r.integer("retention", key, 0, 0, 100000)
-           for key in ("keep_last", "keep_hourly", "keep_daily", "keep_weekly", "keep_monthly",
-                       "keep_yearly")},
-        interval=r.duration("retention", "interval", 86400.0),
-        repack_threshold=r.number("retention", "repack_threshold", 0.5, 0.01, 1.0),
-    )
-    maintenance = MaintenanceConfig(
-        lease_interval=r.duration("maintenance", "lease_interval", 7 * 86400.0),
-        check_interval=r.duration("maintenance", "check_interval", 7 * 86400.0),
-        check_verify_fraction=r.number("maintenance", "check_verify_fraction", 0.05, 0.0, 1.0),
-        check_repair=r.boolean("maintenance", "check_repair", True),
-        drill_interval=r.duration("maintenance", "drill_interval", 7 * 86400.0),
-        drill_files=r.integer("maintenance", "drill_files", 20, 1, 100000),
-        parallel=r.integer("maintenance", "parallel", 8, 1, 64),
-    )
-    if maintenance.lease_interval > 30 * 86400:
-        r.fail("maintenance", "lease_interval", r.raw("maintenance", "lease_interval"),
-               "expected at most 30d: Tahoe storage servers expire leases after 31 days")
-
-    return Config(
-        path=path,
-        state_dir=state_dir,
-        hostname=hostname,
-        tahoe=tahoe,
-        backup=backup,
-        upload=upload,
-        api_listen=listen,
-        retention=retention,
-        maintenance=maintenance,
-    )
 
 
-def _marker_names(r):
-    names = r.lines("backup", "exclude_if_present")
-    for name in names:
-        if "/" in name or name in (".", ".."):
-            r.fail("backup", "exclude_if_present", name, "expected file names (no /), one per line")
-    return names
-
-
-def _check_patterns(r, backup):
+def _check_patterns(r, values):
     from gridbackupd.scan.excludes import PatternError, compile_pattern
 
-    for pattern in backup.exclude:
+    for pattern in values["exclude"]:
         try:
-            compile_pattern(pattern, [os.fsencode(p) for p in backup.paths])
+            compile_pattern(pattern, [os.fsencode(p) for p in values["paths"]])
         except PatternError as e:
             r.fail("backup", "exclude", pattern, f"not a usable pattern ({e})")
 
 
-def _user_roots(r):
-    roots = r.lines("upload", "user_roots")
-    if r.raw("upload", "user_roots") is None:
-        return UploadConfig().user_roots
-    for p in roots:
-        if not os.path.isabs(p):
-            r.fail("upload", "user_roots", p, "expected absolute paths, one per line")
-    return tuple(os.fsencode(os.path.normpath(p)) for p in roots)
+def _check_upload(r, values):
+    if values["inline_max"] > 65536:
+        r.fail("upload", "inline_max", str(values["inline_max"]), "expected at most 64KiB")
 
 
-def _check_endpoint(r, listen):
-    """Refuse an endpoint string that Twisted cannot parse, before starting."""
-    from twisted.internet.endpoints import serverFromString
+def _check_maintenance(r, values):
+    if values["lease_interval"] > 30 * 86400:
+        r.fail("maintenance", "lease_interval", r.raw("maintenance", "lease_interval"),
+               "expected at most 30d: Tahoe storage servers expire leases after 31 days")
 
-    try:
-        endpoint = serverFromString(None, listen)
-    except Exception:
-        r.fail("api", "listen", listen,
-               "expected a Twisted server endpoint such as tcp:7234:interface=127.0.0.1 or unix:/run/gridbackup.sock")
-    address = getattr(endpoint, "_address", None)
-    if isinstance(address, str) and len(os.fsencode(address)) > 107:
-        r.fail("api", "listen", listen,
-               "a unix socket path must be at most 107 bytes long (the kernel's limit)")
+
+# What a section's values must agree on, once each is read.
+_CHECKS = {
+    "tahoe": _check_tahoe,
+    "backup": _check_patterns,
+    "upload": _check_upload,
+    "maintenance": _check_maintenance,
+}

@@ -1,13 +1,23 @@
 """Configuration: good files parse, bad ones give one line naming what is wrong."""
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
 
+import attr
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.config import DEFAULT_LISTEN, parse_config
+from gridbackupd.config import (
+    DEFAULT_LISTEN,
+    BackupConfig,
+    MaintenanceConfig,
+    RetentionConfig,
+    TahoeConfig,
+    UploadConfig,
+    parse_config,
+)
 from gridbackupd.errors import ConfigError
 from tests.support import REPO
 
@@ -61,6 +71,24 @@ class ParseTests(SynchronousTestCase):
         )
         self.assertEqual(config.upload.pack_size, 8 * 1024 * 1024)
         self.assertEqual(config.backup.scan_interval, 3600.0)
+
+    def test_defaults_are_the_classes_defaults(self):
+        # One table: an option left out has its field's default, and every field is a known key.
+        config = parse_config(self.write(GOOD.replace("exclude =\n    *.tmp\n", "")))
+        self.assertEqual(config.upload, UploadConfig())
+        self.assertEqual(config.retention, RetentionConfig())
+        self.assertEqual(config.maintenance, MaintenanceConfig())
+        self.assertEqual(config.tahoe, TahoeConfig("embedded"))
+        self.assertEqual(config.backup, BackupConfig(paths=config.backup.paths))
+        self.assertEqual(config.hostname, socket.gethostname())
+        # An empty value is a default too (but an empty user_roots means none).
+        for section, cls in [("upload", UploadConfig), ("retention", RetentionConfig),
+                             ("maintenance", MaintenanceConfig)]:
+            for field in attr.fields(cls):
+                if field.name == "user_roots":
+                    continue
+                path = self.write(GOOD + f"\n[{section}]\n{field.name} =\n")
+                self.assertEqual(getattr(parse_config(path), section), getattr(config, section))
 
     def test_shipped_example_parses(self):
         here = REPO

@@ -10,7 +10,7 @@ class Waiters:
         self._waiting = {}
 
     def wait(self, key):
-        d = Deferred()
+        d: Deferred = Deferred()
         self._waiting.setdefault(key, []).append(d)
         return d
 

@@ -282,7 +282,7 @@ class CommandTests(DaemonTestCase):
 
         code, out, err = await self.gb("key", "show")
         self.assertEqual(code, 0, err)
-        with open(os.path.join(self.daemon.private_dir, "rootcap")) as f:
+        with open(self.daemon.statedir.rootcap) as f:
             cap = f.read().strip()
         text = out.decode()
         self.assertIn(f"read-write: {cap}\n", text)

@@ -132,7 +132,7 @@ class ForgetAndPruneTests(DaemonTestCase):
 
         # ...and on a new machine that has only the root cap.
         self.patch(publisher, "LOCK_STALE", -1.0)
-        from gridbackupd.service import write_private
+        from gridbackupd.statedir import write_private
 
         base = os.path.join(self.base, "new")
         os.makedirs(os.path.join(base, "state", "private"), mode=0o700)

@@ -259,7 +259,8 @@ class RecoverDaemonTests(TestCase):
 
     async def start_daemon(self, base, paths, rootcap=None):
         from gridbackupd.config import parse_config
-        from gridbackupd.service import from_config, write_private
+        from gridbackupd.service import from_config
+        from gridbackupd.statedir import write_private
         from tests.integration.test_daemon import api_client, write_config
 
         os.makedirs(base, exist_ok=True)

@@ -170,7 +170,7 @@ def read_secret(path, what):
 
 
 def make_client(config):
-    endpoint_file = os.path.join(config.state_dir, "api_endpoint")
+    endpoint_file = config.statedir.api_endpoint
     try:
         with open(endpoint_file) as f:
             description = f.read().strip()
@@ -182,7 +182,7 @@ def make_client(config):
         raise Exit(USAGE, f"{config.path}: [api] listen: {e}")
     if endpoint[0] == "tcp" and endpoint[2] == 0:
         raise Exit(UNREACHABLE, f"the daemon has not written {endpoint_file} (is gridbackupd running?)")
-    token = read_secret(os.path.join(config.private_dir, "api_token"), "the API token")
+    token = read_secret(config.statedir.api_token, "the API token")
     return Client(endpoint, token, description)
 
 
@@ -612,7 +612,7 @@ def cmd_recover(config, args, out):
     rebuild of its state from the grid, which it does when it starts with a
     root cap and no database.
     """
-    cap_path = os.path.join(config.private_dir, "rootcap")
+    cap_path = config.statedir.rootcap
     if args.rootcap_file:
         install_rootcap(cap_path, args.rootcap_file)
     elif not os.path.exists(cap_path):
@@ -678,7 +678,7 @@ def readonly_cap(cap):
 
 
 def cmd_key_show(config, args, out):
-    cap = read_secret(os.path.join(config.private_dir, "rootcap"), "the root cap")
+    cap = read_secret(config.statedir.rootcap, "the root cap")
     try:
         ro = readonly_cap(cap)
     except Exception as e:

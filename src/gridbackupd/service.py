@@ -1,17 +1,25 @@
 """
 The one place where the daemon's parts are wired together.
 
-``from_config(reactor, config)`` builds a ``GridBackupDaemon``, a
-MultiService that owns the database, the worker thread pool, the embedded
-grid (if any), the API listener, the backup jobs, the uploader and the
-restorer.  The API answers from the first moment, also while the grid is
-still starting; scans may run before the grid is up, uploads wait for it.
+``from_config(reactor, config)`` builds a ``GridBackupDaemon``: a service
+tree whose children are the parts that run (the embedded grid if any, the
+backup jobs, the restorer, the API listener, the backup schedule, then, once
+the grid is up, the uploader, the grid watch and the maintenance jobs).
+Each part is built here from its own config section and the collaborators
+it needs; none gets the whole daemon.  Children start in the order they are
+added and stop one after another in the reverse order; the daemon owns the
+resources they share (the database, the worker thread pool, the Tahoe
+client) and closes them last.
+
+The database is opened when the daemon starts, not when it is built:
+twistd forks after ``makeService``, and an SQLite connection must not cross
+a fork.  So the parts that use it are built at start; the grid-side parts
+are built once the grid answers.  The API answers from the first moment,
+also while the grid is still starting; scans may run before the grid is up,
+uploads wait for it.
 """
 
-import os
-import secrets
-
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
@@ -29,7 +37,9 @@ from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.backup import BackupJobs
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
 from gridbackupd.state.queue import Weights
+from gridbackupd.statedir import StateDir
 from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
 from gridbackupd.waiters import Waiters
@@ -38,216 +48,273 @@ GRID_POLL = 10.0
 WORKER_THREADS = 4
 
 
-def write_private(path, text):
-    """Write a secret file readable by its owner only, atomically."""
-    tmp = path + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def read_private(path):
-    try:
-        with open(path) as f:
-            return f.read().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def make_state_dir(state_dir):
+class OrderedServices(MultiService):
     """
-    The state directory, owner only: it holds caps (the database), the
-    content of files waiting to be uploaded (packs, spool) and logs that
-    name every backed-up file.
+    A MultiService that stops its children one after another, last started
+    first, each even if another failed to stop (MultiService stops them all
+    at once: a scan would then lose the grid under it).
     """
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    os.chmod(state_dir, 0o700)
 
-
-def ensure_private_dir(state_dir):
-    private = os.path.join(state_dir, "private")
-    os.makedirs(private, mode=0o700, exist_ok=True)
-    os.chmod(private, 0o700)
-    token_path = os.path.join(private, "api_token")
-    token = read_private(token_path)
-    if token is None:
-        token = secrets.token_urlsafe(32)
-        write_private(token_path, token + "\n")
-    os.chmod(token_path, 0o600)
-    return private, token
-
-
-class GridBackupDaemon(MultiService):
     log = Logger()
 
-    def __init__(self, reactor, config):
+    def stopService(self):
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self):
+        Service.stopService(self)
+        for child in reversed(list(self)):
+            try:
+                await _as_deferred(child.stopService())
+            except Exception:
+                self.log.failure("while stopping {child}", child=child)
+
+
+class Periodic(Service):
+    """``call`` every ``interval`` seconds on ``clock`` while running; first at once if ``now``."""
+
+    def __init__(self, clock, interval, call, now=True):
+        self.clock = clock
+        self.interval = interval
+        self.call = call
+        self.now = now
+        self._loop = None
+
+    def startService(self):
+        super().startService()
+        self._loop = LoopingCall(self.call)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=self.now)
+
+    def stopService(self):
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+
+
+class APIListener(Service):
+    """The API's listening port; where it listens is written to ``api_endpoint`` for the CLI."""
+
+    log = Logger()
+
+    def __init__(self, reactor, description, site, endpoint_file, on_failure):
+        self.reactor = reactor
+        self.description = description
+        self.site = site
+        self.endpoint_file = endpoint_file
+        self.on_failure = on_failure
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        d = api_listen(self.reactor, self.description, self.site)
+        d.addCallbacks(self._listening, self._failed)
+
+    def _listening(self, port):
+        self.port = port
+        description = endpoint_description(port)
+        with open(self.endpoint_file, "w") as f:
+            f.write(str(description) + "\n")
+        self.log.info("API listening on {where}", where=description)
+
+    def _failed(self, f):
+        self.log.failure("cannot listen on {listen}", f, listen=self.description)
+        self.on_failure(f"cannot listen on {self.description}: {f.getErrorMessage()}")
+
+    async def _stop(self):
+        if self.port is not None:
+            await self.port.stopListening()
+            await self.site.close_connections()
+
+    def stopService(self):
+        super().stopService()
+        return Deferred.fromCoroutine(self._stop())
+
+
+# -- the parts, each from its own config section ---------------------------------
+
+
+def backup_jobs(reactor, conn, statedir, pool, config, on_scanned, waiters):
+    return BackupJobs(reactor, conn, statedir.database, pool, config, on_scanned, waiters)
+
+
+def restorer(reactor, conn, statedir, pool, client_getter, hostname):
+    return Restorer(reactor, conn, client_getter, pool, statedir.tmp, hostname=hostname)
+
+
+def publisher(conn, client, backup, upload, waiters, hostname):
+    """The one writer of the backup set's mutable directories, with this set's settings."""
+    settings = settings_document(ChunkParams(), backup.tiny_max, backup.chunk_threshold, upload.inline_max)
+    return Publisher(conn, client, settings, waiters, host=hostname)
+
+
+def uploader(reactor, conn, statedir, pool, client, publisher, upload):
+    """The uploader as ``[upload]`` says."""
+    return Uploader(
+        reactor, conn, client, publisher, pool, statedir.packs,
+        pack_size=upload.pack_size, parallel=upload.parallel, inline_max=upload.inline_max,
+        max_rate=upload.max_rate,
+        weights=Weights(upload.weight_recency, upload.weight_small, upload.weight_user,
+                        upload.weight_age, upload.user_roots),
+        spool_dir=statedir.spool,
+    )
+
+
+class _RunningPart(Service):
+    """A part with ``stop()`` and, if ``start``, ``start()`` (the uploader, maintenance) as a child service."""
+
+    def __init__(self, part, start=True):
+        self.part = part
+        self.start = start
+
+    def startService(self):
+        super().startService()
+        if self.start:
+            self.part.start()
+
+    def stopService(self):
+        super().stopService()
+        return self.part.stop()
+
+
+class GridBackupDaemon(OrderedServices):
+    log = Logger()
+
+    def __init__(self, reactor, config, statedir, grid=None):
         super().__init__()
         self.reactor = reactor
         self.config = config
+        self.statedir = statedir
+        self.grid = grid
         self.state = "starting"
         self.error = None
+        # Shared resources, opened at start and closed after the children stop.
         self.conn = None
+        self.pool = ThreadPool(minthreads=0, maxthreads=WORKER_THREADS, name="gridbackup-work")
         self.client = None
-        self.grid = None
+        # The parts built at start (before it, require_ready refuses) and once the grid answers.
         self.jobs = None
-        self.uploader = None
         self.restorer = None
         self.publisher = None
+        self.uploader = None
         self.maintenance = None
         self.rootcap = None
-        self.port = None
         self.servers_connected = None
-        self._grid_poll = None
-        self._schedule = None
-        self._ready = None
         self.read_only = False  # the root cap gives read access only
         self.recovering = False  # rebuilding the local state from the grid
         self.recovery = None  # what the last recovery found (RecoveryReport.as_dict())
         self.snapshot_waiters = Waiters()
-        if config.tahoe.embedded:
-            self.grid = LocalGrid(
-                reactor, config.grid_dir,
-                storage_nodes=config.tahoe.storage_nodes,
-                needed=config.tahoe.shares_needed,
-                happy=config.tahoe.shares_happy,
-                total=config.tahoe.shares_total,
-            )
-            self.grid.setServiceParent(self)
+        self._ready = None
+        if grid is not None:
+            grid.setServiceParent(self)
+
+    @property
+    def db_path(self):
+        return self.statedir.database
+
+    @property
+    def port(self):
+        return self.api.port
 
     # -- start and stop ----------------------------------------------------
 
     def startService(self):
-        make_state_dir(self.config.state_dir)
-        self.private_dir, self.token = ensure_private_dir(self.config.state_dir)
-        self.db_path = os.path.join(self.config.state_dir, "state.sqlite")
-        fresh = not os.path.exists(self.db_path)
-        self.conn = dbmod.open_database(self.db_path)
+        self.statedir.make()
+        self.token = self.statedir.ensure_api_token()
+        fresh = not self.statedir.has_database()
+        self.conn = dbmod.open_database(self.statedir.database)
         # A root cap without a database: this is a new machine (or a lost
         # state_dir); rebuild the state from the grid before the first scan.
-        existing_cap = read_private(os.path.join(self.private_dir, "rootcap"))
+        existing_cap = self.statedir.read_rootcap()
         self.read_only = existing_cap is not None and is_read_only(existing_cap)
         if existing_cap is not None and fresh:
             mark_pending(self.conn)
         self.recovering = needs_recovery(self.conn)
-        self.pool = ThreadPool(minthreads=0, maxthreads=WORKER_THREADS, name="gridbackup-work")
         self.pool.start()
-        self.jobs = BackupJobs(
-            self.reactor, self.conn, self.db_path, self.pool, self.config, self._scanned,
-            self.snapshot_waiters,
-        )
-        self.restorer = Restorer(
-            self.reactor, self.conn, self._client, self.pool,
-            os.path.join(self.config.state_dir, "tmp"), hostname=self.config.hostname,
-        )
-        self.jobs.recover_interrupted()
-        self.restorer.recover_interrupted()
+        jobs = self.jobs = backup_jobs(self.reactor, self.conn, self.statedir, self.pool, self.config,
+                                       self._scanned, self.snapshot_waiters)
+        restores = self.restorer = restorer(self.reactor, self.conn, self.statedir, self.pool, self._client,
+                                            self.config.hostname)
+        jobs.recover_interrupted()
+        restores.recover_interrupted()
         super().startService()
-        self._listen()
+        self.site = make_site(router, self, self.token)
+        self.api = APIListener(self.reactor, self.config.api_listen, self.site,
+                               self.statedir.api_endpoint, self._listen_failed)
+        self.api.setServiceParent(self)
+        for part in (jobs, restores):
+            _RunningPart(part, start=False).setServiceParent(self)
         if not self.recovering and not self.read_only:
-            self._start_schedule()
-        self._ready = Deferred.fromCoroutine(self._start_grid_side())
+            self._start_schedule(jobs)
+        self._ready = Deferred.fromCoroutine(self._start_grid_side(jobs, restores))
         self._ready.addErrback(self._start_failed)
 
-    def _listen(self):
-        self.site = make_site(router, self, self.token)
-        d = api_listen(self.reactor, self.config.api_listen, self.site)
+    def _listen_failed(self, why):
+        self.state = "error"
+        self.error = why
+        self.reactor.stop()
 
-        def listening(port):
-            self.port = port
-            description = endpoint_description(port)
-            with open(os.path.join(self.config.state_dir, "api_endpoint"), "w") as f:
-                f.write(str(description) + "\n")
-            self.log.info("API listening on {where}", where=description)
-
-        def failed(f):
-            self.log.failure("cannot listen on {listen}", f, listen=self.config.api_listen)
-            self.state = "error"
-            self.error = f"cannot listen on {self.config.api_listen}: {f.getErrorMessage()}"
-            self.reactor.stop()
-
-        d.addCallbacks(listening, failed)
-
-    def _start_schedule(self):
+    def _start_schedule(self, jobs):
         interval = self.config.backup.scan_interval
         if interval <= 0 or not self.config.backup.paths:
             return
-        self._schedule = LoopingCall(self._scheduled_scan)
-        self._schedule.clock = self.reactor
-        last = self.conn.execute("SELECT max(requested) FROM snapshots").fetchone()[0]
+        last = snapshots.last_requested(self.conn)
         due_now = last is None or last + interval <= self.reactor.seconds()
-        self._schedule.start(interval, now=due_now)
 
-    def _scheduled_scan(self):
-        try:
-            self.jobs.request(tags=("scheduled",))
-        except Exception:
-            self.log.failure("cannot queue the scheduled scan")
+        def scheduled_scan():
+            try:
+                jobs.request(tags=("scheduled",))
+            except Exception:
+                self.log.failure("cannot queue the scheduled scan")
 
-    async def _start_grid_side(self):
+        Periodic(self.reactor, interval, scheduled_scan, now=due_now).setServiceParent(self)
+
+    async def _start_grid_side(self, jobs, restores):
         if self.grid is not None:
             node_url = await self.grid.when_ready()
         else:
             node_url = self.config.tahoe.node_url
-        self.client = TahoeClient(node_url, clock=self.reactor, min_servers=self.config.tahoe.shares_happy)
-        await self._wait_for_grid()
-        rootcap = self.rootcap = await self._root_cap()
+        client = self.client = TahoeClient(node_url, clock=self.reactor,
+                                           min_servers=self.config.tahoe.shares_happy)
+        await self._wait_for_grid(client)
+        rootcap = self.rootcap = await self._root_cap(client)
         if self.recovering:
             self.state = "recovering"
             self.log.info("no local state: recovering it from the grid")
-            report = await recover_state(self.reactor, self.conn, self.db_path, self.client, rootcap,
-                                         os.path.join(self.config.state_dir, "logs"), self.pool)
+            report = await recover_state(self.reactor, self.conn, self.statedir.database, client,
+                                         rootcap, self.statedir.logs, self.pool)
             self.recovery = report.as_dict()
             self.recovering = False
             if not self.read_only:
-                self._start_schedule()
+                self._start_schedule(jobs)
         if self.read_only:
             # A read-only root cap: list and restore, never write.
-            self._start_read_only(node_url)
+            self._ready_to_serve(client, restores)
+            self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
             return
-        up = self.config.upload
-        self.publisher = Publisher(self.conn, self.client, settings_document(
-            ChunkParams(), self.config.backup.tiny_max, self.config.backup.chunk_threshold,
-            up.inline_max),
-            self.snapshot_waiters, host=self.config.hostname)
-        await self.publisher.ensure_layout(rootcap)
-        self.uploader = Uploader(
-            self.reactor, self.conn, self.client, self.publisher, self.pool,
-            os.path.join(self.config.state_dir, "packs"),
-            pack_size=up.pack_size, parallel=up.parallel, inline_max=up.inline_max,
-            max_rate=up.max_rate,
-            weights=Weights(up.weight_recency, up.weight_small, up.weight_user, up.weight_age,
-                            up.user_roots),
-            spool_dir=os.path.join(self.config.state_dir, "spool"),
-        )
-        self.uploader.start()
-        self._ready_to_serve()
+        writer = self.publisher = publisher(self.conn, client, self.config.backup, self.config.upload,
+                                            self.snapshot_waiters, self.config.hostname)
+        await writer.ensure_layout(rootcap)
+        self.uploader = uploader(self.reactor, self.conn, self.statedir, self.pool, client,
+                                 writer, self.config.upload)
+        _RunningPart(self.uploader).setServiceParent(self)
+        self._ready_to_serve(client, restores)
         self.log.info("ready: grid at {url}", url=node_url)
-        self.jobs.kick()
+        jobs.kick()
 
-    def _start_read_only(self, node_url):
-        self._ready_to_serve()
-        self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
-
-    def _ready_to_serve(self):
+    def _ready_to_serve(self, client, restores):
         """The grid side is up: watch the grid, run the restores that wait, and maintenance."""
-        self._grid_poll = LoopingCall(self._poll_grid)
-        self._grid_poll.clock = self.reactor
-        self._grid_poll.start(GRID_POLL, now=False)
+        Periodic(self.reactor, GRID_POLL, lambda: self._poll_grid(client), now=False).setServiceParent(self)
         self.state = "ready"
-        self.restorer.kick()
+        restores.kick()
         self.maintenance = Maintenance(self.reactor, self)
-        self.maintenance.start()
+        _RunningPart(self.maintenance).setServiceParent(self)
 
-    async def _wait_for_grid(self):
+    async def _wait_for_grid(self, client):
         """Wait, however long it takes, until enough storage servers are connected."""
         delay = 1.0
         while True:
             try:
-                self.servers_connected = await self.client.connected_servers()
+                self.servers_connected = await client.connected_servers()
             except TahoeError as e:
                 self.error = str(e)
             else:
@@ -260,14 +327,13 @@ class GridBackupDaemon(MultiService):
             await deferLater(self.reactor, delay, lambda: None)
             delay = min(delay * 2, 30.0)
 
-    async def _root_cap(self):
-        path = os.path.join(self.private_dir, "rootcap")
-        cap = read_private(path)
+    async def _root_cap(self, client):
+        cap = self.statedir.read_rootcap()
         if cap is None:
-            cap = await self.client.mkdir()
-            write_private(path, cap + "\n")
-            self.log.info("created a new backup set; its root cap is in {path}", path=path)
-        os.chmod(path, 0o600)
+            cap = await client.mkdir()
+            self.statedir.write_rootcap(cap)
+            self.log.info("created a new backup set; its root cap is in {path}", path=self.statedir.rootcap)
+        self.statedir.protect_rootcap()
         return cap
 
     def _start_failed(self, failure):
@@ -275,63 +341,58 @@ class GridBackupDaemon(MultiService):
         self.error = failure.getErrorMessage()
         self.log.failure("the daemon could not start its grid side", failure)
 
-    async def _poll_grid_async(self):
+    async def _poll_grid_async(self, client):
         try:
-            self.servers_connected = await self.client.connected_servers()
+            self.servers_connected = await client.connected_servers()
         except TahoeError as e:
             self.servers_connected = 0
             self.error = str(e)
 
-    def _poll_grid(self):
-        return Deferred.fromCoroutine(self._poll_grid_async())
+    def _poll_grid(self, client):
+        return Deferred.fromCoroutine(self._poll_grid_async(client))
 
-    def stopService(self):
-        return Deferred.fromCoroutine(self._stop())
-
-    async def _stop(self):
-        """Stop every part, each even if another failed to; the pool and database last."""
-        for loop in (self._schedule, self._grid_poll):
-            if loop is not None and loop.running:
-                loop.stop()
+    async def _stop_children(self):
+        """Stop every child, then close the shared resources: the client, the pool, the database."""
         if self._ready is not None and not self._ready.called:
             self._ready.cancel()
-        steps = []
-        if self.port is not None:
-            steps += [self.port.stopListening, self.site.close_connections]
-        # Maintenance first: forget and prune hold the scan lock a scan waits for.
-        for part in (self.maintenance, self.jobs, self.uploader, self.restorer):
-            if part is not None:
-                steps.append(part.stop)
-        if self.client is not None:
-            steps.append(self.client.close)
-        steps.append(super().stopService)
         try:
-            for step in steps:
+            await super()._stop_children()
+            client = self.client
+            if client is not None:
                 try:
-                    await _as_deferred(step())
+                    await client.close()
                 except Exception:
-                    self.log.failure("while stopping: {step}", step=getattr(step, "__qualname__", step))
+                    self.log.failure("while closing the Tahoe client")
         finally:
             self.pool.stop()
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
 
     # -- for the API and for tests ----------------------------------------------
 
     def when_ready(self):
         """Fires with the daemon's state once the grid side is up ("ready") or gave up ("error")."""
-        d = Deferred()
-        self._ready.addBoth(lambda result: d.callback(self.state) or result)
+        d: Deferred = Deferred()
+
+        def fire(result):
+            d.callback(self.state)
+            return result
+
+        if self._ready is not None:
+            self._ready.addBoth(fire)
         return d
 
     def wait_for_snapshot(self, snapshot_id):
         """Fires with the end state of a snapshot: complete, incomplete or failed."""
-        row = self.conn.execute("SELECT state FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
-        if row is not None and row[0] in ("complete", "incomplete", "failed"):
-            return succeed(row[0])
+        state = snapshots.state_of(self.conn, snapshot_id)
+        if state in ("complete", "incomplete", "failed"):
+            return succeed(state)
         return self.snapshot_waiters.wait(snapshot_id)
 
     def wait_for_restore(self, restore_id):
         """Fires with the end state of a restore: done, failed or cancelled."""
+        if self.restorer is None:
+            raise APIError(503, "starting", "the daemon is still starting")
         return self.restorer.wait(restore_id)
 
     def _client(self):
@@ -381,22 +442,25 @@ def preflight(config):
     with a traceback: the state directory is usable and its database is one
     this version understands.  Raises GridBackupError with one clear line.
     """
+    statedir = StateDir(config.state_dir)
     try:
-        make_state_dir(config.state_dir)
-        probe = os.path.join(config.state_dir, ".write-test")
-        with open(probe, "w"):
-            pass
-        os.unlink(probe)
+        statedir.check_writable()
     except OSError as e:
         raise GridBackupError(
             f"{config.path}: [gridbackup] state_dir = {config.state_dir!r}: not a writable directory ({e.strerror})"
         )
     # An existing database must be one this version can use; a missing one
     # is left missing, because a root cap without a database means recovery.
-    db_path = os.path.join(config.state_dir, "state.sqlite")
-    if os.path.exists(db_path):
-        dbmod.open_database(db_path).close()
+    if statedir.has_database():
+        dbmod.open_database(statedir.database).close()
 
 
 def from_config(reactor, config):
-    return GridBackupDaemon(reactor, config)
+    """The daemon as ``config`` describes it; nothing is opened or started until it starts."""
+    statedir = StateDir(config.state_dir)
+    grid = None
+    if config.tahoe.embedded:
+        t = config.tahoe
+        grid = LocalGrid(reactor, statedir.grid, storage_nodes=t.storage_nodes,
+                         needed=t.shares_needed, happy=t.shares_happy, total=t.shares_total)
+    return GridBackupDaemon(reactor, config, statedir, grid=grid)

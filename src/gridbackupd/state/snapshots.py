@@ -284,3 +284,16 @@ def put_recovered(conn, rows):
             rows,
         )
 
+
+# -- for the daemon: the scan schedule and waiting for a snapshot ---------------------
+
+
+def last_requested(conn):
+    """When the newest snapshot was requested (seconds since the epoch), or None if there is none."""
+    return conn.execute("SELECT max(requested) FROM snapshots").fetchone()[0]
+
+
+def state_of(conn, snapshot_id):
+    """A snapshot's state (queued ... complete, incomplete, failed), or None if there is no such snapshot."""
+    row = conn.execute("SELECT state FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    return row[0] if row is not None else None

@@ -21,7 +21,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.api import browse
 from gridbackupd.upload.packer import encode_blob
-from tests.support.daemoncase import DaemonTestCase, run
+from tests.support.daemoncase import DaemonTestCase
 
 
 class _Collect(Protocol):
@@ -112,10 +112,7 @@ class HostileRequestTests(DaemonCase):
         data = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
         return raw_request(_tcp(self.daemon), data)
 
-    def test_hostile(self):
-        return run(self._hostile())
-
-    async def _hostile(self):
+    async def test_hostile(self):
         r = await self.request("GET", "/v1/status", auth=False)
         self.assertError(r, 401, "unauthorized")
         r = await self.request("GET", "/v1/status", auth=False,
@@ -181,10 +178,7 @@ class HostileRequestTests(DaemonCase):
         self.assertError(await self.request("GET", "/v1/snapshots?limit=-1"), 400, "bad_request")
         self.assertError(await self.request("GET", "/v1/diff?from=a"), 400, "bad_request")
 
-    def test_unexpected_error_is_json_500(self):
-        return run(self._unexpected())
-
-    async def _unexpected(self):
+    async def test_unexpected_error_is_json_500(self):
         def boom():
             raise RuntimeError("secret internals")
 
@@ -203,10 +197,7 @@ class UnixSocketTests(DaemonCase):
         self.addCleanup(shutil.rmtree, directory, True)
         return "unix:" + os.path.join(directory, "api.sock")
 
-    def test_unix_socket_is_private_and_answers(self):
-        return run(self._unix())
-
-    async def _unix(self):
+    async def test_unix_socket_is_private_and_answers(self):
         with open(os.path.join(self.daemon.config.state_dir, "api_endpoint")) as f:
             written = f.read().strip()
         self.assertTrue(written.startswith("unix:/"), written)
@@ -221,10 +212,7 @@ class UnixSocketTests(DaemonCase):
 
 
 class BrowseTests(DaemonCase):
-    def test_browse_content_diff_metrics(self):
-        return run(self._browse())
-
-    async def _browse(self):
+    async def test_browse_content_diff_metrics(self):
         first = await self.backup()
         tree = self.tree
         code, doc = await self.api.call("GET", f"/v1/snapshots/{first}/files?path={tree}")

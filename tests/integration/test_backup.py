@@ -570,12 +570,7 @@ class DaemonIncrementalTests(TestCase):
 
     timeout = 240
 
-    def test_restore_of_an_incremental_snapshot(self):
-        from twisted.internet.defer import Deferred
-
-        return Deferred.fromCoroutine(self._incremental())
-
-    async def _incremental(self):
+    async def test_restore_of_an_incremental_snapshot(self):
         import shutil
 
         from twisted.internet import reactor

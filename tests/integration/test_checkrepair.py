@@ -26,7 +26,7 @@ from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.reachable import ROOT
 from gridbackupd.state.db import open_database
 from tests.integration.test_leases import make_context, reachable_objects
-from tests.support.daemoncase import DaemonTestCase, run, write_config
+from tests.support.daemoncase import DaemonTestCase, write_config
 from tests.support.gridshares import corrupt_shares, nodes_holding, share_files, storage_node_names
 from tests.support.sharedgrid import shared_grid, shared_node_url
 from tests.support.trees import tree_listing
@@ -115,10 +115,7 @@ class UnhealthyAnswerTests(DaemonTestCase):
     async def objects_by_name(self):
         return {o.name: o for o in await reachable_objects(self.daemon)}
 
-    def test_unrecoverable_pack_and_log_are_failures_and_name_what_is_lost(self):
-        return run(self._unrecoverable())
-
-    async def _unrecoverable(self):
+    async def test_unrecoverable_pack_and_log_are_failures_and_name_what_is_lost(self):
         first = await self.backup()
         changed = sorted(self.digests)[0]
         with open(changed, "ab") as f:
@@ -194,10 +191,7 @@ class UnhealthyAnswerTests(DaemonTestCase):
         for obj in objects.values():
             self.assertNotIn(obj.cap, text)
 
-    def test_without_repair_an_unhealthy_object_stays_unhealthy(self):
-        return run(self._no_repair())
-
-    async def _no_repair(self):
+    async def test_without_repair_an_unhealthy_object_stays_unhealthy(self):
         await self.backup()
         objects = await self.objects_by_name()
         stub = StubbedChecks(self.daemon.client, {
@@ -247,10 +241,7 @@ class RepairTests(DaemonTestCase):
             self.assertLess(time.monotonic(), deadline, "the client still sees 4 servers")
             await deferLater(reactor, 0.2, lambda: None)
 
-    def test_repair_after_a_storage_node_is_gone(self):
-        return run(self._repair())
-
-    async def _repair(self):
+    async def test_repair_after_a_storage_node_is_gone(self):
         await self.backup()
         objects = [o for o in await reachable_objects(self.daemon) if not o.literal]
         holding = {name: sum(1 for o in objects if share_files(self.grid, o.cap, [name]))
@@ -293,10 +284,7 @@ class CorruptSharesTests(TestCase):
 
     timeout = 120
 
-    def test_corrupt_file_is_found_by_verify_only(self):
-        return run(self._corrupt())
-
-    async def _corrupt(self):
+    async def test_corrupt_file_is_found_by_verify_only(self):
         url = await shared_node_url()
         grid = shared_grid()
         if grid is None:

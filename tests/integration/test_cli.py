@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.cli import main as cli
 from tests.support import REPO
-from tests.support.daemoncase import DaemonTestCase, run, write_config
+from tests.support.daemoncase import DaemonTestCase, write_config
 
 SRC = os.path.join(REPO, "src")
 
@@ -168,10 +168,7 @@ class CommandTests(DaemonTestCase):
     def gb(self, *argv):
         return gridbackup("--config", self.config_path, *argv)
 
-    def test_commands(self):
-        return run(self._commands())
-
-    async def _commands(self):
+    async def test_commands(self):
         code, out, err = await self.gb("status")
         self.assertEqual((code, err), (0, ""))
         self.assertIn(b"daemon: ready", out)
@@ -293,10 +290,7 @@ class CommandTests(DaemonTestCase):
         ro = node[1]["ro_uri"]
         self.assertIn(f"read-only:  {ro}\n", text)
 
-    def test_subprocess_plain_output(self):
-        return run(self._subprocess())
-
-    async def _subprocess(self):
+    async def test_subprocess_plain_output(self):
         env = dict(os.environ, PYTHONPATH=SRC)
         out, err, code = await getProcessOutputAndValue(
             sys.executable, ["-m", "gridbackupd.cli.main", "--config", self.config_path, "status"], env=env)

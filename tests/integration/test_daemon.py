@@ -11,16 +11,13 @@ from twisted.trial.unittest import TestCase
 
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
-from tests.support.daemoncase import DaemonTestCase, api_client, run, write_config
+from tests.support.daemoncase import DaemonTestCase, api_client, write_config
 from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree, tree_listing
 
 
 class DaemonTests(DaemonTestCase):
-    def test_backup_and_restore_round_trip(self):
-        return run(self._round_trip())
-
-    async def _round_trip(self):
+    async def test_backup_and_restore_round_trip(self):
         snapshot_id = await self.backup()
         code, listing = await self.api.call("GET", "/v1/snapshots")
         self.assertEqual(code, 200)
@@ -44,10 +41,7 @@ class DaemonTests(DaemonTestCase):
         restored = os.path.join(target, self.tree.lstrip("/"))
         self.assertEqual(tree_listing(restored), tree_listing(self.tree))
 
-    def test_few_thousand_files(self):
-        return run(self._few_thousand())
-
-    async def _few_thousand(self):
+    async def test_few_thousand_files(self):
         big = os.path.join(self.base, "many")
         make_tree(big, files=3000, seed=9, large=3_000_000)
         # The configured root is self.tree: back up a second root by a new daemon config.
@@ -60,10 +54,7 @@ class DaemonTests(DaemonTestCase):
         self.assertGreater(status["files_done"], 3000)
         self.assertEqual(tree_listing(os.path.join(target, big.lstrip("/"))), tree_listing(big))
 
-    def test_incremental_change_and_old_snapshot(self):
-        return run(self._incremental())
-
-    async def _incremental(self):
+    async def test_incremental_change_and_old_snapshot(self):
         first = await self.backup()
         changed = os.path.join(self.tree, "docs", "letter.txt")
         with open(changed, "rb") as f:
@@ -87,10 +78,7 @@ class DaemonTests(DaemonTestCase):
             self.assertEqual(f.read(), old)
         self.assertEqual(status["files_total"], 1)
 
-    def test_status(self):
-        return run(self._status())
-
-    async def _status(self):
+    async def test_status(self):
         code, body = await self.api.call("GET", "/v1/status")
         self.assertEqual(code, 200)
         self.assertEqual(body["state"], "ready")
@@ -102,10 +90,7 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual(body["upload"]["pending_blobs"], 0)
         self.assertTrue(body["last_snapshot"]["complete"])
 
-    def test_bad_requests(self):
-        return run(self._bad_requests())
-
-    async def _bad_requests(self):
+    async def test_bad_requests(self):
         cases = [
             (api_client(self, self.daemon, token="wrong"), "GET", "/v1/status", None, None, 401),
             (self.api, "GET", "/v1/nothing", None, None, 404),
@@ -126,10 +111,7 @@ class DaemonTests(DaemonTestCase):
             self.assertEqual(set(doc), {"error"})
             self.assertEqual(set(doc["error"]), {"code", "message"})
 
-    def test_requests_join_the_waiting_scan(self):
-        return run(self._join())
-
-    async def _join(self):
+    async def test_requests_join_the_waiting_scan(self):
         # Within one turn of the reactor no scan can finish: the first
         # request's scan may start at once; every later one while a scan
         # waits joins the waiting one.
@@ -145,10 +127,7 @@ class DaemonTests(DaemonTestCase):
 class SecretsTests(TestCase):
     timeout = 240
 
-    def test_private_files(self):
-        return run(self._private())
-
-    async def _private(self):
+    async def test_private_files(self):
         node_url = await shared_node_url()
         base = os.path.abspath(self.mktemp())
         os.makedirs(os.path.join(base, "data"))

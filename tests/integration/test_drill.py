@@ -15,7 +15,7 @@ from gridbackupd.format.chain import snapshot_entries
 from gridbackupd.maintenance import drill
 from gridbackupd.model import DIR, FILE, Entry
 from gridbackupd.state.blobs import locate
-from tests.support.daemoncase import DaemonTestCase, run
+from tests.support.daemoncase import DaemonTestCase
 from tests.support.gridshares import corrupt_shares
 from tests.support.sharedgrid import shared_grid
 
@@ -69,10 +69,7 @@ class DrillTests(DaemonTestCase):
                         found[os.path.abspath(path)] = f.read()
         return found
 
-    def test_healthy_snapshot(self):
-        return run(self._healthy())
-
-    async def _healthy(self):
+    async def test_healthy_snapshot(self):
         snapshot = await self.backup()
         ctx = self.context(files=5)
         result = await drill.restore_drill(ctx)
@@ -96,10 +93,7 @@ class DrillTests(DaemonTestCase):
         self.assertEqual(result["inline_files"], 1)
         self.assertFalse(os.path.exists(self.drill_dir()))
 
-    def test_corrupt_pack_is_found(self):
-        return run(self._corrupt())
-
-    async def _corrupt(self):
+    async def test_corrupt_pack_is_found(self):
         grid = shared_grid()
         if grid is None:
             self.skipTest("the grid is not this process's LocalGrid: its shares are out of reach")
@@ -133,10 +127,7 @@ class DrillTests(DaemonTestCase):
         self.assertEqual(ctx.progress["done"], total)
         self.assertFalse(os.path.exists(self.drill_dir()))
 
-    def test_no_complete_snapshot(self):
-        return run(self._no_snapshot())
-
-    async def _no_snapshot(self):
+    async def test_no_complete_snapshot(self):
         result = await drill.restore_drill(self.context())
         self.assertEqual(result["snapshot"], None)
         self.assertEqual((result["files"], result["ok"], result["failed"]), (0, 0, []))
@@ -145,10 +136,7 @@ class DrillTests(DaemonTestCase):
         self.assertEqual(result["snapshot"], None)
         self.assertIn("20990101T000000Z-none", result["skipped"])
 
-    def test_leftover_scratch_removed(self):
-        return run(self._leftover())
-
-    async def _leftover(self):
+    async def test_leftover_scratch_removed(self):
         snapshot = await self.backup()
         left = os.path.join(self.drill_dir(), "drill-killed", "a", "deep")
         os.makedirs(left)
@@ -165,10 +153,7 @@ class DrillTests(DaemonTestCase):
         self.assertEqual((result["snapshot"], result["ok"], result["failed"]), (snapshot, 3, []))
         self.assertFalse(os.path.exists(self.drill_dir()))
 
-    def test_log_not_readable(self):
-        return run(self._no_log())
-
-    async def _no_log(self):
+    async def test_log_not_readable(self):
         snapshot = await self.backup()
         [log_path] = self.daemon.conn.execute(
             "SELECT log_path FROM snapshots WHERE id = ?", (snapshot,)).fetchone()

@@ -12,7 +12,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.log import LogReader
 from gridbackupd.state.blobs import locate
 from gridbackupd.upload import publisher
-from tests.support.daemoncase import DaemonTestCase, run, write_config
+from tests.support.daemoncase import DaemonTestCase, write_config
 from tests.support.trees import tree_listing
 
 RETENTION = "[upload]\npack_size = 64KiB\n[retention]\nkeep_last = 1\ninterval = 0\n"
@@ -57,10 +57,7 @@ class ForgetAndPruneTests(DaemonTestCase):
             packs.update(n for n in await client.list_dir(commit.cap) if n.startswith("pack-"))
         return logs, packs
 
-    def test_forget_and_prune(self):
-        return run(self._forget_and_prune())
-
-    async def _forget_and_prune(self):
+    async def test_forget_and_prune(self):
         first = await self.backup()
         doomed = self.blobs_of(first, "doomed")
         kept = self.blobs_of(first, "keep")
@@ -145,10 +142,7 @@ class ForgetAndPruneTests(DaemonTestCase):
         self.assertEqual(tree_listing(os.path.join(target, self.tree.lstrip("/"))),
                          tree_listing(self.tree))
 
-    def test_forget_named_snapshot_and_refusals(self):
-        return run(self._named())
-
-    async def _named(self):
+    async def test_forget_named_snapshot_and_refusals(self):
         first = await self.backup()
         write(os.path.join(self.tree, "keep", "changed"), b"x" * 5000)
         second = await self.backup()
@@ -174,10 +168,7 @@ class ForgetAndPruneTests(DaemonTestCase):
         third = await self.backup()
         self.assertNotIn(third, (first, second))
 
-    def test_refused_while_another_daemon_holds_the_writer_lock(self):
-        return run(self._locked())
-
-    async def _locked(self):
+    async def test_refused_while_another_daemon_holds_the_writer_lock(self):
         import time
 
         from gridbackupd.format.index import encode_lock

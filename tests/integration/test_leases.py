@@ -8,7 +8,6 @@ import time
 import uuid
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
@@ -158,13 +157,10 @@ class RenewLeasesTests(DaemonTestCase):
 class FakeGridRunTests(TestCase):
     """The walk and the resumable run, on the in-memory fake Tahoe (fast, exact)."""
 
-    def setUp(self):
+    async def setUp(self):
         self.client, self.fake = fake_client(retry=RetryPolicy(attempts=1))
         self.conn = open_database(os.path.join(os.path.abspath(self.mktemp()), "state.db"))
         self.addCleanup(self.conn.close)
-        return Deferred.fromCoroutine(self._layout())
-
-    async def _layout(self):
         client = self.client
         self.root = await client.mkdir()
         commits = await client.mkdir()
@@ -181,19 +177,17 @@ class FakeGridRunTests(TestCase):
                           client=client or self.client, rootcap=self.root, pool=None,
                           state_dir=None, job_id="job-1", options=options)
 
-    def test_walk_finds_everything_once(self):
-        async def go():
-            found = []
-            await walk(self.client, self.root, found.append, parallel=2)
-            names = [o.name for o in found]
-            self.assertEqual(names[0], ROOT)
-            self.assertEqual(sorted(names), sorted(
-                [ROOT, "commits", "commits/tiny", "extra-thing", "extra-thing/inner"]
-                + [f"commits/pack-{i:02d}" for i in range(30)]))
-            self.assertEqual([o.name for o in found if o.literal], ["commits/tiny"])
-        return Deferred.fromCoroutine(go())
+    async def test_walk_finds_everything_once(self):
+        found = []
+        await walk(self.client, self.root, found.append, parallel=2)
+        names = [o.name for o in found]
+        self.assertEqual(names[0], ROOT)
+        self.assertEqual(sorted(names), sorted(
+            [ROOT, "commits", "commits/tiny", "extra-thing", "extra-thing/inner"]
+            + [f"commits/pack-{i:02d}" for i in range(30)]))
+        self.assertEqual([o.name for o in found if o.literal], ["commits/tiny"])
 
-    def test_bounded_throttled_and_resumable_after_a_stop(self):
+    async def test_bounded_throttled_and_resumable_after_a_stop(self):
         self.patch(reachable, "HIGH_WATER", 4)
         checked = []
         running = [0, 0]  # now, most at once
@@ -218,23 +212,21 @@ class FakeGridRunTests(TestCase):
         client = self.client
         ctx.client = Counting()
 
-        async def go():
-            with self.assertRaises(JobStopped):
-                await renew_leases(ctx)
-            self.assertLessEqual(running[1], 3)
-            first = set(checked)
-            done = ctx.done_items()
-            # Everything that was checked is marked done, and nothing else
-            # (the literal one is done without a check).
-            self.assertGreaterEqual(len(done), 20)
-            del checked[:]
-            ctx.stopping = False
-            ctx.progress.clear()
-            result = await renew_leases(ctx)
-            self.assertEqual(result["objects"], 35)
-            self.assertEqual(result["skipped"] + result["renewed"] + result["resumed"], 35)
-            self.assertEqual(result["resumed"], len(done))
-            self.assertFalse(first & set(checked), "nothing is checked twice")
-            self.assertEqual(len(first | set(checked)), 34)
-            self.assertEqual(ctx.progress["done"], 35)
-        return Deferred.fromCoroutine(go())
+        with self.assertRaises(JobStopped):
+            await renew_leases(ctx)
+        self.assertLessEqual(running[1], 3)
+        first = set(checked)
+        done = ctx.done_items()
+        # Everything that was checked is marked done, and nothing else
+        # (the literal one is done without a check).
+        self.assertGreaterEqual(len(done), 20)
+        del checked[:]
+        ctx.stopping = False
+        ctx.progress.clear()
+        result = await renew_leases(ctx)
+        self.assertEqual(result["objects"], 35)
+        self.assertEqual(result["skipped"] + result["renewed"] + result["resumed"], 35)
+        self.assertEqual(result["resumed"], len(done))
+        self.assertFalse(first & set(checked), "nothing is checked twice")
+        self.assertEqual(len(first | set(checked)), 34)
+        self.assertEqual(ctx.progress["done"], 35)

@@ -11,7 +11,7 @@ import socket
 import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, gatherResults
+from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
@@ -67,16 +67,13 @@ class LocalGridTests(TestCase):
         self.addCleanup(grid.stopService)
         return grid
 
-    def test_start_stop_restart(self):
+    async def test_start_stop_restart(self):
         """
         A fresh grid becomes ready with all storage servers connected, its
         client node dir is basedir/client, stopping it ends its processes;
         a second start on the same directory reuses ports, keys and node
         ids.
         """
-        return Deferred.fromCoroutine(self._start_stop_restart())
-
-    async def _start_stop_restart(self):
         basedir = os.path.abspath(self.mktemp())
         grid = self._grid(basedir)
         # Let trial schedule its timeout first, then see what is pending.
@@ -119,16 +116,13 @@ class LocalGridTests(TestCase):
         self.assertEqual(set(again.pids().values()) & set(pids.values()), set())
         await again.stopService()
 
-    def test_takes_over_leftovers(self):
+    async def test_takes_over_leftovers(self):
         """
         Nodes left running by a daemon that was killed (the LocalGrid is
         dropped without a stop) are stopped and replaced by the next start;
         a pidfile naming a dead process, or a live process that is not
         the node, is removed and that process left alone.
         """
-        return Deferred.fromCoroutine(self._takes_over_leftovers())
-
-    async def _takes_over_leftovers(self):
         basedir = os.path.abspath(self.mktemp())
         old = self._grid(basedir)
         old.startService()
@@ -165,15 +159,12 @@ class LocalGridTests(TestCase):
         self.assertGreaterEqual(await new.connected_servers(), 3)
         await new.stopService()
 
-    def test_start_failures(self):
+    async def test_start_failures(self):
         """
         A node port taken by another program, and a node that exits during
         the start, fail the start with an error naming the node; a stop
         during the start cancels it.  Nothing is left running.
         """
-        return Deferred.fromCoroutine(self._start_failures())
-
-    async def _start_failures(self):
         basedir = os.path.abspath(self.mktemp())
         os.makedirs(basedir)
         squatter = socket.socket()
@@ -245,13 +236,10 @@ class LocalGridTests(TestCase):
 class SharedGridTests(TestCase):
     timeout = 120
 
-    def test_same_url(self):
+    async def test_same_url(self):
         """
         shared_node_url() starts one grid and hands its URL to every caller.
         """
-        return Deferred.fromCoroutine(self._same_url())
-
-    async def _same_url(self):
         first, second = await gatherResults([shared_node_url(), shared_node_url()])
         self.assertEqual(first, second)
         self.assertEqual(await shared_node_url(), first)

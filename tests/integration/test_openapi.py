@@ -19,7 +19,7 @@ from gridbackupd.api.routes import router
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
 from tests.integration.test_api import _tcp, raw_request
-from tests.integration.test_daemon import run, write_config
+from tests.integration.test_daemon import write_config
 from tests.support import REPO
 from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree
@@ -110,10 +110,7 @@ class SpecTests(SynchronousTestCase):
 class ResponseTests(TestCase):
     timeout = 240
 
-    def setUp(self):
-        return run(self._setUp())
-
-    async def _setUp(self):
+    async def setUp(self):
         self.spec = load_spec()
         node_url = await shared_node_url()
         self.base = os.path.abspath(self.mktemp())
@@ -156,10 +153,7 @@ class ResponseTests(TestCase):
             self.fail(f"{method} {path} ({status}): {e}")
         return status, doc
 
-    def test_responses(self):
-        return run(self._responses())
-
-    async def _responses(self):
+    async def test_responses(self):
         S = "/v1/snapshots/{snapshot_id}"
         await self.call("GET", "/v1/status")
         await self.call("GET", "/v1/status", auth=False)

@@ -12,7 +12,6 @@ import sys
 import time
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
@@ -141,10 +140,7 @@ def node_pids(state):
 class ProcessTests(TestCase):
     timeout = 400
 
-    def test_kill_9_and_restart(self):
-        return Deferred.fromCoroutine(self._kill_9())
-
-    async def _kill_9(self):
+    async def test_kill_9_and_restart(self):
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)
         tree = os.path.join(base, "data")

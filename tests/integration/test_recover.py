@@ -12,7 +12,6 @@ import os
 import stat
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -27,10 +26,6 @@ from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.upload import packer
 
 T0 = 1_700_000_000_000_000_000
-
-
-def run(coro):
-    return Deferred.fromCoroutine(coro)
 
 
 def sha(data):
@@ -148,10 +143,7 @@ class RecoverFakeGridTests(TestCase):
             snapshotlog.Deletion(b"/data/small"),
         ], kind="incremental", parent="20260101T000000.000000Z-aaaaaaaa", started=1_767_312_000.0)
 
-    def test_recover_and_restore(self):
-        return run(self._recover_and_restore())
-
-    async def _recover_and_restore(self):
+    async def test_recover_and_restore(self):
         await self.build()
         report = await self.recover(self.grid.root)
         self.assertEqual((report.commits, report.packs, report.blobs, report.inline_blobs,
@@ -192,10 +184,7 @@ class RecoverFakeGridTests(TestCase):
         self.assertEqual(self.conn.execute("SELECT hash, state, pack_id FROM blobs ORDER BY hash").fetchall(),
                          before)
 
-    def test_unreadable_index_uses_pack_trailers(self):
-        return run(self._trailers())
-
-    async def _trailers(self):
+    async def test_unreadable_index_uses_pack_trailers(self):
         await self.build(corrupt_index=True)
         report = await self.recover(self.grid.root)
         self.assertEqual(len(report.from_trailers), 1)
@@ -211,10 +200,7 @@ class RecoverFakeGridTests(TestCase):
         with open(os.path.join(self.base, "r", "data", "one"), "rb") as f:
             self.assertEqual(f.read(), self.data["one"])
 
-    def test_read_only_cap(self):
-        return run(self._read_only())
-
-    async def _read_only(self):
+    async def test_read_only_cap(self):
         await self.build()
         ro = await read_only_cap(self.client, self.grid.root)
         self.assertTrue(is_read_only(ro))
@@ -223,10 +209,7 @@ class RecoverFakeGridTests(TestCase):
         self.assertEqual(report.snapshots, 2)
         self.assertEqual(len([r for r in self.fake.requests if r.method in ("PUT", "POST")]), writes_before)
 
-    def test_not_a_backup_set(self):
-        return run(self._not_a_set())
-
-    async def _not_a_set(self):
+    async def test_not_a_backup_set(self):
         other = await self.client.mkdir()
         await self.client.set_children(other, {"x": await self.client.upload_bytes(b"hello" * 20)})
         with self.assertRaises(RecoveryError):
@@ -235,10 +218,7 @@ class RecoverFakeGridTests(TestCase):
         report = await self.recover(empty)
         self.assertEqual(report.snapshots, 0)
 
-    def test_hostile_snapshot_name_skipped(self):
-        return run(self._hostile_name())
-
-    async def _hostile_name(self):
+    async def test_hostile_snapshot_name_skipped(self):
         await self.build()
         cap = await self.client.upload_bytes(b"x" * 100)
         await self.client.set_children(self.grid.snapshots, {"..": cap})
@@ -253,9 +233,6 @@ class RecoverDaemonTests(TestCase):
     """Whole daemons on the shared real grid: the old machine, then a new one with only the root cap."""
 
     timeout = 300
-
-    def test_new_machine_with_only_the_root_cap(self):
-        return run(self._new_machine())
 
     async def start_daemon(self, base, paths, rootcap=None):
         from gridbackupd.config import parse_config
@@ -287,7 +264,7 @@ class RecoverDaemonTests(TestCase):
         code, status = await api.call("GET", f"/v1/restores/{body['id']}")
         return state, status
 
-    async def _new_machine(self):
+    async def test_new_machine_with_only_the_root_cap(self):
         from gridbackupd.upload import publisher
         from tests.support.sharedgrid import shared_node_url
         from tests.support.trees import make_tree, tree_listing

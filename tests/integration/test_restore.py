@@ -32,10 +32,6 @@ from gridbackupd.upload import packer
 T0 = 1_700_000_000_000_000_000
 
 
-def run(coro):
-    return Deferred.fromCoroutine(coro)
-
-
 def sha(data):
     return hashlib.sha256(data).hexdigest()
 
@@ -218,10 +214,7 @@ class RestoreTests(TestCase):
 
     # -- round trips and options ----------------------------------------------
 
-    def test_round_trip_with_metadata(self):
-        return run(self._round_trip())
-
-    async def _round_trip(self):
+    async def test_round_trip_with_metadata(self):
         data = self.standard_set()
         state, status = await self.restore(verify=True)
         self.assertEqual(state, "done", status["errors"])
@@ -264,10 +257,7 @@ class RestoreTests(TestCase):
         gets = [r for r in self.set.fake.requests if r.method == "GET" and "range" in r.headers]
         self.assertEqual(len(gets), 1)
 
-    def test_one_path(self):
-        return run(self._one_path())
-
-    async def _one_path(self):
+    async def test_one_path(self):
         data = self.standard_set()
         state, status = await self.restore(paths=["/home/shared-1"])
         self.assertEqual((state, status["files_total"], status["files_done"]), ("done", 1, 1))
@@ -278,10 +268,7 @@ class RestoreTests(TestCase):
         with open(self.out(b"/home/shared-1"), "rb") as f:
             self.assertEqual(f.read(), data["shared"])
 
-    def test_hard_link_whose_target_is_not_restored(self):
-        return run(self._lonely_link())
-
-    async def _lonely_link(self):
+    async def test_hard_link_whose_target_is_not_restored(self):
         self.standard_set()
         state, status = await self.restore(paths=["/home/text-again"])
         self.assertEqual(state, "failed")
@@ -292,10 +279,7 @@ class RestoreTests(TestCase):
         self.assertEqual(state, "done", status["errors"])
         self.assertEqual(os.lstat(self.out(b"/home/text-again")).st_ino, os.lstat(self.out(b"/home/text")).st_ino)
 
-    def test_dry_run_writes_nothing(self):
-        return run(self._dry_run())
-
-    async def _dry_run(self):
+    async def test_dry_run_writes_nothing(self):
         self.standard_set()
         state, status = await self.restore(dry_run=True)
         self.assertEqual(state, "done", status["errors"])
@@ -309,10 +293,7 @@ class RestoreTests(TestCase):
         self.assertEqual(status["files_done"], 0)
         self.assertFalse([r for r in self.set.fake.requests if "range" in r.headers])
 
-    def test_existing_files_kept_and_reported(self):
-        return run(self._existing())
-
-    async def _existing(self):
+    async def test_existing_files_kept_and_reported(self):
         self.standard_set()
         os.makedirs(self.out(b"/home"))
         with open(self.out(b"/home/tiny"), "wb") as f:
@@ -333,10 +314,7 @@ class RestoreTests(TestCase):
         self.assertEqual(state, "done", status["errors"])
         self.assertEqual(status["files_done"], status["files_total"])
 
-    def test_as_of(self):
-        return run(self._as_of())
-
-    async def _as_of(self):
+    async def test_as_of(self):
         self.set.add_snapshot("s1", [file_entry(b"/f", b"one")], started=parse_time("2026-01-01T00:00:00Z"))
         self.set.add_snapshot("s2", [file_entry(b"/f", b"two")], started=parse_time("2026-02-01T00:00:00Z"))
         self.set.add_snapshot("s3", [file_entry(b"/f", b"three")], complete=False,
@@ -363,10 +341,7 @@ class RestoreTests(TestCase):
         with open(self.out(b"/f"), "rb") as f:
             self.assertEqual(f.read(), b"one")
 
-    def test_pending_content(self):
-        return run(self._pending())
-
-    async def _pending(self):
+    async def test_pending_content(self):
         uploaded = os.urandom(5000)
         self.set.add_pack([uploaded])
         self.set.add_snapshot("s1", [file_entry(b"/up", uploaded), file_entry(b"/not-yet", os.urandom(4000))],
@@ -378,10 +353,7 @@ class RestoreTests(TestCase):
         self.assertTrue(os.path.exists(self.out(b"/up")))
         self.assertFalse(os.path.exists(self.out(b"/not-yet")))
 
-    def test_index_inline_blobs(self):
-        return run(self._index_inline())
-
-    async def _index_inline(self):
+    async def test_index_inline_blobs(self):
         small, big = os.urandom(900), os.urandom(70_000)
         self.set.add_inline(small)
         self.set.add_pack([big])
@@ -399,10 +371,7 @@ class RestoreTests(TestCase):
 
     # -- cancelling -------------------------------------------------------------
 
-    def test_cancel_queued(self):
-        return run(self._cancel_queued())
-
-    async def _cancel_queued(self):
+    async def test_cancel_queued(self):
         self.standard_set()
         restorer = self.restorer()
         first = restorer.request("s1", [], self.target)
@@ -418,10 +387,7 @@ class RestoreTests(TestCase):
         e = self.assertRaises(APIError, restorer.cancel, "r-nope")
         self.assertEqual(e.status, 404)
 
-    def test_cancel_running_between_spans(self):
-        return run(self._cancel_running())
-
-    async def _cancel_running(self):
+    async def test_cancel_running_between_spans(self):
         one, two = os.urandom(50_000), os.urandom(60_000)
         self.set.add_pack([one])
         self.set.add_pack([two])
@@ -456,10 +422,7 @@ class RestoreTests(TestCase):
 
     # -- hostile snapshot data ----------------------------------------------------
 
-    def test_hostile_paths_refused(self):
-        return run(self._hostile_paths())
-
-    async def _hostile_paths(self):
+    async def test_hostile_paths_refused(self):
         for n, bad in enumerate(["/a/../../outside/x", "relative", "/a/\u0000b", "/a//b", "/./x"]):
             log = raw_log([header_line(f"bad{n}"), entry_line("/ok", inline="", sha256=sha(b"")),
                            entry_line(bad, inline="", sha256=sha(b"")),
@@ -472,10 +435,7 @@ class RestoreTests(TestCase):
         self.assertEqual(os.listdir(self.outside), [])
         self.assertFalse(os.path.exists(os.path.join(self.set.base, "x")))
 
-    def test_symlink_to_root_then_file_under_it(self):
-        return run(self._symlink_escape())
-
-    async def _symlink_escape(self):
+    async def test_symlink_to_root_then_file_under_it(self):
         payload = os.fsencode(self.outside).lstrip(b"/") + b"/payload"
         self.set.add_snapshot("s1", [
             Entry(path=b"/evil", kind=SYMLINK, target=b"/"),
@@ -492,10 +452,7 @@ class RestoreTests(TestCase):
         self.assertEqual(state, "failed")
         self.assertEqual(sorted(e["path"] for e in status["errors"]), ["/evil", "/rel"])
 
-    def test_symlink_already_in_target(self):
-        return run(self._symlink_in_target())
-
-    async def _symlink_in_target(self):
+    async def test_symlink_already_in_target(self):
         self.set.add_snapshot("s1", [dir_entry(b"/etc"), file_entry(b"/etc/passwd", b"root::0:0")])
         os.makedirs(self.target)
         os.symlink(self.outside, os.path.join(self.target, "etc"))
@@ -504,10 +461,7 @@ class RestoreTests(TestCase):
         self.assertEqual(os.listdir(self.outside), [])
         self.assertTrue(any("not a directory" in e["reason"] for e in status["errors"]), status["errors"])
 
-    def test_corrupt_pack_fails_that_file_only(self):
-        return run(self._corrupt())
-
-    async def _corrupt(self):
+    async def test_corrupt_pack_fails_that_file_only(self):
         good, bad = os.urandom(20_000), os.urandom(30_000)
         cap = self.set.add_pack([good, bad])
         self.set.add_snapshot("s1", [file_entry(b"/good", good), file_entry(b"/bad", bad)])
@@ -581,10 +535,7 @@ class RealGridRoundTripTests(TestCase):
 
     timeout = 240
 
-    def test_metadata_round_trip(self):
-        return run(self._metadata_round_trip())
-
-    async def _metadata_round_trip(self):
+    async def test_metadata_round_trip(self):
         from gridbackupd.config import parse_config
         from gridbackupd.service import from_config
         from tests.integration.test_daemon import api_client, write_config

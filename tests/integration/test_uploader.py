@@ -305,10 +305,7 @@ class UploadAPITests(TestCase):
 
     timeout = 240
 
-    def test_queue_pause_resume_and_dedup(self):
-        return run(self._queue_pause_resume())
-
-    async def _queue_pause_resume(self):
+    async def test_queue_pause_resume_and_dedup(self):
         from tests.integration.test_daemon import write_config
         from tests.support.apiclient import APIClient
         from tests.support.sharedgrid import shared_node_url
@@ -375,10 +372,7 @@ class CrashTests(TestCase):
 
     timeout = 400
 
-    def test_kill_9_during_uploads(self):
-        return run(self._kill_9())
-
-    async def _kill_9(self):
+    async def test_kill_9_during_uploads(self):
         import sqlite3
 
         # The twistd child runs the same gridbackupd as this test process

@@ -6,7 +6,6 @@ through its HTTP API: the setup the daemon, API and CLI tests share.
 import os
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.config import parse_config
@@ -15,10 +14,6 @@ from gridbackupd.testing.configfile import TCP_ANY_PORT, write_config  # noqa: F
 from tests.support.apiclient import APIClient
 from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree
-
-
-def run(coro):
-    return Deferred.fromCoroutine(coro)
 
 
 def api_client(testcase, daemon, token=None):
@@ -36,8 +31,8 @@ class DaemonTestCase(TestCase):
     def make_tree(self):
         make_tree(self.tree, files=self.files)
 
-    def setUp(self):
-        return run(self._start())
+    async def setUp(self):
+        await self._start()
 
     async def _start(self):
         self.node_url = await shared_node_url()

@@ -15,29 +15,14 @@ import tempfile
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, UNIXClientEndpoint, connectProtocol
+from twisted.internet.endpoints import UNIXClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.api import browse
 from gridbackupd.upload.packer import encode_blob
 from tests.support.daemoncase import DaemonTestCase
-
-
-class _Collect(Protocol):
-    def __init__(self, data):
-        self.data = data
-        self.chunks = []
-        self.done = Deferred()
-
-    def connectionMade(self):
-        self.transport.write(self.data)
-
-    def dataReceived(self, data):
-        self.chunks.append(data)
-
-    def connectionLost(self, reason):
-        self.done.callback(b"".join(self.chunks))
+from tests.support.rawhttp import raw_request, tcp_endpoint
 
 
 class _HangUp(Protocol):
@@ -55,25 +40,6 @@ class _HangUp(Protocol):
 
     def connectionLost(self, reason):
         self.done.callback(None)
-
-
-async def raw_request(endpoint, data):
-    """Send raw bytes, read until the server closes: (status, headers, body)."""
-    protocol = _Collect(data)
-    await connectProtocol(endpoint, protocol)
-    answer = await protocol.done
-    head, _, body = answer.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, body
-
-
-def _tcp(daemon):
-    return TCP4ClientEndpoint(reactor, "127.0.0.1", daemon.port.getHost().port)
 
 
 class DaemonCase(DaemonTestCase):
@@ -110,7 +76,7 @@ class HostileRequestTests(DaemonCase):
         if body and not any(h.lower().startswith(("content-length", "transfer-encoding")) for h in headers):
             lines.append(f"Content-Length: {len(body)}")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-        return raw_request(_tcp(self.daemon), data)
+        return raw_request(tcp_endpoint(self.daemon), data)
 
     async def test_hostile(self):
         r = await self.request("GET", "/v1/status", auth=False)
@@ -167,7 +133,7 @@ class HostileRequestTests(DaemonCase):
                     b"POST /v1/restores HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n{}",
                     b"GARBAGE\r\n\r\n"):
-            self.assertError(await raw_request(_tcp(self.daemon), raw), 400, "bad_http")
+            self.assertError(await raw_request(tcp_endpoint(self.daemon), raw), 400, "bad_http")
 
         for query in ("limit=0", "limit=x", "limit=99999999", "cursor=%25%25", "recursive=maybe",
                       "path=relative", "path=/a/../b", "path_b64=!!"):
@@ -255,7 +221,7 @@ class BrowseTests(DaemonCase):
         def get(path):
             data = (f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                     f"Authorization: Bearer {self.daemon.token}\r\n\r\n").encode()
-            return raw_request(_tcp(self.daemon), data)
+            return raw_request(tcp_endpoint(self.daemon), data)
 
         for rel in ("photos/big.raw", "docs/letter.txt", "docs/small.txt", "tiny", "empty"):
             with open(os.path.join(tree, rel), "rb") as f:
@@ -268,7 +234,7 @@ class BrowseTests(DaemonCase):
         # A client that hangs up in the middle of a large file: nothing logged, the daemon goes on.
         hangup = _HangUp((f"GET /v1/snapshots/latest/content?path={tree}/photos/big.raw HTTP/1.1\r\n"
                           f"Host: x\r\nAuthorization: Bearer {self.daemon.token}\r\n\r\n").encode())
-        await connectProtocol(_tcp(self.daemon), hangup)
+        await connectProtocol(tcp_endpoint(self.daemon), hangup)
         await hangup.done
         status, headers, body = await get(f"/v1/snapshots/latest/content?path={tree}/tiny")
         self.assertEqual((status, body), (200, b"tiny\n"))

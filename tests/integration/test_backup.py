@@ -577,7 +577,7 @@ class DaemonIncrementalTests(TestCase):
 
         from gridbackupd.config import parse_config
         from gridbackupd.service import from_config
-        from tests.integration.test_daemon import api_client, write_config
+        from tests.support.daemoncase import api_client, write_config
         from tests.support.sharedgrid import shared_node_url
         from tests.support.trees import make_tree, tree_listing
 

@@ -25,9 +25,9 @@ from gridbackupd.maintenance.checkrepair import check_and_repair, classify
 from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.reachable import ROOT
 from gridbackupd.state.db import open_database
-from tests.integration.test_leases import make_context, reachable_objects
 from tests.support.daemoncase import DaemonTestCase, write_config
 from tests.support.gridshares import corrupt_shares, nodes_holding, share_files, storage_node_names
+from tests.support.maintenance import make_context, reachable_objects
 from tests.support.sharedgrid import shared_grid, shared_node_url
 from tests.support.trees import tree_listing
 

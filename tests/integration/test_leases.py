@@ -5,7 +5,6 @@ shared real grid: leases are read from the storage servers' share files.
 
 import os
 import time
-import uuid
 
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
@@ -21,19 +20,10 @@ from gridbackupd.state.db import open_database
 from gridbackupd.testing.fake_tahoe import fake_client
 from tests.support.daemoncase import DaemonTestCase
 from tests.support.gridshares import backdate_leases, lease_expirations, share_files
+from tests.support.maintenance import make_context, reachable_objects
 from tests.support.sharedgrid import shared_grid
 
 DAY = 24 * 60 * 60
-
-
-def make_context(daemon, options=None, job_id=None):
-    return daemon.maintenance.context(job_id or f"test-{uuid.uuid4().hex[:8]}", dict(options or {}))
-
-
-async def reachable_objects(daemon):
-    found = []
-    await walk(daemon.client, daemon.publisher.layout.root, found.append)
-    return found
 
 
 class RenewLeasesTests(DaemonTestCase):

@@ -18,9 +18,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gridbackupd.api.routes import router
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
-from tests.integration.test_api import _tcp, raw_request
-from tests.integration.test_daemon import write_config
 from tests.support import REPO
+from tests.support.daemoncase import write_config
+from tests.support.rawhttp import raw_request, tcp_endpoint
 from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree
 
@@ -134,7 +134,7 @@ class ResponseTests(TestCase):
             data = json.dumps(body).encode()
             lines.append(f"Content-Length: {len(data)}")
         status, headers, raw = await raw_request(
-            _tcp(self.daemon), ("\r\n".join(lines) + "\r\n\r\n").encode() + data)
+            tcp_endpoint(self.daemon), ("\r\n".join(lines) + "\r\n\r\n").encode() + data)
         operation = self.spec["paths"][template][method.lower()]
         responses = operation["responses"]
         self.assertIn(str(status), responses, f"{method} {path}: {status} is not documented: {raw[:300]!r}")

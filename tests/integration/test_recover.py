@@ -238,7 +238,7 @@ class RecoverDaemonTests(TestCase):
         from gridbackupd.config import parse_config
         from gridbackupd.service import from_config
         from gridbackupd.statedir import write_private
-        from tests.integration.test_daemon import api_client, write_config
+        from tests.support.daemoncase import api_client, write_config
 
         os.makedirs(base, exist_ok=True)
         if rootcap is not None:
@@ -344,7 +344,7 @@ class WritableTests(SynchronousTestCase):
         from gridbackupd.config import parse_config
         from gridbackupd.errors import APIError
         from gridbackupd.service import from_config
-        from tests.integration.test_daemon import write_config
+        from tests.support.daemoncase import write_config
 
         base = os.path.abspath(self.mktemp())
         os.makedirs(base)

@@ -538,7 +538,7 @@ class RealGridRoundTripTests(TestCase):
     async def test_metadata_round_trip(self):
         from gridbackupd.config import parse_config
         from gridbackupd.service import from_config
-        from tests.integration.test_daemon import api_client, write_config
+        from tests.support.daemoncase import api_client, write_config
         from tests.support.sharedgrid import shared_node_url
 
         base = os.path.abspath(self.mktemp())

@@ -306,8 +306,8 @@ class UploadAPITests(TestCase):
     timeout = 240
 
     async def test_queue_pause_resume_and_dedup(self):
-        from tests.integration.test_daemon import write_config
         from tests.support.apiclient import APIClient
+        from tests.support.daemoncase import write_config
         from tests.support.sharedgrid import shared_node_url
         from tests.support.trees import make_tree
 
@@ -379,7 +379,7 @@ class CrashTests(TestCase):
         # (with PYTHONPATH=src relative, it would find the installed copy).
         import gridbackupd
         from gridbackupd.grid.tahoe import TahoeClient
-        from tests.integration.test_process import CONFIG, Daemon, free_port
+        from tests.support.process import CONFIG, Daemon, free_port
 
         here = os.path.dirname(os.path.dirname(os.path.abspath(gridbackupd.__file__)))
         old = os.environ.get("PYTHONPATH")

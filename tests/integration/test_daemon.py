@@ -151,6 +151,7 @@ class SecretsTests(TestCase):
         children = await daemon.client.list_dir(rootcap)
         self.assertEqual(set(children), {"snapshots", "commits", "gridbackup.json", "lock"})
         # The cap never reaches the daemon's own files other than private/.
+        read = []
         for dirpath, _, files in os.walk(os.path.join(base, "state")):
             if dirpath.startswith(private):
                 continue
@@ -159,3 +160,5 @@ class SecretsTests(TestCase):
                     continue
                 with open(os.path.join(dirpath, name), "rb") as f:
                     self.assertNotIn(rootcap.encode(), f.read(), name)
+                read.append(name)
+        self.assertTrue(read, "the state directory holds files besides the database")

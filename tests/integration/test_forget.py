@@ -112,6 +112,7 @@ class ForgetAndPruneTests(DaemonTestCase):
         self.assertEqual(only_doomed & packs_after, set())
         self.assertLess(len(packs_after), len(packs_before))
         # The index: forgotten blobs gone, every kept one found.
+        self.assertTrue(doomed - kept)
         for h in doomed - kept:
             self.assertIsNone(locate(conn, h))
         for h in self.blobs_of(second, ""):

@@ -37,6 +37,7 @@ class RenewLeasesTests(DaemonTestCase):
         await self.backup()
         self.objects = await reachable_objects(self.daemon)
         self.with_shares = [o for o in self.objects if not o.literal]
+        self.assertTrue(self.with_shares, "the backup has objects with shares")
         self.backdated = int(time.time()) + DAY
         for obj in self.with_shares:
             self.backdate(obj.cap)
@@ -56,7 +57,9 @@ class RenewLeasesTests(DaemonTestCase):
             self.assertGreaterEqual(max(lease_expirations(path)), soon)
 
     def assert_backdated(self, cap):
-        for path in share_files(self.grid, cap):
+        paths = share_files(self.grid, cap)
+        self.assertTrue(paths)
+        for path in paths:
             self.assertEqual(set(lease_expirations(path)), {self.backdated})
 
     def test_walk_names_the_layout(self):

@@ -93,7 +93,9 @@ class SpecTests(SynchronousTestCase):
     def test_refs_resolve(self):
         spec = load_spec()
         text = json.dumps(spec)
-        for ref in set(re.findall(r'"\$ref": "#/components/(\w+)/(\w+)"', text)):
+        refs = set(re.findall(r'"\$ref": "#/components/(\w+)/(\w+)"', text))
+        self.assertTrue(refs)
+        for ref in refs:
             self.assertIn(ref[1], spec["components"][ref[0]], ref)
 
     def test_checker(self):

@@ -46,9 +46,11 @@ class ProcessTests(TestCase):
             if os.path.exists(path):
                 with open(path) as f:
                     node_ids[name] = f.read()
+        self.assertTrue(node_ids, "the grid's nodes have ids")
 
         # kill -9 the daemon alone: its tahoe nodes keep running.
         old_pids = node_pids(state)
+        self.assertTrue(old_pids, "the grid's nodes are running")
         daemon.kill9()
         self.assertTrue(any(alive(pid) for pid in old_pids.values()))
 
@@ -92,6 +94,7 @@ class ProcessTests(TestCase):
         await recovered.ready()
         code, listing = await recovered.call("GET", "/v1/snapshots")
         self.assertEqual([s["id"] for s in listing["snapshots"]], [s["id"] for s in after["snapshots"]])
+        self.assertTrue(listing["snapshots"])
         self.assertTrue(all(s["complete"] for s in listing["snapshots"]))
         # What a person at the new machine's terminal sees.
         gridbackup = os.path.join(os.path.dirname(sys.executable), "gridbackup")
@@ -104,6 +107,7 @@ class ProcessTests(TestCase):
 
         # A clean stop stops the grid too.
         new_pids = node_pids(state)
+        self.assertTrue(new_pids, "the grid's nodes are running")
         daemon.stop()
         # twistd ends by re-raising the signal that stopped it, after a clean shutdown.
         self.assertIn(daemon.proc.returncode, (0, -signal.SIGTERM))

@@ -292,6 +292,7 @@ class RecoverDaemonTests(TestCase):
         code, new_list = await new_api.call("GET", "/v1/snapshots")
         self.assertEqual(code, 200)
         self.assertEqual([s["id"] for s in new_list["snapshots"]], [first, second])
+        self.assertEqual(len(old_list["snapshots"]), len(new_list["snapshots"]))
         for a, b in zip(old_list["snapshots"], new_list["snapshots"]):
             self.assertEqual((b["files"], b["bytes"], b["complete"], b["kind"], b["host"]),
                              (a["files"], a["bytes"], True, a["kind"], a["host"]))

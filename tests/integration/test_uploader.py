@@ -420,6 +420,7 @@ class CrashTests(TestCase):
         placed_before = dict(db.execute("SELECT hash, pack_id FROM blobs WHERE pack_id IS NOT NULL"))
         pending_bytes = db.execute("SELECT sum(size) FROM blobs WHERE state = 'pending'").fetchone()[0]
         self.assertGreater(len(packs_before), 2)
+        self.assertTrue(placed_before)
         self.assertGreater(pending_bytes, 0)
 
         daemon.start()

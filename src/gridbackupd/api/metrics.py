@@ -16,6 +16,8 @@ import time
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from gridbackupd.state import restores, snapshots
+
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _SNAPSHOT_STATES = ("queued", "scanning", "uploading", "complete", "incomplete", "failed")
@@ -84,31 +86,27 @@ class DaemonCollector:
                      float(grid.get("servers_needed") or 0))
 
         if d.conn is not None:
-            counts = dict(d.conn.execute("SELECT state, count(*) FROM snapshots GROUP BY state").fetchall())
+            counts = snapshots.count_by_state(d.conn)
             g = GaugeMetricFamily("gridbackup_snapshots", "snapshots by state", labels=["state"])
             for s in sorted(set(_SNAPSHOT_STATES) | set(counts)):
                 g.add_metric([s], float(counts.get(s, 0)))
             yield g
-            counts = dict(d.conn.execute("SELECT state, count(*) FROM restores GROUP BY state").fetchall())
+            counts = restores.count_by_state(d.conn)
             g = GaugeMetricFamily("gridbackup_restores", "restores by state", labels=["state"])
             for s in sorted(set(_RESTORE_STATES) | set(counts)):
                 g.add_metric([s], float(counts.get(s, 0)))
             yield g
-            last = d.conn.execute(
-                "SELECT coalesce(finished, started, requested) FROM snapshots "
-                "WHERE complete = 1 ORDER BY id DESC LIMIT 1").fetchone()
+            last = snapshots.newest_complete_time(d.conn)
             if last is not None:
                 yield _gauge("gridbackup_last_complete_snapshot_timestamp_seconds",
-                             "when the newest complete snapshot finished (Unix time)", float(last[0]))
+                             "when the newest complete snapshot finished (Unix time)", float(last))
                 yield _gauge("gridbackup_last_complete_snapshot_age_seconds",
                              "seconds since the newest complete snapshot finished",
-                             max(0.0, time.time() - float(last[0])))
-            row = d.conn.execute(
-                "SELECT errors FROM snapshots WHERE state NOT IN ('queued', 'scanning') "
-                "ORDER BY id DESC LIMIT 1").fetchone()
-            if row is not None:
+                             max(0.0, time.time() - float(last)))
+            errors = snapshots.newest_scanned_errors(d.conn)
+            if errors is not None:
                 yield _gauge("gridbackup_last_snapshot_errors", "errors recorded in the newest scanned snapshot",
-                             float(len(json.loads(row[0]))))
+                             float(len(json.loads(errors))))
 
         if d.maintenance is not None:
             yield from _maintenance_metrics(d.maintenance.status())

@@ -76,3 +76,8 @@ def finish(conn, restore_id, state, finished, files_done, files_total, bytes_don
             (state, finished, files_done, files_total, bytes_done, bytes_total,
              json.dumps(errors), json.dumps(result), restore_id),
         )
+
+
+def count_by_state(conn):
+    """{state: number of restores in it}, for the states that have any."""
+    return dict(conn.execute("SELECT state, count(*) FROM restores GROUP BY state").fetchall())

@@ -11,10 +11,17 @@ there is one), so that a crash leaves a row in one state or the next.
 
 ``snapshot_blobs`` lists the blobs an ``uploading`` snapshot still waits
 for; it is emptied once the snapshot's log is published.
+
+``resolve`` is the one answer to "which snapshot is `latest` (or as of a
+time)": every API endpoint and the restore engine ask it, so ``gridbackup
+ls latest`` and ``gridbackup restore latest`` never pick different
+snapshots of a backup set that several hosts share.
 """
 
+import datetime
 import json
 
+from gridbackupd.errors import Invalid, NotFound
 from gridbackupd.state import db as dbmod
 
 # -- from request to scan ------------------------------------------------------
@@ -297,3 +304,139 @@ def state_of(conn, snapshot_id):
     """A snapshot's state (queued ... complete, incomplete, failed), or None if there is no such snapshot."""
     row = conn.execute("SELECT state FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
     return row[0] if row is not None else None
+
+
+# The columns of a snapshot's summary, in the order ``summaries`` and
+# ``summary`` return them.
+SUMMARY = ("id", "state", "kind", "host", "requested", "started", "finished", "files", "bytes",
+           "errors", "complete")
+_SUMMARY = ", ".join(SUMMARY)
+
+SPEC_HELP = 'snapshot must be "latest", a snapshot id, or {"as_of": "<ISO 8601 time>"}'
+
+
+# -- which snapshot a request means ------------------------------------------------
+
+
+def parse_time(text):
+    """An ISO 8601 time (a zone is optional: UTC is assumed) -> seconds since the epoch."""
+    if not isinstance(text, str) or not text:
+        raise Invalid("bad_request", "as_of must be an ISO 8601 time such as 2026-01-31T12:00:00Z")
+    value = text.strip()
+    if value.endswith(("Z", "z")):
+        value = value[:-1] + "+00:00"
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise Invalid("bad_request", f"as_of is not an ISO 8601 time: {text!r}") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def check_spec(spec):
+    """'latest', an id, or {"as_of": time}, returned as given; Invalid for anything else."""
+    if isinstance(spec, str) and spec:
+        return spec
+    if isinstance(spec, dict) and set(spec) == {"as_of"}:
+        parse_time(spec["as_of"])
+        return spec
+    raise Invalid("bad_request", SPEC_HELP)
+
+
+def resolve(conn, spec, host):
+    """
+    'latest', an id or {"as_of": time} -> a snapshot id.  'latest' and
+    as_of pick complete snapshots only, ``host``'s newest first and another
+    host's only when ``host`` has none (a new machine restoring the old
+    one's backups); as_of compares the scan's start (else the request time).
+    An id is returned as given: the caller looks it up and says what is
+    missing.  Invalid for a malformed spec, NotFound when none fits.
+    """
+    spec = check_spec(spec)
+    if isinstance(spec, str) and spec != "latest":
+        return spec
+    if spec == "latest":
+        row = conn.execute(
+            "SELECT id FROM snapshots WHERE complete = 1 ORDER BY host = ? DESC, id DESC LIMIT 1",
+            (host,),
+        ).fetchone()
+        missing = "there is no complete snapshot yet"
+    else:
+        row = conn.execute(
+            "SELECT id FROM snapshots WHERE complete = 1 AND coalesce(started, requested) <= ? "
+            "ORDER BY host = ? DESC, id DESC LIMIT 1",
+            (parse_time(spec["as_of"]), host),
+        ).fetchone()
+        missing = f"there is no complete snapshot as of {spec['as_of']}"
+    if row is None:
+        raise NotFound("unknown_snapshot", missing)
+    return row[0]
+
+
+# -- what the API shows -----------------------------------------------------------
+
+
+def last_complete(conn):
+    """The summary row of the newest complete snapshot of any host (by id), or None."""
+    return conn.execute(
+        f"SELECT {_SUMMARY} FROM snapshots WHERE complete = 1 ORDER BY id DESC LIMIT 1"
+    ).fetchone()
+
+
+def summaries(conn, after, limit):
+    """Up to ``limit`` summary rows of the snapshots whose id sorts after ``after``, in id order."""
+    return conn.execute(
+        f"SELECT {_SUMMARY} FROM snapshots WHERE id > ? ORDER BY id LIMIT ?", (after, limit)
+    ).fetchall()
+
+
+def detail(conn, snapshot_id):
+    """A snapshot's summary row followed by its paths, tags and errors (JSON text); None if unknown."""
+    return conn.execute(
+        f"SELECT {_SUMMARY}, paths, tags, errors FROM snapshots WHERE id = ?", (snapshot_id,)
+    ).fetchone()
+
+
+def previous_logged(conn, snapshot_id, host):
+    """The id of ``host``'s newest snapshot before ``snapshot_id`` that has a log, or None."""
+    row = conn.execute(
+        "SELECT id FROM snapshots WHERE id < ? AND host = ? AND log_path IS NOT NULL "
+        "AND state NOT IN ('queued', 'scanning', 'failed') ORDER BY id DESC LIMIT 1",
+        (snapshot_id, host),
+    ).fetchone()
+    return row[0] if row else None
+
+
+# -- what the metrics count ---------------------------------------------------------
+
+
+def count_by_state(conn):
+    """{state: number of snapshots in it}, for the states that have any."""
+    return dict(conn.execute("SELECT state, count(*) FROM snapshots GROUP BY state").fetchall())
+
+
+def newest_complete_time(conn):
+    """When the newest complete snapshot (by id) finished, else started or was requested; None if none."""
+    row = conn.execute(
+        "SELECT coalesce(finished, started, requested) FROM snapshots "
+        "WHERE complete = 1 ORDER BY id DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def newest_scanned_errors(conn):
+    """The errors (JSON text) of the newest snapshot past its scan, or None if there is none."""
+    row = conn.execute(
+        "SELECT errors FROM snapshots WHERE state NOT IN ('queued', 'scanning') "
+        "ORDER BY id DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+# -- chains of logs ---------------------------------------------------------------
+
+
+def log_link(conn, snapshot_id):
+    """(kind, parent, log_path, state) of a snapshot, one link of its chain of logs; None if unknown."""
+    return conn.execute(
+        "SELECT kind, parent, log_path, state FROM snapshots WHERE id = ?", (snapshot_id,)
+    ).fetchone()

@@ -20,6 +20,7 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.api import browse
+from gridbackupd.state import db as dbmod
 from gridbackupd.upload.packer import encode_blob
 from tests.support.daemoncase import DaemonTestCase
 from tests.support.rawhttp import raw_request, tcp_endpoint
@@ -319,6 +320,33 @@ class BrowseTests(DaemonCase):
         self.assertEqual((code, doc["error"]["code"]), (500, "log_unreadable"))
         code, doc = await self.api.call("GET", f"/v1/snapshots/{first}")
         self.assertEqual(code, 200)
+
+
+class SharedSetTests(DaemonCase):
+    """Two hosts share one backup set: `latest` is this host's newest complete snapshot everywhere."""
+
+    files = 10
+
+    async def test_ls_and_restore_pick_the_same_latest(self):
+        mine = await self.backup()
+        # The other host's snapshot is newer (its id sorts after) and complete.
+        with dbmod.transaction(self.daemon.conn):
+            self.daemon.conn.execute(
+                "INSERT INTO snapshots (id, state, kind, parent, host, paths, tags, requested, started, "
+                "finished, files, bytes, errors, log_path, log_cap, complete) "
+                "SELECT 'zz-other', state, kind, parent, 'otherhost', paths, tags, requested, started, "
+                "finished, files, bytes, errors, log_path, log_cap, complete FROM snapshots WHERE id = ?",
+                (mine,))
+        self.assertNotEqual(self.daemon.config.hostname, "otherhost")
+
+        code, doc = await self.api.call("GET", "/v1/snapshots/latest")
+        self.assertEqual((code, doc["id"], doc["host"]), (200, mine, self.daemon.config.hostname))
+        code, doc = await self.api.call("GET", f"/v1/snapshots/latest/files?path={self.tree}")
+        self.assertEqual((code, doc["snapshot"]), (200, mine))
+        code, doc = await self.api.call("GET", "/v1/diff?from=latest&to=zz-other")
+        self.assertEqual((code, doc["from"]), (200, mine))
+        state, status = await self.restore({"snapshot": "latest", "target": os.path.join(self.base, "r")})
+        self.assertEqual((state, status["snapshot"]), ("done", mine))
 
 
 class ContentRunTests(SynchronousTestCase):

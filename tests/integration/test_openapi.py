@@ -167,6 +167,8 @@ class ResponseTests(TestCase):
         await self.call("GET", "/v1/snapshots", "/v1/snapshots?limit=0")
         await self.call("GET", S, f"/v1/snapshots/{snapshot}")
         await self.call("GET", S, "/v1/snapshots/nope")
+        status, doc = await self.call("GET", S, "/v1/snapshots/latest")
+        self.assertEqual((status, doc["id"]), (200, snapshot))
         await self.call("GET", S + "/files", f"/v1/snapshots/{snapshot}/files?path={self.tree}")
         await self.call("GET", S + "/files", "/v1/snapshots/latest/files?recursive=true&limit=5")
         await self.call("GET", S + "/files", "/v1/snapshots/latest/files?path=rel")

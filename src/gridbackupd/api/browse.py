@@ -22,10 +22,11 @@ import os
 import attr
 import zstandard
 
-from gridbackupd.errors import APIError
+from gridbackupd.errors import Conflict, Invalid, NotFound
 from gridbackupd.format import chain
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import FILE, HARDLINK
+from gridbackupd.state import snapshots
 from gridbackupd.upload.packer import decode_blob
 
 # A content request fetches neighbouring blobs of one pack in one ranged
@@ -66,33 +67,18 @@ def parse_path(text, what="path"):
     """An absolute path from a query parameter, as the raw bytes a log holds."""
     if text is None:
         return b"/"
-    return _checked_path(os.fsencode(text), what)
+    return checked_path(os.fsencode(text), what)
 
 
-def _checked_path(raw, what):
-    """A path without trailing slashes, valid as a log path, or a 400."""
+def checked_path(raw, what):
+    """A path without trailing slashes, valid as a log path (else Invalid)."""
     if raw != b"/":
         raw = raw.rstrip(b"/") or b"/"
     try:
         snapshotlog.validate_path(raw)
     except ValueError as e:
-        raise APIError(400, "bad_request", f"{what}: {e}")
+        raise Invalid("bad_request", f"{what}: {e}") from None
     return raw
-
-
-def path_arg(request, name="path"):
-    """The ``path`` query parameter, or ``path_b64`` for exact bytes."""
-    b64 = request.args.get((name + "_b64").encode("ascii"))
-    if b64:
-        try:
-            raw = base64.b64decode(b64[-1], validate=True)
-        except (binascii.Error, ValueError):
-            raise APIError(400, "bad_request", f"{name}_b64 is not valid base64")
-        return _checked_path(raw, name + "_b64")
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return None
-    return parse_path(os.fsdecode(values[-1]), name)
 
 
 def encode_cursor(raw):
@@ -106,7 +92,7 @@ def decode_cursor(text):
         raw = base64.urlsafe_b64decode(text.encode("ascii"))
         snapshotlog.validate_path(raw)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        raise APIError(400, "bad_request", f"cursor {text!r} is not one this API gave out")
+        raise Invalid("bad_request", f"cursor {text!r} is not one this API gave out") from None
     return raw
 
 
@@ -116,43 +102,31 @@ def decode_cursor(text):
 def log_chain(conn, snapshot_id):
     """
     The local log files of a snapshot, its full log first: ``[(id, path), ...]``.
-    APIError 404 for an unknown snapshot, 409 for one that has no log yet.
+    NotFound for an unknown snapshot, Conflict for one that has no log yet.
     """
     paths = []
     current = snapshot_id
     while True:
-        row = conn.execute(
-            "SELECT kind, parent, log_path, state FROM snapshots WHERE id = ?", (current,)
-        ).fetchone()
+        row = snapshots.log_link(conn, current)
         if row is None:
             if current == snapshot_id:
-                raise APIError(404, "unknown_snapshot", f"no snapshot {snapshot_id!r}")
-            raise APIError(409, "log_unavailable",
+                raise NotFound("unknown_snapshot", f"no snapshot {snapshot_id!r}")
+            raise Conflict("log_unavailable",
                            f"snapshot {snapshot_id}: its parent {current} is not known here")
         kind, parent, log_path, state = row
         if log_path is None or not os.path.exists(log_path):
             if current == snapshot_id and state in ("queued", "scanning"):
-                raise APIError(409, "not_scanned", f"snapshot {snapshot_id} is {state}: no log yet")
-            raise APIError(409, "log_unavailable",
+                raise Conflict("not_scanned", f"snapshot {snapshot_id} is {state}: no log yet")
+            raise Conflict("log_unavailable",
                            f"the log of snapshot {current} is not on this machine")
         paths.append((current, log_path))
         if kind != "incremental":
             break
         if parent is None or len(paths) >= MAX_CHAIN:
-            raise APIError(409, "log_unavailable", f"snapshot {current}: broken chain of logs")
+            raise Conflict("log_unavailable", f"snapshot {current}: broken chain of logs")
         current = parent
     paths.reverse()
     return paths
-
-
-def resolve(conn, spec):
-    """'latest' or an id -> an id (APIError 404 if there is none)."""
-    if spec == "latest":
-        row = conn.execute("SELECT id FROM snapshots WHERE complete = 1 ORDER BY id DESC LIMIT 1").fetchone()
-        if row is None:
-            raise APIError(404, "unknown_snapshot", "there is no complete snapshot yet")
-        return row[0]
-    return spec
 
 
 # -- streaming over logs (worker threads) -------------------------------------

@@ -5,7 +5,8 @@ Every request carries ``Authorization: Bearer <token>``; every failure is
 ``{"error": {"code", "message"}}`` with a 4xx or 5xx, never a traceback or an
 HTML page.  Routes are a table of (method, pattern) -> handler; a handler is
 an ``async`` function of the daemon object and the request, returning
-``(status, document)`` or raising ``APIError``.  ``document`` is a JSON value,
+``(status, document)`` or raising a domain error or an ``APIError``, which
+``api.errors`` turns into the JSON answer.  ``document`` is a JSON value,
 or ``Raw`` (bytes of another content type, e.g. the Prometheus metrics); a
 handler that streams its answer writes and finishes the request itself and
 returns ``STREAMED``.  A failure after a streamed answer has started can no
@@ -27,7 +28,8 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
-from gridbackupd.errors import APIError
+from gridbackupd.api.errors import APIError, answer
+from gridbackupd.errors import NotFound
 
 MAX_BODY = 64 * 1024
 log = Logger()
@@ -41,31 +43,6 @@ class Raw:
     def __init__(self, body, content_type):
         self.body = body
         self.content_type = content_type
-
-
-def query_arg(request, name, default=None):
-    """One query parameter as text (the last one if repeated), or ``default``."""
-    values = request.args.get(name.encode("ascii"))
-    if not values:
-        return default
-    try:
-        return values[-1].decode("utf-8")
-    except UnicodeDecodeError:
-        raise APIError(400, "bad_request", f"the query parameter {name!r} is not valid UTF-8")
-
-
-def query_int(request, name, default, low, high):
-    """An integer query parameter within [low, high], or APIError 400."""
-    text = query_arg(request, name)
-    if text is None:
-        return default
-    try:
-        value = int(text)
-    except ValueError:
-        value = None
-    if value is None or not low <= value <= high:
-        raise APIError(400, "bad_request", f"{name} must be an integer from {low} to {high}, got {text!r}")
-    return value
 
 
 class _Discard(io.BytesIO):
@@ -158,35 +135,14 @@ class Pacer:
             self.request.finish()
 
 
-def json_body(request, allowed=None):
-    """The request's body as a JSON object (with only the ``allowed`` keys, if given), or APIError 400."""
-    raw = request.content.read()
-    if not raw:
-        raise APIError(400, "bad_request", "a JSON object is required as the request body")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as e:
-        raise APIError(400, "bad_json", f"the body is not valid JSON: {e}")
-    if not isinstance(doc, dict):
-        raise APIError(400, "bad_json", "the body must be a JSON object")
-    unknown = set(doc) - set(allowed) if allowed is not None else ()
-    if unknown:
-        raise APIError(400, "bad_request",
-                       f"unknown fields {sorted(unknown)}; allowed: {sorted(allowed)}")
-    return doc
-
-
-def bool_field(doc, key, default=False):
-    """``doc[key]`` if it is true or false (``default`` if absent), else APIError 400."""
-    value = doc.get(key, default)
-    if not isinstance(value, bool):
-        raise APIError(400, "bad_request", f"{key} must be true or false")
-    return value
-
-
 class Router:
-    def __init__(self):
-        self.routes = []
+    """
+    (method, path pattern) -> handler, where ``{name}`` in a pattern is one
+    path segment passed as a keyword; ``Router(a, b)`` holds the routes of both.
+    """
+
+    def __init__(self, *parts):
+        self.routes = [route for part in parts for route in part.routes]
 
     def route(self, method, pattern):
         regex = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", pattern) + "$")
@@ -208,7 +164,7 @@ class Router:
         if allowed:
             raise APIError(405, "method_not_allowed",
                            f"{method} is not allowed here; use {', '.join(sorted(set(allowed)))}")
-        raise APIError(404, "not_found", f"no such endpoint: {path}")
+        raise NotFound("not_found", f"no such endpoint: {path}")
 
 
 class APIResource(resource.Resource):
@@ -254,17 +210,17 @@ class APIResource(resource.Resource):
             # The client went away while a streamed answer was being written
             # (raised by Pacer.write; the connection may not know it yet).
             return None
+        error = answer(failure.value)
         if request.startedWriting:
             # Part of a streamed answer is out: a JSON error cannot follow it.
-            if not failure.check(APIError):
+            if error is None:
                 log.failure("API request {method} {path} failed while streaming", failure,
                             method=request.method, path=request.path)
             if not request.finished and not request._disconnected and request.channel is not None:
                 request.channel.transport.abortConnection()
             return None
-        if failure.check(APIError):
-            e = failure.value
-            return self._respond(request, e.status, {"error": {"code": e.code, "message": e.message}})
+        if error is not None:
+            return self._respond(request, error.status, {"error": {"code": error.code, "message": error.message}})
         log.failure("API request {method} {path} failed", failure,
                     method=request.method, path=request.path)
         return self._respond(request, 500, {"error": {

@@ -8,7 +8,6 @@ interrupts stays ``running`` in the table and is queued again at the next
 start; the files it had put in place are found there and kept.
 """
 
-import datetime
 import json
 import secrets
 import time
@@ -24,33 +23,6 @@ from gridbackupd.state import restores, snapshots
 from gridbackupd.waiters import SerialRunner, Waiters
 
 FINAL_STATES = ("done", "failed", "cancelled")
-
-
-def parse_time(text):
-    """An ISO 8601 time (a zone is optional: UTC is assumed) -> seconds since the epoch."""
-    if not isinstance(text, str) or not text:
-        raise APIError(400, "bad_request", "as_of must be an ISO 8601 time such as 2026-01-31T12:00:00Z")
-    value = text.strip()
-    if value.endswith(("Z", "z")):
-        value = value[:-1] + "+00:00"
-    try:
-        moment = datetime.datetime.fromisoformat(value)
-    except ValueError:
-        raise APIError(400, "bad_request", f"as_of is not an ISO 8601 time: {text!r}")
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
-
-
-def check_snapshot_spec(spec):
-    """'latest', an id, or {"as_of": time}; APIError 400 for anything else."""
-    if isinstance(spec, str) and spec:
-        return spec
-    if isinstance(spec, dict) and set(spec) == {"as_of"}:
-        parse_time(spec["as_of"])
-        return spec
-    raise APIError(400, "bad_request",
-                  'snapshot must be "latest", a snapshot id, or {"as_of": "<ISO 8601 time>"}')
 
 
 class Restorer:
@@ -72,20 +44,12 @@ class Restorer:
 
     def resolve_snapshot(self, spec):
         """
-        'latest', an id or {"as_of": ISO time} -> (id, log_path, log_cap);
-        APIError 404 if there is no such snapshot.  'latest' and as_of pick
-        complete snapshots only; an id may name an unfinished one (what is
+        'latest', an id or {"as_of": ISO time} -> (id, log_path, log_cap),
+        as ``state.snapshots.resolve`` picks it; NotFound or a 404 if there is
+        no such snapshot.  An id may name an unfinished one (what is
         uploaded is restored, the rest is listed as pending).
         """
-        spec = check_snapshot_spec(spec)
-        if spec == "latest":
-            # This host's newest; another host's only if this one has none
-            # (a new machine restoring the old one's backups).
-            row = snapshots.newest_complete(self.conn, self.hostname)
-        elif isinstance(spec, dict):
-            row = snapshots.newest_complete(self.conn, self.hostname, parse_time(spec["as_of"]))
-        else:
-            row = snapshots.with_log(self.conn, spec)
+        row = snapshots.with_log(self.conn, snapshots.resolve(self.conn, spec, self.hostname))
         if row is None:
             raise APIError(404, "unknown_snapshot", f"no snapshot {spec!r} to restore from")
         return row

@@ -81,3 +81,15 @@ def finish(conn, restore_id, state, finished, files_done, files_total, bytes_don
 def count_by_state(conn):
     """{state: number of restores in it}, for the states that have any."""
     return dict(conn.execute("SELECT state, count(*) FROM restores GROUP BY state").fetchall())
+
+
+def ids_after(conn, after, limit):
+    """Up to ``limit`` request ids in the order they were made, after the request ``after`` (None: from the first)."""
+    if after is None:
+        rows = conn.execute("SELECT id FROM restores ORDER BY created, id LIMIT ?", (limit,)).fetchall()
+    else:
+        rows = conn.execute(
+            "SELECT id FROM restores WHERE (created, id) > "
+            "(SELECT created, id FROM restores WHERE id = ?) ORDER BY created, id LIMIT ?",
+            (after, limit)).fetchall()
+    return [row[0] for row in rows]

@@ -172,25 +172,6 @@ def mark_complete(conn, snapshot_id, log_cap, complete):
 # -- for restores and drills ---------------------------------------------------
 
 
-def newest_complete(conn, prefer_host, not_after=None):
-    """
-    (id, log_path, log_cap) of the newest complete snapshot of
-    ``prefer_host``, else of any host; started no later than ``not_after``
-    (seconds) if given.  None if there is none.
-    """
-    if not_after is None:
-        return conn.execute(
-            "SELECT id, log_path, log_cap FROM snapshots WHERE complete = 1 "
-            "ORDER BY host = ? DESC, id DESC LIMIT 1",
-            (prefer_host,),
-        ).fetchone()
-    return conn.execute(
-        "SELECT id, log_path, log_cap FROM snapshots WHERE complete = 1 "
-        "AND coalesce(started, requested) <= ? ORDER BY host = ? DESC, id DESC LIMIT 1",
-        (not_after, prefer_host),
-    ).fetchone()
-
-
 def with_log(conn, snapshot_id):
     """(id, log_path, log_cap) if the snapshot has a log here or on the grid, complete or not; else None."""
     return conn.execute(

@@ -14,6 +14,7 @@ from twisted.internet.threads import deferToThread
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase
 
+from gridbackupd.cli import client, render
 from gridbackupd.cli import main as cli
 from tests.support import REPO
 from tests.support.daemoncase import DaemonTestCase, write_config
@@ -134,22 +135,22 @@ class OfflineTests(SynchronousTestCase):
         self.assertOneLine(err)
 
     def test_parse_endpoint(self):
-        self.assertEqual(cli.parse_endpoint("tcp:7234:interface=127.0.0.1"), ("tcp", "127.0.0.1", 7234))
-        self.assertEqual(cli.parse_endpoint("tcp:7234"), ("tcp", "127.0.0.1", 7234))
-        self.assertEqual(cli.parse_endpoint("tcp:port=80:interface=0.0.0.0"), ("tcp", "127.0.0.1", 80))
-        self.assertEqual(cli.parse_endpoint("tcp6:7234:interface=\\:\\:1"), ("tcp", "::1", 7234))
-        self.assertEqual(cli.parse_endpoint("unix:/run/g/api.sock:mode=600"), ("unix", "/run/g/api.sock"))
-        self.assertRaises(ValueError, cli.parse_endpoint, "ssl:443")
+        self.assertEqual(client.parse_endpoint("tcp:7234:interface=127.0.0.1"), ("tcp", "127.0.0.1", 7234))
+        self.assertEqual(client.parse_endpoint("tcp:7234"), ("tcp", "127.0.0.1", 7234))
+        self.assertEqual(client.parse_endpoint("tcp:port=80:interface=0.0.0.0"), ("tcp", "127.0.0.1", 80))
+        self.assertEqual(client.parse_endpoint("tcp6:7234:interface=\\:\\:1"), ("tcp", "::1", 7234))
+        self.assertEqual(client.parse_endpoint("unix:/run/g/api.sock:mode=600"), ("unix", "/run/g/api.sock"))
+        self.assertRaises(ValueError, client.parse_endpoint, "ssl:443")
 
     def test_progress_plain_when_not_a_terminal(self):
         out = io.StringIO()
-        progress = cli.Progress(out, tty=False)
+        progress = render.Progress(out, tty=False)
         for i in range(5):
             progress.show(f"step {i}")
         progress.done()
         self.assertEqual(out.getvalue(), "step 0\n")
         out = io.StringIO()
-        progress = cli.Progress(out, tty=True)
+        progress = render.Progress(out, tty=True)
         progress.show("one")
         progress.show("two")
         progress.done()
@@ -157,8 +158,8 @@ class OfflineTests(SynchronousTestCase):
         self.assertTrue(out.getvalue().endswith("\r"))
 
     def test_bar(self):
-        self.assertEqual(cli.bar(1, 4, width=8), "[##......]  25.0%")
-        self.assertEqual(cli.bar(5, 0), "")
+        self.assertEqual(render.bar(1, 4, width=8), "[##......]  25.0%")
+        self.assertEqual(render.bar(5, 0), "")
 
 
 class CommandTests(DaemonTestCase):

@@ -1,0 +1,144 @@
+"""
+What the ``gridbackup`` command shows a person: sizes, ages, progress bars
+and lines, modes, paths, the status summary.  Progress is redrawn in place
+only on a terminal; elsewhere it is plain lines, so a pipe or a log never
+sees ``\\r``.
+"""
+
+import base64
+import shutil
+import time
+
+PLAIN_EVERY = 5.0
+
+
+def human_bytes(n):
+    if n is None:
+        return "?"
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
+def human_age(seconds):
+    if seconds is None:
+        return "?"
+    seconds = int(seconds)
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if seconds >= size:
+            n = seconds // size
+            return f"{n} {unit}{'s' if n != 1 else ''} ago"
+    return f"{seconds} seconds ago"
+
+
+def local_time(t):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "-"
+
+
+def bar(done, total, width=24):
+    if not total:
+        return ""
+    fraction = max(0.0, min(1.0, done / total))
+    filled = int(round(fraction * width))
+    return "[" + "#" * filled + "." * (width - filled) + f"] {fraction * 100:5.1f}%"
+
+
+class Progress:
+    """One line redrawn in place on a terminal; plain lines, now and then, elsewhere."""
+
+    def __init__(self, out, tty=None):
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.last_text = None
+        self.last_time = 0.0
+        self.drawn = False
+
+    def show(self, text):
+        if self.tty:
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            self.out.write("\r" + text[:width].ljust(width))
+            self.out.flush()
+            self.drawn = True
+            return
+        now = time.monotonic()
+        if text != self.last_text and now - self.last_time >= PLAIN_EVERY:
+            self.out.write(text + "\n")
+            self.out.flush()
+            self.last_text = text
+            self.last_time = now
+
+    def done(self):
+        """Clear the progress line (on a terminal), so the summary takes its place."""
+        if self.tty and self.drawn:
+            width = shutil.get_terminal_size((80, 24)).columns - 1
+            self.out.write("\r" + " " * width + "\r")
+            self.out.flush()
+            self.drawn = False
+
+
+def raw_path(doc, field="path"):
+    if field + "_b64" in doc:
+        return base64.b64decode(doc[field + "_b64"])
+    return doc[field].encode("utf-8")
+
+
+def mode_string(doc):
+    """``ls -l``'s first column for an entry: its kind and permission bits."""
+    kinds = {"dir": "d", "symlink": "l", "fifo": "p", "socket": "s", "chardev": "c",
+             "blockdev": "b", "hardlink": "h"}
+    mode = doc.get("mode", 0)
+    text = kinds.get(doc.get("kind"), "-")
+    for shift in (6, 3, 0):
+        bits = (mode >> shift) & 7
+        text += ("r" if bits & 4 else "-") + ("w" if bits & 2 else "-") + ("x" if bits & 1 else "-")
+    return text
+
+
+# -- commands ------------------------------------------------------------------
+
+
+def status_lines(status, tty):
+    lines = []
+    grid = status.get("grid") or {}
+    connected = grid.get("servers_connected")
+    lines.append(f"daemon: {status.get('state')}    grid: {connected if connected is not None else '?'}"
+                 f"/{grid.get('servers_needed', '?')} storage servers connected"
+                 + (" (embedded)" if grid.get("embedded") else ""))
+    if grid.get("error"):
+        lines.append(f"grid problem: {grid['error']}")
+    last = status.get("last_snapshot")
+    if last:
+        lines.append(f"last complete snapshot: {last['id']}, {human_age(last.get('age_seconds'))} "
+                     f"({last.get('files')} files, {human_bytes(last.get('bytes'))})")
+    else:
+        lines.append("last complete snapshot: none yet")
+    scan = status.get("scan") or {}
+    if scan.get("running"):
+        text = (f"scan: {scan.get('snapshot')}: {scan.get('entries', 0)} entries, "
+                f"{human_bytes(scan.get('bytes_hashed'))} read, {scan.get('errors', 0)} errors")
+        total = (last or {}).get("files")
+        if tty and total:
+            text += "  " + bar(scan.get("files", 0), total) + " (of the last snapshot's files)"
+        lines.append(text)
+    else:
+        lines.append("scan: idle")
+    upload = status.get("upload")
+    if upload:
+        pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)
+        text = (f"upload: {upload.get('pending_blobs', 0)} blobs ({human_bytes(pending)}) waiting, "
+                f"{human_bytes(done)} uploaded, {human_bytes(upload.get('rate_bytes_per_second'))}/s")
+        if upload.get("eta_seconds"):
+            text += f", about {int(upload['eta_seconds'])} s left"
+        if upload.get("paused"):
+            text += " (paused)"
+        if tty and pending:
+            text += "  " + bar(done, done + pending)
+        lines.append(text)
+        if upload.get("last_error"):
+            lines.append(f"upload problem: {upload['last_error']}")
+    else:
+        lines.append("upload: not started (waiting for the grid)")
+    return lines

@@ -162,7 +162,7 @@ def list_entries(log_paths, top, recursive, cursor, limit):
     top_key = snapshotlog.path_key(top)
     start = snapshotlog.path_key(cursor) if cursor is not None else None
     top_entry = None
-    found = []
+    found: list[dict] = []
     last = None
     more = False
     with entries(log_paths) as records:
@@ -233,10 +233,10 @@ def _changes(before, after):
     while a is not None or b is not None:
         ka = snapshotlog.path_key(a.path) if a is not None else None
         kb = snapshotlog.path_key(b.path) if b is not None else None
-        if b is None or (a is not None and ka < kb):
+        if kb is None or (ka is not None and ka < kb):
             yield "deleted", a, None
             a = next(before, None)
-        elif a is None or kb < ka:
+        elif ka is None or kb < ka:
             yield "added", None, b
             b = next(after, None)
         else:
@@ -249,7 +249,7 @@ def _changes(before, after):
 def diff(paths_a, paths_b, top, cursor, limit):
     """The differences from snapshot A to B under ``top``, one page: (changes, next_cursor)."""
     start = snapshotlog.path_key(cursor) if cursor is not None else None
-    found = []
+    found: list[dict] = []
     more = False
     with entries(paths_a) as before, entries(paths_b) as after:
         for change, old, new in _changes(before, after):

@@ -71,7 +71,9 @@ class APIRequest(server.Request):
     def handleContentChunk(self, data):
         if self.too_large:
             return
-        if self.content.tell() + len(data) > MAX_BODY:
+        content = self.content
+        assert content is not None  # made by gotLength
+        if content.tell() + len(data) > MAX_BODY:
             self._refuse_too_large()
             return
         super().handleContentChunk(data)
@@ -87,7 +89,8 @@ class APIRequest(server.Request):
         _raw_json_error(channel.transport, b"413 Request Entity Too Large", "too_large",
                         f"the request body is larger than {MAX_BODY} bytes")
         # Whatever the client still sends is dropped unread.
-        channel.dataReceived = channel.lineReceived = lambda *args: None
+        for name in ("dataReceived", "lineReceived"):
+            setattr(channel, name, lambda *args: None)
         channel.loseConnection()
 
 
@@ -272,7 +275,8 @@ class APIChannel(http.HTTPChannel):
 class APISite(server.Site):
     """A Site that knows its open connections, so that stopping can close them."""
 
-    protocol = APIChannel
+    # Typed as Site's HTTP/2-negotiating wrapper; a bare HTTP/1.1 channel is what we serve.
+    protocol = APIChannel  # type: ignore[assignment]
     requestFactory = APIRequest
     displayTracebacks = False
     noisy = False
@@ -283,7 +287,7 @@ class APISite(server.Site):
 
     def buildProtocol(self, addr):
         protocol = super().buildProtocol(addr)
-        lost = Deferred()
+        lost: Deferred[None] = Deferred()
         self.connections[protocol] = lost
         original = protocol.connectionLost
 

@@ -71,7 +71,7 @@ async def start_job(daemon, request):
     return 202, maintenance.job(job_id)
 
 
-_JOB_OPTIONS = {
+_JOB_OPTIONS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "leases": {"parallel": int},
     "check": {"parallel": int, "verify_fraction": (int, float), "repair": bool},
     "drill": {"files": int, "snapshot": str},
@@ -83,12 +83,12 @@ def _check_job_options(kind, options):
     allowed = _JOB_OPTIONS.get(kind)
     if allowed is None:
         raise Invalid("bad_request",
-                       f"kind must be one of {sorted(_JOB_OPTIONS)}, got {kind!r}")
+                      f"kind must be one of {sorted(_JOB_OPTIONS)}, got {kind!r}")
     for key, value in options.items():
         types = allowed.get(key)
         if types is None:
             raise Invalid("bad_request",
-                           f"unknown option {key!r} for {kind}; allowed: {sorted(allowed)}")
+                          f"unknown option {key!r} for {kind}; allowed: {sorted(allowed)}")
         if not isinstance(value, types) or (types is int and isinstance(value, bool)):
             raise Invalid("bad_request", f"option {key} has the wrong type: {value!r}")
     if not 1 <= options.get("parallel", 1) <= 64:

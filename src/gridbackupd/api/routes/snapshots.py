@@ -74,7 +74,8 @@ async def get_snapshot(daemon, request, snapshot_id):
     return 200, doc
 
 
-_FIGURES_CACHE = {}
+# (state_dir, parent, snapshot) -> a Deferred of the figures or of the error that stopped them
+_FIGURES_CACHE: dict[tuple, Deferred] = {}
 
 
 async def _result_or_error(coro):
@@ -86,8 +87,13 @@ async def _result_or_error(coro):
 
 def _shared(d):
     """A Deferred with d's result (d never fails) that leaves it in place for the next waiter."""
-    result = Deferred()
-    d.addCallback(lambda r: result.callback(r) or r)
+    result: Deferred = Deferred()
+
+    def forward(r):
+        result.callback(r)
+        return r
+
+    d.addCallback(forward)
     return result
 
 
@@ -198,7 +204,7 @@ async def get_content(daemon, request, snapshot_id):
     # Up to CONTENT_AHEAD runs are fetched while the one before is written:
     # the grid's latency overlaps, and memory stays at a few runs.
     runs = iter(browse.content_runs(locations))
-    ahead = collections.deque()
+    ahead: collections.deque[Deferred] = collections.deque()
     try:
         for run in itertools.islice(runs, CONTENT_AHEAD):
             ahead.append(Deferred.fromCoroutine(fetch(run)))

@@ -5,7 +5,7 @@ memory of a 1,000,000-file scan.
     .venv/bin/python bench/bench_scan.py [--files 100000] [--big-files 1000000]
         [--hash-mb 512] [--skip-rss] [--dir /tmp/gridbackup-bench-scan]
 
-It measures ``backup.scan_to_log`` directly (the walk, the streaming merge
+It measures ``tolog.scan_to_log`` directly (the walk, the streaming merge
 with the previous snapshot's chain, the log writer, the blob queue in
 SQLite), not a request through the API: the request path adds one SQLite
 update and a thread hop.  The trees are generated once under --dir and
@@ -25,8 +25,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 
 from gridbackupd.model import LogHeader  # noqa: E402
 from gridbackupd.scan import chunker  # noqa: E402
-from gridbackupd.scan.backup import scan_to_log  # noqa: E402
-from gridbackupd.scan.scanner import ScanOptions, ScanProgress  # noqa: E402
+from gridbackupd.scan.tolog import LogScan, scan_to_log  # noqa: E402
+from gridbackupd.scan.values import ScanOptions, ScanProgress  # noqa: E402
 from gridbackupd.state import db as dbmod  # noqa: E402
 
 OLD = 1_600_000_000_000_000_000
@@ -83,8 +83,9 @@ def scan(state, root, snapshot_id, previous, kind):
     progress = ScanProgress()
     t0 = time.perf_counter()
     c0 = time.process_time()
-    counts = scan_to_log(db_path, snapshot_id, header, ScanOptions(roots=(root,)), previous,
-                         log_path, progress)
+    counts = scan_to_log(LogScan(db_path=db_path, snapshot_id=snapshot_id, header=header,
+                                 options=ScanOptions(roots=(root,)), log_path=log_path,
+                                 previous_logs=previous), progress)
     elapsed = time.perf_counter() - t0
     counts["cpu"] = time.process_time() - c0
     return counts, elapsed, log_path

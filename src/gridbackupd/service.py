@@ -34,7 +34,7 @@ from gridbackupd.grid.tahoe import TahoeClient
 from gridbackupd.maintenance.scheduler import Maintenance
 from gridbackupd.restore.recover import is_read_only, mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
-from gridbackupd.scan.backup import BackupJobs
+from gridbackupd.scan.jobs import BackupJobs
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots

@@ -12,8 +12,11 @@ from gridbackupd.config import BackupConfig, Config, TahoeConfig
 from gridbackupd.format import chain
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import Deletion, Entry, LogHeader
-from gridbackupd.scan.backup import BackupJobs, scan_to_log
-from gridbackupd.scan.scanner import ScanOptions, ScanProgress
+from gridbackupd.scan import jobs as jobsmod
+from gridbackupd.scan.jobs import BackupJobs
+from gridbackupd.scan.tolog import LogScan, scan_to_log
+from gridbackupd.scan.values import ScanOptions, ScanProgress, ScanStopped
+from gridbackupd.state import checkpoints
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.waiters import Waiters
@@ -81,8 +84,9 @@ def full_scan(testcase, roots, previous=()):
     dbmod.open_database(db_path).close()
     log_path = os.path.join(path, "full.log")
     header = LogHeader(snapshot="check", kind="full", paths=tuple(os.fsencode(r) for r in roots))
-    scan_to_log(db_path, "check", header, ScanOptions(roots=tuple(roots)), list(previous),
-                log_path, ScanProgress())
+    scan_to_log(LogScan(db_path=db_path, snapshot_id="check", header=header,
+                        options=ScanOptions(roots=tuple(roots)), log_path=log_path,
+                        previous_logs=list(previous)), ScanProgress())
     return read_records(log_path)[1]
 
 
@@ -246,8 +250,6 @@ class ErrorsAndStatusTests(SynchronousTestCase):
     def test_errors_are_recorded_in_the_snapshot(self):
         import json
 
-        from gridbackupd.scan import scanner as scanmod
-
         f = Fixture(self)
         write(os.path.join(f.tree, "ok"), b"o" * 300)
         write(os.path.join(f.tree, "locked"), b"l" * 300)
@@ -258,7 +260,7 @@ class ErrorsAndStatusTests(SynchronousTestCase):
                 raise PermissionError(13, "Permission denied")
             return real_open(path, flags, *args, **kwargs)
 
-        self.patch(scanmod.os, "open", deny)
+        self.patch(os, "open", deny)
         snapshot_id = f.backup()
         files, errors = f.conn.execute(
             "SELECT files, errors FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
@@ -276,9 +278,7 @@ class ErrorsAndStatusTests(SynchronousTestCase):
             seen.append(f.jobs.status())
             return real_scan(*args)
 
-        from gridbackupd.scan import backup as backupmod
-
-        self.patch(backupmod, "scan_to_log", spy)
+        self.patch(jobsmod, "scan_to_log", spy)
         f.backup()
         status = seen[0]
         self.assertEqual(status["running"], True)
@@ -292,21 +292,22 @@ class ErrorsAndStatusTests(SynchronousTestCase):
 KILL_CHILD = r"""
 import os, signal, sys
 sys.path.insert(0, sys.argv[1])
-from gridbackupd.scan import backup
+from gridbackupd.scan import checkpoints
 from gridbackupd.model import LogHeader
-from gridbackupd.scan.scanner import ScanOptions, ScanProgress
+from gridbackupd.scan.tolog import LogScan, scan_to_log
+from gridbackupd.scan.values import ScanOptions, ScanProgress
 db_path, log_path, root, kill_after = sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])
-real_take = backup._Checkpoints.take
+real_take = checkpoints.Checkpoints.take
 taken = []
 def take(self, *args):
     real_take(self, *args)
     taken.append(1)
     if len(taken) == kill_after:
         os.kill(os.getpid(), signal.SIGKILL)
-backup._Checkpoints.take = take
+checkpoints.Checkpoints.take = take
 header = LogHeader(snapshot="s1", kind="full", paths=(os.fsencode(root),), started=1.0)
-backup.scan_to_log(db_path, "s1", header, ScanOptions(roots=(root,)), [], log_path,
-                   ScanProgress(), checkpoint_every=0)
+scan_to_log(LogScan(db_path=db_path, snapshot_id="s1", header=header, options=ScanOptions(roots=(root,)),
+                    log_path=log_path, checkpoint_every=0), ScanProgress())
 """
 
 
@@ -329,8 +330,6 @@ class ResumeTests(SynchronousTestCase):
 
     def kill_scan_at(self, suffix):
         """A scan (checkpointing at every chance) killed as it opens the file ending in ``suffix``."""
-        from gridbackupd.scan import scanner as scanmod
-
         real_open = os.open
 
         def crash(path, flags, *args, **kwargs):
@@ -338,14 +337,15 @@ class ResumeTests(SynchronousTestCase):
                 raise KeyboardInterrupt("killed")
             return real_open(path, flags, *args, **kwargs)
 
-        self.patch(scanmod.os, "open", crash)
+        self.patch(os, "open", crash)
         self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
-        self.patch(scanmod.os, "open", real_open)
+        self.patch(os, "open", real_open)
 
     def scan(self, progress=None, **kw):
         progress = progress or ScanProgress()
-        counts = scan_to_log(self.db_path, "s1", self.header, ScanOptions(roots=(self.tree,)), [],
-                             self.log_path, progress, **kw)
+        counts = scan_to_log(LogScan(db_path=self.db_path, snapshot_id="s1", header=self.header,
+                                     options=ScanOptions(roots=(self.tree,)), log_path=self.log_path,
+                                     **kw), progress)
         return counts, progress
 
     def reference(self):
@@ -362,7 +362,7 @@ class ResumeTests(SynchronousTestCase):
         self.assertEqual(child.returncode, -9, child.stderr.decode())
         self.assertFalse(os.path.exists(self.log_path))
         conn = sqlite3.connect(self.db_path)
-        state = backupmod_load(conn)
+        state = load_checkpoint(conn)
         self.assertEqual(state["records"], 3 * 256)
         # The blobs of the files before the checkpoint were committed with it.
         queued = conn.execute("SELECT count(*) FROM snapshot_blobs WHERE snapshot = 's1'").fetchone()[0]
@@ -386,13 +386,11 @@ class ResumeTests(SynchronousTestCase):
         self.assertIn("interrupted and resumed", progress.errors[-1]["reason"])
         # No checkpoint and no leftovers remain.
         conn = sqlite3.connect(self.db_path)
-        self.assertIsNone(backupmod_load(conn))
+        self.assertIsNone(load_checkpoint(conn))
         conn.close()
         self.assertEqual(sorted(os.listdir(self.logs)), ["s1.log"])
 
     def test_interrupted_twice(self):
-        from gridbackupd.scan import scanner as scanmod
-
         real_open = os.open
         opened = []
 
@@ -404,20 +402,18 @@ class ResumeTests(SynchronousTestCase):
                 return real_open(path, flags, *args, **kwargs)
             return patched
 
-        self.patch(scanmod.os, "open", crash_after(700))
+        self.patch(os, "open", crash_after(700))
         self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
         opened.clear()
-        self.patch(scanmod.os, "open", crash_after(700))
+        self.patch(os, "open", crash_after(700))
         self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
         opened.clear()
-        self.patch(scanmod.os, "open", real_open)
+        self.patch(os, "open", real_open)
         counts, progress = self.scan(checkpoint_every=0)
         self.assertEqual(counts["resumes"], 2)
         self.assertEqual(read_records(self.log_path)[1], self.reference())
 
     def test_stop_takes_a_checkpoint_and_resumes(self):
-        from gridbackupd.scan import scanner as scanmod
-
         progress = ScanProgress()
         real_open = os.open
         opened = []
@@ -428,13 +424,13 @@ class ResumeTests(SynchronousTestCase):
                 progress.stop_requested = True  # as BackupJobs.stop does, from the reactor
             return real_open(path, flags, *args, **kwargs)
 
-        self.patch(scanmod.os, "open", stop_after_100)
-        self.assertRaises(scanmod.ScanStopped, self.scan, progress)  # default: 15 s checkpoints
+        self.patch(os, "open", stop_after_100)
+        self.assertRaises(ScanStopped, self.scan, progress)  # default: 15 s checkpoints
         conn = sqlite3.connect(self.db_path)
-        state = backupmod_load(conn)
+        state = load_checkpoint(conn)
         conn.close()
         self.assertEqual(state["progress"]["files"], 100)
-        self.patch(scanmod.os, "open", real_open)
+        self.patch(os, "open", real_open)
         counts, progress = self.scan()
         self.assertEqual((counts["resumes"], counts["files"]), (1, 2001))
         self.assertEqual(read_records(self.log_path)[1], self.reference())
@@ -460,10 +456,8 @@ class ResumeTests(SynchronousTestCase):
         self.assertEqual(read_records(self.log_path)[1], self.reference())
 
 
-def backupmod_load(conn):
-    from gridbackupd.scan.backup import load_checkpoint
-
-    return load_checkpoint(conn, "s1")
+def load_checkpoint(conn):
+    return checkpoints.load(conn, "s1")
 
 
 class CommandTests(SynchronousTestCase):
@@ -512,14 +506,11 @@ class RecoverTests(SynchronousTestCase):
     def test_daemon_restart_resumes_the_interrupted_scan(self):
         import json
 
-        from gridbackupd.scan import backup as backupmod
-        from gridbackupd.scan import scanner as scanmod
-
         f = Fixture(self)
         for d in range(6):
             for i in range(100):
                 write(os.path.join(f.tree, f"d{d}", f"f{i:03d}"), b"%d.%d" % (d, i) * 100)
-        real_scan = backupmod.scan_to_log
+        real_scan = jobsmod.scan_to_log
         real_open = os.open
         opened = []
 
@@ -532,11 +523,11 @@ class RecoverTests(SynchronousTestCase):
                 raise Killed("kill -9")
             return real_open(path, flags, *args, **kwargs)
 
-        def scan_often(*args):
-            return real_scan(*args, checkpoint_every=0)
+        def scan_often(scan, progress):
+            return real_scan(attr_evolve(scan, checkpoint_every=0), progress)
 
-        self.patch(backupmod, "scan_to_log", scan_often)
-        self.patch(scanmod.os, "open", dies)
+        self.patch(jobsmod, "scan_to_log", scan_often)
+        self.patch(os, "open", dies)
         snapshot_id = f.jobs.request()
         self.assertEqual(len(self.flushLoggedErrors(Killed)), 1)
         # What a kill -9 leaves: the row still says scanning.
@@ -545,7 +536,7 @@ class RecoverTests(SynchronousTestCase):
             "SELECT count(*) FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,)).fetchone()[0]
         self.assertGreater(queued_before, 200)  # those of the first checkpoint at least
 
-        self.patch(scanmod.os, "open", real_open)
+        self.patch(os, "open", real_open)
         jobs = BackupJobs(ThreadlessReactor(), f.conn, f.db_path, InlinePool(), f.config,
                           f.scanned.append, Waiters())
         self.assertEqual(jobs.recover_interrupted(), [snapshot_id])

@@ -18,7 +18,7 @@ from gridbackupd.config import parse_config
 from gridbackupd.format.index import parse_index_segment, settings_document
 from gridbackupd.grid.tahoe import RetryPolicy
 from gridbackupd.scan.chunker import ChunkParams
-from gridbackupd.scan.scanner import NewBlob
+from gridbackupd.scan.values import NewBlob
 from gridbackupd.service import from_config
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import queue

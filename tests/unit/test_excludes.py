@@ -15,7 +15,8 @@ from gridbackupd.scan.excludes import (
     PatternError,
     compile_pattern,
 )
-from gridbackupd.scan.scanner import Scanner, ScanOptions, ScanProgress
+from gridbackupd.scan.values import ScanOptions, ScanProgress
+from gridbackupd.scan.walker import Scanner
 
 
 def matches(pattern, path, is_dir=False, roots=(b"/r",)):

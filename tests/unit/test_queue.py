@@ -4,7 +4,7 @@ import os
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.scan.scanner import NewBlob
+from gridbackupd.scan.values import NewBlob
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import queue
 

@@ -3,6 +3,7 @@ The scanner: every kind of file, hostile names, metadata (xattrs, ACLs,
 sparse holes), change detection, and errors that do not stop a scan.
 """
 
+import errno
 import hashlib
 import io
 import os
@@ -23,10 +24,13 @@ from gridbackupd.model import (
     RACY,
     SOCKET,
     SYMLINK,
+    Entry,
     LogHeader,
 )
-from gridbackupd.scan import scanner as scanmod
-from gridbackupd.scan.scanner import Scanner, ScanOptions, ScanProgress
+from gridbackupd.scan import chunker, reader, values
+from gridbackupd.scan.compare import Previous
+from gridbackupd.scan.values import ScanOptions, ScanProgress
+from gridbackupd.scan.walker import Scanner
 
 OLD = 1_600_000_000_000_000_000
 IS_ROOT = os.geteuid() == 0
@@ -129,9 +133,9 @@ class KindsTests(SynchronousTestCase):
 
     def test_xattrs_unsupported_is_not_an_error(self):
         def unsupported(path, follow_symlinks=True):
-            raise OSError(scanmod.errno.ENOTSUP, "Operation not supported")
+            raise OSError(errno.ENOTSUP, "Operation not supported")
 
-        self.patch(scanmod.os, "listxattr", unsupported)
+        self.patch(os, "listxattr", unsupported)
         with open(self.p(b"f"), "wb") as f:
             f.write(b"x")
         records, _, progress = scan([self.root])
@@ -175,7 +179,7 @@ class KindsTests(SynchronousTestCase):
             opened.append(path)
             return real_open(path, flags, *a, **kw)
 
-        self.patch(scanmod.os, "open", watch)
+        self.patch(os, "open", watch)
         records, _, progress = scan([self.root])
         self.assertEqual(opened, [])
         self.assertEqual(self.by_name(records)[b"fifo"].kind, FIFO)
@@ -208,7 +212,7 @@ class ChangeTests(SynchronousTestCase):
 
     def test_file_that_never_holds_still(self):
         calls = []
-        real_digest = scanmod.chunker.digest_fd
+        real_digest = chunker.digest_fd
 
         def digest_and_touch(fd, *args, **kwargs):
             result = real_digest(fd, *args, **kwargs)
@@ -217,10 +221,10 @@ class ChangeTests(SynchronousTestCase):
                 f.write(b"y")
             return result
 
-        self.patch(scanmod.chunker, "digest_fd", digest_and_touch)
+        self.patch(chunker, "digest_fd", digest_and_touch)
         records, _, progress = scan([self.root])
         f = [e for e in records if e.path == self.file][0]
-        self.assertEqual(len(calls), scanmod.REREAD_ATTEMPTS)
+        self.assertEqual(len(calls), reader.REREAD_ATTEMPTS)
         self.assertIn(POSSIBLY_INCONSISTENT, f.flags)
         self.assertEqual(progress.errors, [])
 
@@ -264,14 +268,14 @@ class ErrorTests(SynchronousTestCase):
                 before_open(path)
             return real_open(path, flags, *args, **kwargs)
 
-        self.patch(scanmod.os, "open", patched)
+        self.patch(os, "open", patched)
 
     def files(self, records):
         return [os.path.basename(r.path) for r in records if r.kind == FILE]
 
     def test_unreadable_file(self):
         def deny(path):
-            raise PermissionError(scanmod.errno.EACCES, "Permission denied")
+            raise PermissionError(errno.EACCES, "Permission denied")
 
         self.patch_open(deny)
         records, _, progress = scan([self.root])
@@ -305,10 +309,10 @@ class ErrorTests(SynchronousTestCase):
 
         def scandir(path):
             if path.endswith(b"/locked"):
-                raise PermissionError(scanmod.errno.EACCES, "Permission denied")
+                raise PermissionError(errno.EACCES, "Permission denied")
             return real_scandir(path)
 
-        self.patch(scanmod.os, "scandir", scandir)
+        self.patch(os, "scandir", scandir)
         records, _, progress = scan([self.root])
         paths = [r.path for r in records]
         self.assertIn(os.path.join(self.root, b"locked"), paths)  # the directory itself
@@ -340,13 +344,13 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(round_trip(records), records)
 
     def test_errors_are_capped_and_counted(self):
-        self.patch(scanmod, "MAX_ERRORS", 2)
+        self.patch(values, "MAX_ERRORS", 2)
         real_open = os.open
 
         def deny(path, flags, *args, **kwargs):
-            raise PermissionError(scanmod.errno.EACCES, "Permission denied")
+            raise PermissionError(errno.EACCES, "Permission denied")
 
-        self.patch(scanmod.os, "open", deny)
+        self.patch(os, "open", deny)
         for i in range(5):
             with open(os.path.join(self.root, b"more%d" % i), "wb") as f:
                 f.write(b"m" * 200)
@@ -364,7 +368,7 @@ class ErrorTests(SynchronousTestCase):
         self.b = bad
 
         def deny(path):
-            raise PermissionError(scanmod.errno.EACCES, "Permission denied")
+            raise PermissionError(errno.EACCES, "Permission denied")
 
         self.patch_open(deny)
         _, _, progress = scan([self.root])
@@ -382,7 +386,7 @@ class ErrorTests(SynchronousTestCase):
         def deny_once(path):
             calls.append(path)
             if len(calls) == 1:
-                raise PermissionError(scanmod.errno.EACCES, "Permission denied")
+                raise PermissionError(errno.EACCES, "Permission denied")
 
         self.patch_open(deny_once)
         records, _, progress = scan([self.root])
@@ -406,14 +410,14 @@ class MergeProperties(SynchronousTestCase):
         paths = st.lists(names, min_size=1, max_size=3).map(lambda parts: b"/" + b"/".join(parts))
         entries = st.dictionaries(paths, st.integers(0, 2), max_size=12).map(
             lambda d: sorted(
-                (scanmod.Entry(path=p, kind=FILE, size=v, inline=b"x" * v) for p, v in d.items()),
+                (Entry(path=p, kind=FILE, size=v, inline=b"x" * v) for p, v in d.items()),
                 key=lambda e: path_key(e.path)))
 
         @settings(max_examples=300, deadline=None)
         @given(entries, entries, st.booleans())
         def check(previous, current, use_find):
             out = []
-            merge = scanmod._Previous(iter(previous), out.append, incremental=True)
+            merge = Previous(iter(previous), out.append, incremental=True)
             for e in current:
                 if use_find:
                     merge.find(e.path)
@@ -421,7 +425,7 @@ class MergeProperties(SynchronousTestCase):
             merge.finish()
             self.assertEqual(list(merge_records(iter(previous), iter(out))), current)
             full = []
-            merge = scanmod._Previous(iter(previous), full.append, incremental=False)
+            merge = Previous(iter(previous), full.append, incremental=False)
             for e in current:
                 merge.emit(e)
             merge.finish()
@@ -442,7 +446,7 @@ class SpoolTests(SynchronousTestCase):
             f.write(os.urandom(300_000))
 
     def test_volatile_file_is_spooled(self):
-        real_digest = scanmod.chunker.digest_fd
+        real_digest = chunker.digest_fd
 
         def digest_and_touch(fd, *args, **kwargs):
             result = real_digest(fd, *args, **kwargs)
@@ -450,9 +454,9 @@ class SpoolTests(SynchronousTestCase):
                 f.write(b"y" * 1000)
             return result
 
-        self.patch(scanmod.chunker, "digest_fd", digest_and_touch)
+        self.patch(chunker, "digest_fd", digest_and_touch)
         records, blobs, _ = scan([self.root], spool_dir=self.spool, chunk_threshold=64 * 1024,
-                                 params=scanmod.chunker.ChunkParams(4096, 16384, 65536))
+                                 params=chunker.ChunkParams(4096, 16384, 65536))
         f = [e for e in records if e.path == self.file][0]
         self.assertIn(POSSIBLY_INCONSISTENT, f.flags)
         self.assertGreater(len(blobs), 1)
@@ -466,18 +470,18 @@ class SpoolTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(self.spool)), sorted({b.hash for b in blobs}))
 
     def test_file_that_settles_on_the_last_read_leaves_no_spool(self):
-        real_digest = scanmod.chunker.digest_fd
+        real_digest = chunker.digest_fd
         calls = []
 
         def touch_twice(fd, *args, **kwargs):
             result = real_digest(fd, *args, **kwargs)
             calls.append(1)
-            if len(calls) < scanmod.REREAD_ATTEMPTS:
+            if len(calls) < reader.REREAD_ATTEMPTS:
                 with open(self.file, "ab") as f:
                     f.write(b"y")
             return result
 
-        self.patch(scanmod.chunker, "digest_fd", touch_twice)
+        self.patch(chunker, "digest_fd", touch_twice)
         records, blobs, _ = scan([self.root], spool_dir=self.spool)
         f = [e for e in records if e.path == self.file][0]
         self.assertNotIn(POSSIBLY_INCONSISTENT, f.flags)

@@ -1,5 +1,5 @@
 """
-Scan checkpoints: where a scan killed half-way resumes (see scan/checkpoint.py).
+Scan checkpoints: where a scan killed half-way resumes (see scan/checkpoints.py).
 
 One JSON document per snapshot in ``meta``; it is written in the same
 transaction as the blobs queued up to it, so the two always agree.

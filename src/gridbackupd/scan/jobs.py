@@ -1,0 +1,268 @@
+"""
+Backup jobs: turn requests into snapshots, one scan at a time.
+
+A request gets its snapshot id at once (the id is also the name of the log
+on the grid, so every machine reading the root sees the same id).  A
+request made while another waits joins the waiting one: there is never more
+than one scan queued behind the running one.  The scan itself
+(``tolog.scan_to_log``) runs in a worker thread; this object keeps the
+counters the API reads.
+
+Each scan writes a full log, or an incremental one against the newest
+scanned snapshot while that one's chain holds fewer than ``full_every``
+logs (see ``plan``).  A scan killed half-way resumes from its checkpoint;
+``pre_command`` and ``post_command`` (``hooks``) run around each scan.
+"""
+
+import os
+import secrets
+import time
+
+from twisted.internet.defer import DeferredLock
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+
+from gridbackupd.format import chain
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.model import LogHeader
+from gridbackupd.scan import checkpoints
+from gridbackupd.scan.hooks import run_command
+from gridbackupd.scan.metadata import display_path
+from gridbackupd.scan.tolog import LogScan, scan_to_log
+from gridbackupd.scan.values import ScanOptions, ScanProgress, ScanStopped
+from gridbackupd.state import checkpoints as stored_checkpoints
+from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
+from gridbackupd.waiters import SerialRunner
+
+
+def new_snapshot_id(now):
+    """Sortable by time, unique without coordination, safe in a URL and a file name."""
+    micro = int(now * 1_000_000) % 1_000_000
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micro:06d}Z-" + secrets.token_hex(4)
+
+
+class BackupJobs:
+    log = Logger()
+
+    def __init__(self, reactor, conn, db_path, pool, config, on_scanned, waiters):
+        self.reactor = reactor
+        self.conn = conn
+        self.db_path = db_path
+        self.pool = pool
+        self.config = config
+        self.on_scanned = on_scanned
+        self.waiters = waiters
+        self.logs_dir = os.path.join(config.state_dir, "logs")
+        self.progress = None
+        self.current = None
+        self.current_kind = None
+        self._runner = SerialRunner(self._run_queued, self.log, "backup job")
+        self._stopping = False
+        # Held by each scan and by forget and prune (maintenance.py): a scan
+        # dedups against committed blobs, which a prune may be dropping.
+        self.scan_lock = DeferredLock()
+
+    def recover_interrupted(self):
+        """
+        A scan killed mid-way runs again under the same id: from its last
+        checkpoint if it has one (see ``scan_to_log``), else from the
+        beginning.
+        """
+        ids = snapshots.scanning_ids(self.conn)
+        resumable = set()
+        with dbmod.transaction(self.conn):
+            for snapshot_id in ids:
+                if stored_checkpoints.load(self.conn, snapshot_id) is not None:
+                    resumable.add(snapshot_id)
+                snapshots.requeue(self.conn, snapshot_id, keep_blobs=snapshot_id in resumable)
+        for snapshot_id in ids:
+            if snapshot_id in resumable:
+                self.log.info("scan of {id} was interrupted; it resumes from its checkpoint",
+                              id=snapshot_id)
+            else:
+                self.log.info("scan of {id} was interrupted; it starts again", id=snapshot_id)
+        return ids
+
+    def request(self, tags=()):
+        """Queue a scan (or join the one already waiting); return its snapshot id."""
+        waiting = snapshots.next_queued(self.conn)
+        if waiting is not None:
+            return waiting
+        now = time.time()
+        snapshot_id = new_snapshot_id(now)
+        snapshots.create_queued(self.conn, snapshot_id, self.config.hostname,
+                                self.config.backup.paths, tags, now)
+        self.kick()
+        return snapshot_id
+
+    def kick(self):
+        if not self._stopping:
+            self._runner.kick()
+
+    def stop(self):
+        """Stop: a running scan stops at its next entry, after a checkpoint, and resumes at the next start."""
+        self._stopping = True
+        if self.progress is not None:
+            self.progress.stop_requested = True
+        return self._runner.running
+
+    async def _run_queued(self):
+        while not self._stopping:
+            snapshot_id = snapshots.next_queued(self.conn)
+            if snapshot_id is None:
+                return
+            await self.scan_lock.acquire()
+            try:
+                if self._stopping:
+                    return
+                await self.run_scan(snapshot_id)
+            finally:
+                self.scan_lock.release()
+
+    def _parent(self):
+        """
+        ``(parent id, its chain as [(id, log path)], full first)`` of the next
+        scan: the newest scanned snapshot of this host, if its logs are all
+        here and readable; else ``(None, [])`` (the next log is full and
+        every file is read).
+        """
+        for snapshot_id, log_path in snapshots.newest_scanned(self.conn, self.config.hostname):
+            if not os.path.exists(log_path):
+                continue
+            try:
+                return snapshot_id, chain.chain_paths(log_path, chain.db_resolver(self.conn, self.logs_dir))
+            except (OSError, snapshotlog.LogFormatError) as e:
+                self.log.warn(
+                    "the logs of {id} are unusable, the next log is full and every file "
+                    "is read again: {error}", id=snapshot_id, error=e,
+                )
+        return None, []
+
+    def plan(self):
+        """``(kind, parent id, parent chain)`` of the next scan's log."""
+        parent, parent_chain = self._parent()
+        if parent is None:
+            return "full", None, []
+        if len(parent_chain) >= self.config.backup.full_every:
+            return "full", parent, parent_chain
+        return "incremental", parent, parent_chain
+
+    async def run_scan(self, snapshot_id):
+        started = time.time()
+        snapshots.mark_scanning(self.conn, snapshot_id, started)
+        self.current = snapshot_id
+        self.current_kind = None
+        self.progress = ScanProgress(started=started)
+        env = {"GRIDBACKUP_SNAPSHOT": snapshot_id}
+        if self.config.backup.pre_command:
+            self.progress.current = b"(pre_command)"
+            ok, why = await deferToThreadPool(
+                self.reactor, self.pool, run_command, self.config.backup.pre_command, env)
+            if not ok:
+                self.current = None
+                self.log.warn("pre_command failed, {id} is not scanned: {why}", id=snapshot_id, why=why)
+                with dbmod.transaction(self.conn):
+                    snapshots.mark_failed(self.conn, snapshot_id, time.time(),
+                                          [{"path": None, "reason": "pre_command " + why}])
+                    checkpoints.drop(self.conn, snapshot_id, self.logs_dir)
+                self.waiters.fire(snapshot_id, "failed")
+                return
+        try:
+            await self._scan(snapshot_id, started)
+        finally:
+            if self.config.backup.pre_command or self.config.backup.post_command:
+                await self._post_command(snapshot_id, env)
+
+    async def _post_command(self, snapshot_id, env):
+        """Run post_command whatever became of the scan; a failure is added to its errors."""
+        if not self.config.backup.post_command:
+            return
+        ok, why = await deferToThreadPool(
+            self.reactor, self.pool, run_command, self.config.backup.post_command, env)
+        if ok:
+            return
+        self.log.warn("post_command failed after {id}: {why}", id=snapshot_id, why=why)
+        snapshots.add_error(self.conn, snapshot_id, {"path": None, "reason": "post_command " + why})
+
+    async def _scan(self, snapshot_id, started):
+        kind, parent, parent_chain = self.plan()
+        snapshots.set_kind(self.conn, snapshot_id, kind, parent)
+        self.current_kind = kind
+        self.progress.current = b""
+        os.makedirs(self.logs_dir, exist_ok=True)
+        log_path = os.path.join(self.logs_dir, snapshot_id + ".log")
+        options = ScanOptions(
+            roots=self.config.backup.paths,
+            exclude=self.config.backup.exclude,
+            excluded_dirs=(self.config.state_dir,),
+            exclude_if_present=self.config.backup.exclude_if_present,
+            exclude_caches=self.config.backup.exclude_caches,
+            one_file_system=self.config.backup.one_file_system,
+            # The uploader reads (and, once committed, deletes) blobs kept here.
+            spool_dir=os.path.join(self.config.state_dir, "spool"),
+            tiny_max=self.config.backup.tiny_max,
+            chunk_threshold=self.config.backup.chunk_threshold,
+        )
+        header = LogHeader(
+            snapshot=snapshot_id, kind=kind, host=self.config.hostname,
+            parent=parent if kind == "incremental" else None,
+            paths=tuple(dict.fromkeys(os.fsencode(os.path.normpath(p)) for p in self.config.backup.paths)),
+            tags=self._tags(snapshot_id),
+            started=started,
+        )
+        try:
+            scan = LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
+                           options=options, log_path=log_path, previous_logs=parent_chain)
+            counts = await deferToThreadPool(self.reactor, self.pool, scan_to_log, scan, self.progress)
+        except ScanStopped:
+            # The row stays 'scanning' with its checkpoint: the next start
+            # resumes it (recover_interrupted).
+            self.log.info("scan of {id} stopped at a checkpoint; it resumes at the next start",
+                          id=snapshot_id)
+            return
+        except Exception as e:
+            self.log.failure("scan of {id} failed", id=snapshot_id)
+            snapshots.mark_failed(self.conn, snapshot_id, time.time(), [{"path": None, "reason": str(e)}])
+            self.waiters.fire(snapshot_id, "failed")
+            return
+        finally:
+            self.current = None
+        kind = counts["kind"]
+        snapshots.mark_uploading(
+            self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
+            finished=time.time(), files=counts["files"], bytes=counts["bytes"],
+            errors=self.progress.error_list(), log_path=log_path,
+        )
+        self.log.info(
+            "scanned {id} ({kind}): {files} files, {bytes} bytes, {records} records, "
+            "{errors} errors",
+            id=snapshot_id, kind=kind, files=counts["files"], bytes=counts["bytes"],
+            records=counts["records"], errors=self.progress.error_count,
+        )
+        self.on_scanned(snapshot_id)
+
+    def _tags(self, snapshot_id):
+        tags = snapshots.tags(self.conn, snapshot_id)
+        return tuple(dict.fromkeys(t for t in tags if isinstance(t, str) and t))
+
+    def status(self):
+        if self.current is None or self.progress is None:
+            return {"running": False}
+        p = self.progress
+        elapsed = max(time.time() - p.started, 1e-6)
+        return {
+            "running": True,
+            "snapshot": self.current,
+            "kind": self.current_kind,
+            "entries": p.entries,
+            "files": p.files,
+            "bytes": p.bytes,
+            "bytes_hashed": p.bytes_hashed,
+            "excluded": p.excluded,
+            "current_path": display_path(p.current),
+            "elapsed": round(elapsed, 1),
+            "entries_per_second": round(p.entries / elapsed, 1),
+            "bytes_hashed_per_second": round(p.bytes_hashed / elapsed),
+            "errors": p.error_count,
+        }

@@ -1,0 +1,204 @@
+"""
+One scan to a log, in a worker thread: walk, write the log, queue the blobs.
+
+``scan_to_log`` is given a ``LogScan`` (what to scan and where the log
+goes) and the ``ScanProgress`` the API reads.  It uses its own database
+connection, in batches, so the reactor's stays free.  With an incremental
+header only the differences from the previous snapshot are written; if the
+previous logs turn out damaged, the scan is done again as a full log.
+
+The scan takes checkpoints (see ``checkpoints``); if the database holds one
+for this snapshot that was taken with the same settings and parent, the
+scan resumes after its last path instead of starting over (the snapshot's
+errors then say so).
+"""
+
+import os
+
+import attr
+from twisted.logger import Logger
+
+from gridbackupd.format import log as snapshotlog
+from gridbackupd.model import LogHeader
+from gridbackupd.scan import checkpoints
+from gridbackupd.scan.compare import PreviousEntries
+from gridbackupd.scan.values import ScanOptions, ScanStopped
+from gridbackupd.scan.walker import Scanner
+from gridbackupd.state import checkpoints as stored
+from gridbackupd.state import db as dbmod
+from gridbackupd.state import queue
+
+BLOB_BATCH = 2000
+
+log = Logger()
+
+
+@attr.frozen
+class LogScan:
+    """
+    What one scan is asked to do: the snapshot (``db_path`` is the state
+    database to queue its blobs in), its log's header, what to walk, where
+    the log goes, the previous snapshot's chain to compare with as ``(id,
+    log path)`` pairs, full first (empty: every file is read), and how
+    often to take a checkpoint.
+    """
+
+    db_path: str
+    snapshot_id: str
+    header: LogHeader
+    options: ScanOptions
+    log_path: str
+    previous_logs: tuple = attr.field(default=(), converter=tuple)
+    checkpoint_every: float = checkpoints.CHECKPOINT_SECONDS
+
+    @property
+    def logs_dir(self):
+        return os.path.dirname(self.log_path)
+
+
+def scan_to_log(scan, progress):
+    """Run ``scan`` (a ``LogScan``); return its counts and the kind of log written."""
+    if scan.header.kind == "incremental" and not scan.previous_logs:
+        raise ValueError("an incremental log needs its parent's logs")
+    conn = dbmod.connect_writer(scan.db_path)
+    run = _Run(conn, scan, progress)
+    try:
+        try:
+            return run.once()
+        except _StartOver:
+            checkpoints.drop(conn, scan.snapshot_id, scan.logs_dir)
+            progress.restart()
+            return run.once()
+    finally:
+        conn.close()
+
+
+class _StartOver(Exception):
+    """A checkpoint that cannot be resumed: scan from the beginning."""
+
+
+class _Run:
+    """A scan under way: its connection, its counters, the blobs found and not yet queued."""
+
+    def __init__(self, conn, scan, progress):
+        self.conn = conn
+        self.scan = scan
+        self.progress = progress
+        self.batch = []
+        self.fingerprint = checkpoints.fingerprint(scan.header, scan.options, scan.previous_logs)
+
+    def emit_blob(self, blob):
+        self.batch.append(blob)
+        if len(self.batch) >= BLOB_BATCH:
+            self.flush()
+
+    def flush(self):
+        queue.add_uncommitted(self.conn, self.scan.snapshot_id, self.batch)
+        self.batch.clear()
+
+    def _checkpoint_to_resume(self):
+        """The stored checkpoint if this scan can resume from it; any other is dropped."""
+        scan = self.scan
+        state = stored.load(self.conn, scan.snapshot_id)
+        if state is None:
+            return None
+        old = os.path.join(scan.logs_dir, state["file"])
+        if state["fingerprint"] == self.fingerprint and os.path.exists(old) \
+                and os.path.getsize(old) >= state["offset"]:
+            return state
+        log.info("the checkpoint of {id} does not match this scan; it starts over", id=scan.snapshot_id)
+        checkpoints.drop(self.conn, scan.snapshot_id, scan.logs_dir)
+        return None
+
+    def once(self):
+        scan, progress, batch = self.scan, self.progress, self.batch
+        snapshot_id, logs_dir, header = scan.snapshot_id, scan.logs_dir, scan.header
+        resume = self._checkpoint_to_resume()
+        if resume is not None:
+            header = attr.evolve(header, started=resume["started"])
+            resumes = resume["resumes"] + 1
+        else:
+            resumes = 0
+            # Leftovers of scans of this snapshot that left no usable checkpoint.
+            stem = os.path.basename(scan.log_path) + ".tmp"
+            for name in os.listdir(logs_dir):
+                if name.startswith(stem):
+                    _unlink(os.path.join(logs_dir, name))
+        tmp = f"{scan.log_path}.tmp{resumes}"
+        taker = checkpoints.Checkpoints(self.conn, snapshot_id, self.fingerprint, header.started,
+                                        scan.checkpoint_every)
+        previous = PreviousEntries(scan.previous_logs) if scan.previous_logs else None
+        try:
+            with open(tmp, "wb") as out, open(tmp + ".links", "wb") as links_out:
+                writer = snapshotlog.LogWriter(out, header)
+                links = {}
+                resume_after = None
+                if resume is not None:
+                    try:
+                        resume_after, links = checkpoints.restore(resume, logs_dir, writer, links_out, progress)
+                    except (OSError, ValueError) as e:
+                        log.warn("the checkpoint of {id} is unusable ({error}); the scan starts over",
+                                 id=snapshot_id, error=e)
+                        writer.abort()
+                        resume = None
+                if resume is None and resumes:
+                    raise _StartOver()
+
+                def emit_record(record):
+                    writer.add(record)
+                    if taker.due():
+                        taker.take(writer, out, links_out, scanner, progress, batch, resumes)
+
+                scanner = Scanner(
+                    scan.options, previous, emit_record, self.emit_blob, progress,
+                    incremental=header.kind == "incremental",
+                    resume_after=resume_after, links=links,
+                    trust_ctime_before=previous.settled_before if previous is not None else 0,
+                )
+                if resume is not None:
+                    # The new file holds the checkpoint's records: from now on
+                    # it is the one to resume from, and the old one can go.
+                    taker.take(writer, out, links_out, scanner, progress, batch, resumes)
+                    for name in (resume["file"], resume["file"] + ".links"):
+                        _unlink(os.path.join(logs_dir, name))
+                try:
+                    scanner.run()
+                except ScanStopped:
+                    taker.take(writer, out, links_out, scanner, progress, batch, resumes)
+                    raise
+                if previous is not None and header.kind == "incremental" and previous.failed:
+                    writer.abort()
+                else:
+                    writer.close()
+                    out.flush()
+                    os.fsync(out.fileno())
+        finally:
+            if previous is not None:
+                previous.close()
+        if previous is not None and header.kind == "incremental" and previous.failed:
+            self.flush()
+            log.warn("the previous logs of {id} are damaged; a full log is made instead", id=snapshot_id)
+            checkpoints.drop(self.conn, snapshot_id, logs_dir)
+            _unlink(tmp)
+            _unlink(tmp + ".links")
+            progress.restart()
+            full = attr.evolve(scan, header=attr.evolve(header, kind="full", parent=None), previous_logs=())
+            return scan_to_log(full, progress)
+        if batch:
+            self.flush()
+        os.replace(tmp, scan.log_path)
+        checkpoints.drop(self.conn, snapshot_id)
+        _unlink(tmp + ".links")
+        return {
+            "kind": header.kind, "files": progress.files, "bytes": progress.bytes,
+            "records": writer.records, "changed": scanner.previous.changed,
+            "deleted": scanner.previous.deleted, "resumes": resumes,
+            "started": header.started,
+        }
+
+
+def _unlink(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

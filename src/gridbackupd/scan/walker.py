@@ -1,0 +1,279 @@
+"""
+The walk: visit the configured roots, describe every entry, read only
+what changed since the previous snapshot, and hand the uploader its blobs.
+
+``Scanner.run`` is synchronous and runs in a worker thread of the daemon's
+own pool; it never touches the reactor.  It walks each directory's children
+in bytewise name order, depth first, which is exactly the order of backup
+logs, so the previous snapshot is compared by a streaming merge
+(``compare``) and never loaded whole.  What an entry records is in
+``metadata``, reading a changed file in ``reader``, exclusions in
+``excludes``; checkpoints and resuming in ``tolog`` and ``checkpoints``.
+
+Errors (an unreadable file, one that vanished, a path too long) are
+recorded in ``ScanProgress`` and the scan goes on.
+"""
+
+import errno
+import os
+import stat
+import time
+
+import attr
+
+from gridbackupd.format.log import path_key
+from gridbackupd.model import BLOCKDEV, CHARDEV, DIR, FILE, HARDLINK, RACY, SYMLINK, Entry
+from gridbackupd.scan.compare import Previous, unchanged
+from gridbackupd.scan.excludes import Excluder, ExcludeRules
+from gridbackupd.scan.metadata import KINDS_BY_FMT, Names, read_xattrs, reason
+from gridbackupd.scan.reader import FileReader
+from gridbackupd.scan.values import NewBlob, ScanStopped
+
+# A file whose mtime is this close to the time it was read may change again
+# within the same timestamp tick: read it again on the next scan.
+RACY_WINDOW_NS = 1_000_000_000
+
+
+class Scanner:
+    """
+    One scan: walk, compare with ``previous`` entries (the previous
+    snapshot's complete entries, in path order), emit records and blobs.
+
+    ``emit_record`` gets every entry (a full log) or, with ``incremental``,
+    only the entries that differ from ``previous`` and a ``Deletion`` for
+    each previous path that is gone.
+    """
+
+    def __init__(self, options, previous, emit_record, emit_blob, progress, incremental=False,
+                 resume_after=None, links=None, trust_ctime_before=0):
+        self.options = options
+        self.previous = Previous(previous, emit_record, incremental)
+        self.emit_entry = self.previous.emit
+        self.emit_blob = emit_blob
+        self.progress = progress
+        self.names = Names()
+        self.reader = FileReader(options, progress, self.error)
+        # Entries of the previous snapshot whose ctime is older than this
+        # (ns) were recorded by a scan that ran after they settled.
+        self.trust_ctime_before = trust_ctime_before
+        self.links = dict(links or {})  # (dev, ino) -> first path, for files with nlink > 1
+        self.new_links = []  # links added since the caller last took them (checkpoints)
+        # A resumed scan: every path up to this one was recorded before.
+        self._resume = resume_after
+        self._resume_key = path_key(resume_after) if resume_after is not None else None
+        self.started_ns = time.time_ns()
+        self.excluder = Excluder(ExcludeRules(
+            patterns=tuple(options.exclude),
+            if_present=tuple(options.exclude_if_present),
+            exclude_caches=options.exclude_caches,
+            one_file_system=options.one_file_system,
+            excluded_dirs=tuple(options.excluded_dirs),
+        ), options.roots)
+        self._root_dev = None
+
+    def error(self, path, why):
+        self.progress.add_error(path, why)
+
+    def run(self):
+        if self._resume_key is not None:
+            self.previous.skip_done(self._resume_key)
+        roots = sorted({os.fsencode(os.path.normpath(r)) for r in self.options.roots}, key=path_key)
+        kept = []
+        for root in roots:
+            # A root inside another root is already covered by the walk.
+            if any(root.startswith(k.rstrip(b"/") + b"/") for k in kept):
+                continue
+            kept.append(root)
+        for root in kept:
+            try:
+                st = os.lstat(root)
+            except OSError as e:
+                self.error(root, reason(e, "cannot read"))
+                continue
+            self._root_dev = st.st_dev
+            self.visit(root, st)
+        self.previous.finish()
+
+    def _resumed(self, path, st):
+        """
+        In a resumed scan, whether ``path`` was recorded before the
+        checkpoint; a directory on the way to the checkpoint's path is
+        entered (its entry is recorded, part of what is below it is not).
+        """
+        key = path_key(path)
+        if key > self._resume_key:
+            self._resume_key = None  # past the checkpoint: an ordinary scan from here
+            return False
+        prefix = path if path.endswith(b"/") else path + b"/"
+        if stat.S_ISDIR(st.st_mode) and (
+            self._resume == path or self._resume.startswith(prefix)
+        ):
+            try:
+                with os.scandir(path) as it:
+                    children = [(e.name, e) for e in it]
+            except OSError as e:
+                self.error(path, reason(e, "cannot list directory"))
+                return True
+            self.walk_children(path, children)
+        return True
+
+    def visit(self, path, st):
+        if self._resume_key is not None and self._resumed(path, st):
+            return
+        self.progress.entries += 1
+        kind = KINDS_BY_FMT.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            self.error(path, "unknown file type")
+            return
+        prev = self.previous.find(path)
+        same_inode = (
+            prev is not None
+            and prev.ino == st.st_ino
+            and prev.ctime_ns == st.st_ctime_ns
+            and prev.ctime_ns < self.trust_ctime_before
+        )
+        if same_inode:
+            # Its status has not changed since a scan that saw it settled:
+            # the extended attributes (and a symlink's target) are the same.
+            xattrs = prev.xattrs
+        else:
+            try:
+                xattrs = read_xattrs(path)
+            except OSError as e:
+                self.error(path, reason(e, "cannot read extended attributes"))
+                xattrs = ()
+        uid, gid = st.st_uid, st.st_gid
+        user, group = self.names.user(uid), self.names.group(gid)
+        mode = st.st_mode  # file type bits included, as docs/FORMAT.md says
+        if (
+            same_inode
+            and prev.kind == kind
+            and prev.mode == mode
+            and prev.mtime_ns == st.st_mtime_ns
+            and prev.uid == uid
+            and prev.gid == gid
+            and prev.user == user
+            and prev.group == group
+            and prev.dev == st.st_dev
+        ):
+            same = prev  # the very same entry, if the kind's own fields agree too
+        else:
+            same = None
+        fields = dict(
+            path=path, kind=kind, mode=mode, uid=uid, gid=gid, user=user, group=group,
+            mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns, ino=st.st_ino, dev=st.st_dev,
+        )
+        if xattrs:
+            fields["xattrs"] = xattrs
+        if kind == FILE:
+            self.visit_file(path, st, fields, prev, same)
+        elif kind == DIR:
+            self.visit_dir(path, st, fields, same)
+        elif kind == SYMLINK:
+            if same is not None:
+                self.emit_entry(same)
+                return
+            try:
+                target = os.readlink(path)
+            except OSError as e:
+                self.error(path, reason(e, "cannot read link"))
+                return
+            self.emit_entry(Entry(target=target, size=len(target), **fields))
+        elif same is not None and same.rdev == st.st_rdev:
+            self.emit_entry(same)
+        elif kind in (CHARDEV, BLOCKDEV):
+            self.emit_entry(Entry(rdev=st.st_rdev, **fields))
+        else:
+            self.emit_entry(Entry(**fields))
+
+    def visit_dir(self, path, st, fields, same=None):
+        """List the directory, decide whether it is left out, record it, recurse."""
+        self.progress.current = path
+        try:
+            with os.scandir(path) as it:
+                children = [(e.name, e) for e in it]
+        except OSError as e:
+            if self.excluder.dir_excluded(path, st, ()) is not None:
+                return
+            self.error(path, reason(e, "cannot list directory"))
+            if e.errno != errno.ENOENT:
+                self.emit_entry(Entry(**fields))  # the directory, without its contents
+            return
+        names = frozenset(name for name, _ in children) if self.excluder.needs_listing else ()
+        if self.excluder.dir_excluded(path, st, names) is not None:
+            self.progress.excluded += 1
+            return
+        self.emit_entry(same if same is not None and same.size == 0 else Entry(**fields))
+        if self.excluder.one_file_system and st.st_dev != self._root_dev:
+            return
+        self.walk_children(path, children)
+
+    def walk_children(self, path, children):
+        children.sort(key=lambda c: c[0])
+        prefix = path if path.endswith(b"/") else path + b"/"
+        excluded = self.excluder.path_excluded
+        progress = self.progress
+        for name, entry in children:
+            if progress.stop_requested:
+                raise ScanStopped()
+            child = prefix + name
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+            except OSError:
+                is_dir = False
+            if excluded(child, is_dir):
+                self.progress.excluded += 1
+                continue
+            try:
+                child_st = entry.stat(follow_symlinks=False)
+            except OSError as e:
+                self.error(child, reason(e, "cannot read"))
+                continue
+            self.visit(child, child_st)
+
+    def visit_file(self, path, st, fields, prev, same):
+        self.progress.files += 1
+        self.progress.bytes += st.st_size
+        if st.st_nlink > 1:
+            first = self.links.get((st.st_dev, st.st_ino))
+            if first is not None:
+                self.emit_entry(Entry(size=st.st_size, target=first, **{**fields, "kind": HARDLINK}))
+                return
+        # Blobs go before their entry: a checkpoint taken after the entry
+        # must have them queued (a resumed scan starts after the entry).
+        if unchanged(prev, st):
+            offset = 0
+            for h, size in prev.blobs:
+                self.emit_blob(NewBlob(h, size, path, offset, st.st_mtime_ns))
+                offset += size
+            if st.st_nlink > 1:
+                self._link(st, path)
+            if same is not None:
+                self.emit_entry(prev)  # the very same entry: nothing to build or compare
+            else:
+                self.emit_entry(attr.evolve(prev, **fields, size=st.st_size))
+            return
+        self.progress.current = path
+        result = self.reader.read(path, st)
+        if result is None:
+            return
+        digest, final_st, flags, holes, spooled = result
+        if final_st.st_mtime_ns > self.started_ns - RACY_WINDOW_NS:
+            flags = flags + (RACY,)
+        fields.update(mtime_ns=final_st.st_mtime_ns, ctime_ns=final_st.st_ctime_ns)
+        blobs = tuple((c.hash, c.size) for c in digest.chunks)
+        for c in digest.chunks:
+            if spooled and c.hash in spooled:
+                self.emit_blob(NewBlob(c.hash, c.size, spooled[c.hash], 0, final_st.st_mtime_ns))
+            else:
+                self.emit_blob(NewBlob(c.hash, c.size, path, c.offset, final_st.st_mtime_ns))
+        if st.st_nlink > 1:
+            self._link(st, path)  # only once its entry is certain: later names link to it
+        self.emit_entry(Entry(
+            size=digest.size, inline=digest.inline, blobs=blobs,
+            sha256=digest.sha256, flags=flags, holes=holes, **fields,
+        ))
+
+    def _link(self, st, path):
+        self.links[(st.st_dev, st.st_ino)] = path
+        self.new_links.append((st.st_dev, st.st_ino, path))

@@ -177,7 +177,8 @@ class Excluder:
 
     def __init__(self, rules, roots):
         roots = [os.fsencode(r) for r in roots]
-        all_sources, dir_sources = [], []
+        all_sources: list[bytes] = []
+        dir_sources: list[bytes] = []
         for p in rules.patterns:
             source, dirs_only = compile_pattern(p, roots)
             (dir_sources if dirs_only else all_sources).append(source)

@@ -54,7 +54,7 @@ class BackupJobs:
         self.on_scanned = on_scanned
         self.waiters = waiters
         self.logs_dir = os.path.join(config.state_dir, "logs")
-        self.progress = None
+        self.progress: ScanProgress | None = None
         self.current = None
         self.current_kind = None
         self._runner = SerialRunner(self._run_queued, self.log, "backup job")
@@ -153,10 +153,10 @@ class BackupJobs:
         snapshots.mark_scanning(self.conn, snapshot_id, started)
         self.current = snapshot_id
         self.current_kind = None
-        self.progress = ScanProgress(started=started)
+        progress = self.progress = ScanProgress(started=started)
         env = {"GRIDBACKUP_SNAPSHOT": snapshot_id}
         if self.config.backup.pre_command:
-            self.progress.current = b"(pre_command)"
+            progress.current = b"(pre_command)"
             ok, why = await deferToThreadPool(
                 self.reactor, self.pool, run_command, self.config.backup.pre_command, env)
             if not ok:
@@ -169,7 +169,7 @@ class BackupJobs:
                 self.waiters.fire(snapshot_id, "failed")
                 return
         try:
-            await self._scan(snapshot_id, started)
+            await self._scan(snapshot_id, started, progress)
         finally:
             if self.config.backup.pre_command or self.config.backup.post_command:
                 await self._post_command(snapshot_id, env)
@@ -185,11 +185,11 @@ class BackupJobs:
         self.log.warn("post_command failed after {id}: {why}", id=snapshot_id, why=why)
         snapshots.add_error(self.conn, snapshot_id, {"path": None, "reason": "post_command " + why})
 
-    async def _scan(self, snapshot_id, started):
+    async def _scan(self, snapshot_id, started, progress):
         kind, parent, parent_chain = self.plan()
         snapshots.set_kind(self.conn, snapshot_id, kind, parent)
         self.current_kind = kind
-        self.progress.current = b""
+        progress.current = b""
         os.makedirs(self.logs_dir, exist_ok=True)
         log_path = os.path.join(self.logs_dir, snapshot_id + ".log")
         options = ScanOptions(
@@ -214,7 +214,7 @@ class BackupJobs:
         try:
             scan = LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
                            options=options, log_path=log_path, previous_logs=parent_chain)
-            counts = await deferToThreadPool(self.reactor, self.pool, scan_to_log, scan, self.progress)
+            counts = await deferToThreadPool(self.reactor, self.pool, scan_to_log, scan, progress)
         except ScanStopped:
             # The row stays 'scanning' with its checkpoint: the next start
             # resumes it (recover_interrupted).
@@ -232,13 +232,13 @@ class BackupJobs:
         snapshots.mark_uploading(
             self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
             finished=time.time(), files=counts["files"], bytes=counts["bytes"],
-            errors=self.progress.error_list(), log_path=log_path,
+            errors=progress.error_list(), log_path=log_path,
         )
         self.log.info(
             "scanned {id} ({kind}): {files} files, {bytes} bytes, {records} records, "
             "{errors} errors",
             id=snapshot_id, kind=kind, files=counts["files"], bytes=counts["bytes"],
-            records=counts["records"], errors=self.progress.error_count,
+            records=counts["records"], errors=progress.error_count,
         )
         self.on_scanned(snapshot_id)
 

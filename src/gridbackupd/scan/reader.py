@@ -42,7 +42,7 @@ class FileReader:
         if size > fs.f_bavail * fs.f_frsize // 2:
             return None, None
         kept = {}
-        broken = []
+        broken: list[bool] = []
 
         def sink(chunk_hash, data):
             if broken or chunk_hash in kept:

@@ -3,6 +3,7 @@ The values a scan is given and gives back: its options, the counters the
 API reads while it runs, and the blobs it finds.
 """
 
+import builtins
 import time
 
 import attr
@@ -43,7 +44,7 @@ class ScanProgress:
     bytes: int = 0
     bytes_hashed: int = 0
     excluded: int = 0
-    current: bytes = b""  # the directory or file being scanned
+    current: builtins.bytes = b""  # the directory or file being scanned
     errors: list = attr.Factory(list)
     error_count: int = 0
     started: float = attr.Factory(time.time)

@@ -78,7 +78,7 @@ class Scanner:
         if self._resume_key is not None:
             self.previous.skip_done(self._resume_key)
         roots = sorted({os.fsencode(os.path.normpath(r)) for r in self.options.roots}, key=path_key)
-        kept = []
+        kept: list[bytes] = []
         for root in roots:
             # A root inside another root is already covered by the walk.
             if any(root.startswith(k.rstrip(b"/") + b"/") for k in kept):

@@ -75,7 +75,7 @@ class Publisher:
         self.writer_id = writer_id or _writer_id(conn)
         self.host = host
         self.now = now
-        self.layout = None
+        self.layout: Layout | None = None
         self.lock = DeferredLock()
         self.lock_error = None
         self._lock_time = None
@@ -102,6 +102,12 @@ class Publisher:
                 self.lock.release()
         return self.layout
 
+    def _layout(self):
+        """The directories found by ``ensure_layout``, which every write needs first."""
+        if self.layout is None:
+            raise GridBackupError("the backup set's layout is not known yet (ensure_layout first)")
+        return self.layout
+
     # -- the writer lock ---------------------------------------------------------
 
     async def take_over(self):
@@ -113,7 +119,7 @@ class Publisher:
         """
         await self.lock.acquire()
         try:
-            children = await self.client.list_dir(self.layout.root)
+            children = await self.client.list_dir(self._layout().root)
             current = children.get(LOCK)
             other = await self._read_lock(current.cap) if current is not None else None
             await self._take_lock(children, force=True)
@@ -127,7 +133,7 @@ class Publisher:
     async def _take_lock(self, children=None, extra=None, force=False):
         """Write our lock (with ``extra`` children of the root in the same write)."""
         if children is None:
-            children = await self.client.list_dir(self.layout.root)
+            children = await self.client.list_dir(self._layout().root)
         now = self.now()
         current = children.get(LOCK)
         if current is not None and not force:
@@ -144,9 +150,9 @@ class Publisher:
                 self.log.warn("taking over the writer lock of host {host}, silent for {age:.0f}s",
                               host=other["host"], age=age)
         cap = await self.client.upload_bytes(encode_lock(self.writer_id, self.host, now))
-        await self.client.set_children(self.layout.root, {**(extra or {}), LOCK: cap})
+        await self.client.set_children(self._layout().root, {**(extra or {}), LOCK: cap})
         # Two daemons may have written at once: the one whose lock is linked now won.
-        linked = await self.client.child_cap(self.layout.root, LOCK)
+        linked = await self.client.child_cap(self._layout().root, LOCK)
         if linked != cap:
             other = await self._read_lock(linked) if linked else None
             if other is None or other["writer"] != self.writer_id:
@@ -215,7 +221,7 @@ class Publisher:
         if not rows:
             await self._unlink_retired_commits()
             return
-        await self.client.set_children(self.layout.commits, dict(rows))
+        await self.client.set_children(self._layout().commits, dict(rows))
         commits.mark_linked(self.conn, [name for name, _ in rows])
         await self._unlink_retired_commits()
 
@@ -228,7 +234,7 @@ class Publisher:
         names = commits.retired(self.conn)
         for name in names:
             try:
-                await self.client.unlink(self.layout.commits, name)
+                await self.client.unlink(self._layout().commits, name)
             except TahoeNotFound:
                 pass  # gone already: an earlier run unlinked it before it could say so
             commits.drop_retired(self.conn, name)
@@ -245,13 +251,13 @@ class Publisher:
     async def link_snapshot_log(self, snapshot_id, cap):
         """Link (or replace) the log of a snapshot in ``snapshots/``."""
         async with self.writing():
-            await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
+            await self.client.set_children(self._layout().snapshots, {snapshot_id: cap})
 
     async def unlink_snapshot_log(self, snapshot_id):
         """Remove a forgotten snapshot's log from ``snapshots/`` (gone already is fine)."""
         async with self.writing():
             try:
-                await self.client.unlink(self.layout.snapshots, snapshot_id)
+                await self.client.unlink(self._layout().snapshots, snapshot_id)
             except TahoeNotFound:
                 pass
 
@@ -261,7 +267,7 @@ class Publisher:
         for snapshot_id, log_path in ready:
             async with self.writing():
                 cap = await self.client.upload_file(log_path)
-                await self.client.set_children(self.layout.snapshots, {snapshot_id: cap})
+                await self.client.set_children(self._layout().snapshots, {snapshot_id: cap})
                 stale = snapshots.stale_blob_count(self.conn, snapshot_id)
                 snapshots.mark_complete(self.conn, snapshot_id, cap, complete=not stale)
                 self.log.info(

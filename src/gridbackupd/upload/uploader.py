@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gridbackupd.errors import TahoeError
 from gridbackupd.model import short_cap
@@ -96,7 +97,8 @@ class Uploader:
         self.inlined_blobs = 0
         self.consecutive_failures = 0
         self.last_error = None
-        self._recent = collections.deque()  # (time, bytes) of the last RATE_WINDOW seconds
+        # (time, bytes) of the last RATE_WINDOW seconds
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._wakeup = None
         self._stopping = False
         self._running = None
@@ -211,9 +213,9 @@ class Uploader:
     async def upload_pending(self):
         """Pack and upload pending blobs, up to ``parallel`` packs at a time, until none is left."""
         sem = DeferredSemaphore(self.parallel)
-        running = []
+        running: list[Deferred] = []
         count = 0
-        failures = []
+        failures: list[Failure] = []
         while not self._stopping and not failures and not self.paused:
             await sem.acquire()
             # After a failure fewer packs go up at once.
@@ -350,7 +352,7 @@ class Uploader:
 def _first(deferreds):
     """Fires when any of ``deferreds`` has fired (they keep their own results)."""
     waiting = [d for d in deferreds if not d.called]
-    result = Deferred()
+    result: Deferred[None] = Deferred()
     if not waiting:
         result.callback(None)
         return result

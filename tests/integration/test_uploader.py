@@ -27,7 +27,8 @@ from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.upload import packer
 from gridbackupd.upload.publisher import Publisher
-from gridbackupd.upload.uploader import RETRY_DELAY, TokenBucket, Uploader
+from gridbackupd.upload.throttle import TokenBucket
+from gridbackupd.upload.uploader import RETRY_DELAY, Uploader
 
 
 class GatedClient:

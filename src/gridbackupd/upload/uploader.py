@@ -23,7 +23,6 @@ import collections
 import os
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,40 +32,12 @@ from gridbackupd.model import short_cap
 from gridbackupd.state import blobs, packs, queue
 from gridbackupd.upload import packer
 from gridbackupd.upload.publisher import WriterLockHeld
+from gridbackupd.upload.throttle import TokenBucket
 
 COMMIT_INTERVAL = 300.0
 RETRY_DELAY = 5.0
 MAX_RETRY_DELAY = 300.0
 RATE_WINDOW = 60.0
-
-
-class TokenBucket:
-    """``rate`` bytes per second on ``clock``; a take may run into debt, the next waits it off."""
-
-    def __init__(self, clock, rate, burst=None):
-        self.clock = clock
-        self.rate = float(rate)
-        self.burst = float(burst if burst is not None else rate)
-        self.tokens = self.burst
-        self.stamp = clock.seconds()
-
-    def _refill(self):
-        now = self.clock.seconds()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-
-    def delay(self):
-        """Seconds until the bucket is out of debt."""
-        self._refill()
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-    async def take(self, n):
-        while True:
-            wait = self.delay()
-            if wait <= 0:
-                self.tokens -= n
-                return
-            await deferLater(self.clock, wait, lambda: None)
 
 
 class Uploader:

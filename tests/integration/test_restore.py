@@ -20,7 +20,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
-from gridbackupd.errors import APIError, NotFound
+from gridbackupd.api.errors import answer
+from gridbackupd.errors import Conflict, NotFound
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.model import CHARDEV, DIR, FIFO, FILE, HARDLINK, SOCKET, SYMLINK, Entry, LogHeader
 from gridbackupd.restore import engine as restore
@@ -318,9 +319,9 @@ class RestoreTests(TestCase):
         restorer.hostname = "new-machine"
         self.assertEqual(restorer.resolve_snapshot("latest")[0], "s4")
         e = self.assertRaises(NotFound, restorer.resolve_snapshot, {"as_of": "2025-12-31T00:00:00Z"})
-        self.assertEqual(e.code, "unknown_snapshot")
-        e = self.assertRaises(APIError, restorer.resolve_snapshot, "nope")
-        self.assertEqual(e.status, 404)
+        self.assertEqual((answer(e).status, e.code), (404, "unknown_snapshot"))
+        e = self.assertRaises(NotFound, restorer.resolve_snapshot, "nope")
+        self.assertEqual((answer(e).status, e.code), (404, "unknown_snapshot"))
         state, status = await self.restore(restorer, snapshot={"as_of": "2026-01-20T10:00:00Z"})
         self.assertEqual((state, status["snapshot"]), ("done", "s1"))
         with open(self.out(b"/f"), "rb") as f:
@@ -367,10 +368,10 @@ class RestoreTests(TestCase):
         self.assertEqual(await restorer.wait(first), "done")
         self.assertFalse(os.path.exists(os.path.join(self.set.base, "second")))
         self.assertEqual(restorer.cancel(second)["state"], "cancelled")  # again: a no-op
-        e = self.assertRaises(APIError, restorer.cancel, first)
-        self.assertEqual(e.status, 409)
-        e = self.assertRaises(APIError, restorer.cancel, "r-nope")
-        self.assertEqual(e.status, 404)
+        e = self.assertRaises(Conflict, restorer.cancel, first)
+        self.assertEqual((answer(e).status, e.code), (409, "restore_finished"))
+        e = self.assertRaises(NotFound, restorer.cancel, "r-nope")
+        self.assertEqual((answer(e).status, e.code), (404, "unknown_restore"))
 
     async def test_cancel_running_between_spans(self):
         one, two = os.urandom(50_000), os.urandom(60_000)

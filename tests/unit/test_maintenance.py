@@ -167,11 +167,12 @@ class SchedulerTests(TestCase):
         self.assertFalse(lock.locked)
 
     def test_unknown_kind(self):
-        from gridbackupd.errors import APIError
+        from gridbackupd.api.errors import answer
+        from gridbackupd.errors import Invalid
 
         m = self.make()
-        e = self.assertRaises(APIError, m.request, "defrag")
-        self.assertEqual(e.status, 400)
+        e = self.assertRaises(Invalid, m.request, "defrag")
+        self.assertEqual((answer(e).status, e.code), (400, "bad_request"))
 
 
 def samples(m):

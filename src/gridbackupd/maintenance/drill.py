@@ -24,7 +24,7 @@ import stat
 
 from twisted.logger import Logger
 
-from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.errors import DomainError, TahoeError
 from gridbackupd.format.chain import snapshot_entries
 from gridbackupd.format.log import LogFormatError
 from gridbackupd.model import FILE
@@ -233,7 +233,7 @@ async def _restore(ctx, snapshot_id, files, target):
     try:
         await ctx.restorer.run(snapshot_id, [os.fsdecode(e.path) for e in files], target,
                                False, progress)
-    except (LogFormatError, APIError, TahoeError, OSError, UnsafePath) as e:
+    except (LogFormatError, DomainError, TahoeError, OSError, UnsafePath) as e:
         for entry in files:
             reasons.setdefault(entry.path, []).append(f"the restore failed: {e}")
     for item in progress.errors + progress.pending:

@@ -20,7 +20,7 @@ import time
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gridbackupd.errors import APIError
+from gridbackupd.errors import Invalid, NotFound, ReadOnly
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
 from gridbackupd.state import jobs as jobstate
 from gridbackupd.waiters import SerialRunner, Waiters
@@ -159,7 +159,7 @@ class Maintenance:
     def request(self, kind, options=None, scheduled=False):
         """Queue a job (or join one of the same kind and options that waits); its id."""
         if kind not in KINDS:
-            raise APIError(400, "bad_request", f"unknown job kind {kind!r}; one of {list(KINDS)}")
+            raise Invalid("bad_request", f"unknown job kind {kind!r}; one of {list(KINDS)}")
         if kind in WRITING:
             self.daemon.require_writable()
         options = {**self.default_options(kind), **(options or {})}
@@ -201,7 +201,7 @@ class Maintenance:
                 await lock.acquire()
             try:
                 if kind in WRITING and d.publisher is None:
-                    raise APIError(403, "read_only", "this daemon does not write to the backup set")
+                    raise ReadOnly("read_only", "this daemon does not write to the backup set")
                 result = await RUNNERS[kind](self, ctx)
                 state = "done"
             finally:
@@ -235,7 +235,7 @@ class Maintenance:
     def job(self, job_id):
         row = jobstate.get(self.conn, job_id)
         if row is None:
-            raise APIError(404, "unknown_job", f"no job {job_id!r}")
+            raise NotFound("unknown_job", f"no job {job_id!r}")
         return self._doc(row)
 
     def _doc(self, row):

@@ -16,7 +16,7 @@ import attr
 from twisted.internet.defer import DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 
-from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.errors import NotFound, TahoeError
 from gridbackupd.model import DIR, FILE, HARDLINK, SYMLINK
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.restore.spans import SpanWriter
@@ -96,12 +96,12 @@ class RestoreEngine:
         """A local path of the snapshot's log, downloading it if needed."""
         row = snapshots.with_log(self.conn, snapshot_id)
         if row is None:
-            raise APIError(404, "unknown_snapshot", f"no snapshot {snapshot_id!r} to restore from")
+            raise NotFound("unknown_snapshot", f"no snapshot {snapshot_id!r} to restore from")
         _, log_path, log_cap = row
         if log_path and os.path.exists(log_path):
             return log_path, False
         if not log_cap:
-            raise APIError(404, "unknown_snapshot", f"the log of {snapshot_id} is not available")
+            raise NotFound("unknown_snapshot", f"the log of {snapshot_id} is not available")
         os.makedirs(self.tmpdir, exist_ok=True)
         fd, path = tempfile.mkstemp(dir=self.tmpdir, suffix=".log")
         try:

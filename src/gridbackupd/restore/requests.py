@@ -15,7 +15,7 @@ import time
 from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
-from gridbackupd.errors import APIError, TahoeError
+from gridbackupd.errors import Conflict, DomainError, NotFound, TahoeError
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.restore.engine import Cancelled, RestoreEngine, RestoreProgress
 from gridbackupd.restore.targetfs import UnsafePath
@@ -45,13 +45,13 @@ class Restorer:
     def resolve_snapshot(self, spec):
         """
         'latest', an id or {"as_of": ISO time} -> (id, log_path, log_cap),
-        as ``state.snapshots.resolve`` picks it; NotFound or a 404 if there is
+        as ``state.snapshots.resolve`` picks it; NotFound if there is
         no such snapshot.  An id may name an unfinished one (what is
         uploaded is restored, the rest is listed as pending).
         """
         row = snapshots.with_log(self.conn, snapshots.resolve(self.conn, spec, self.hostname))
         if row is None:
-            raise APIError(404, "unknown_snapshot", f"no snapshot {spec!r} to restore from")
+            raise NotFound("unknown_snapshot", f"no snapshot {spec!r} to restore from")
         return row
 
     def request(self, snapshot, paths, target, overwrite=False, dry_run=False, verify=False):
@@ -67,13 +67,13 @@ class Restorer:
         Cancel a queued or running restore.  A running one stops between
         spans: files not finished are removed (their temporary files), files
         already in place stay.  Cancelling a cancelled one is a no-op;
-        a finished one is a 409.
+        a finished one is a Conflict.
         """
         state = restores.state_of(self.conn, restore_id)
         if state is None:
-            raise APIError(404, "unknown_restore", f"no restore {restore_id!r}")
+            raise NotFound("unknown_restore", f"no restore {restore_id!r}")
         if state in ("done", "failed"):
-            raise APIError(409, "restore_finished", f"restore {restore_id} has already finished ({state})")
+            raise Conflict("restore_finished", f"restore {restore_id} has already finished ({state})")
         live = self.progress.get(restore_id)
         if live is not None:
             live.cancelled = True
@@ -99,7 +99,7 @@ class Restorer:
     def status(self, restore_id):
         result = restores.get(self.conn, restore_id)
         if result is None:
-            raise APIError(404, "unknown_restore", f"no restore {restore_id!r}")
+            raise NotFound("unknown_restore", f"no restore {restore_id!r}")
         options = json.loads(result.pop("options"))
         extra = json.loads(result.pop("result") or "{}")
         result["paths"] = options.get("paths") or []
@@ -151,7 +151,7 @@ class Restorer:
                 state = "done" if not progress.errors else "failed"
             except Cancelled:
                 state = "cancelled"
-            except (snapshotlog.LogFormatError, APIError, TahoeError, OSError, UnsafePath) as e:
+            except (snapshotlog.LogFormatError, DomainError, TahoeError, OSError, UnsafePath) as e:
                 # Bad snapshot data, a grid or a target that fails us: the
                 # restore's errors say it; no traceback needed.
                 if self._stopping:

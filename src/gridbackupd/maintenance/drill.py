@@ -44,7 +44,7 @@ def scratch_root(state_dir):
 
 
 async def restore_drill(ctx) -> dict:
-    """The ``restore_drill`` job (see jobs.py for the contract)."""
+    """The ``restore_drill`` job (see ``maintenance.jobs`` for the contract)."""
     wanted = _files_option(ctx.options)
     ctx.progress.update(snapshot=None, phase="starting", done=0, total=0, errors=0)
     root = scratch_root(ctx.state_dir)

@@ -7,8 +7,9 @@ reports progress by updating ``ctx.progress`` (a JSON-able dict shown in
 ``GET /v1/status`` and ``/metrics``), marks the items it has finished with
 ``ctx.mark_done`` so that a run interrupted by a restart skips them when it
 is resumed, and calls ``ctx.check_stopping()`` between items so that a
-daemon stop does not wait for a long walk.  The scheduler (maintenance.py)
-owns the ``jobs`` table; a job only touches its own items.
+daemon stop does not wait for a long walk.  The scheduler
+(``maintenance.scheduler``) moves a run through the ``jobs`` table
+(``state.jobs``); a job only touches its own items.
 """
 
 import sqlite3

@@ -4,7 +4,7 @@ Exceptions of gridbackupd, in one plain module.
 Tahoe-LAFS errors
 -----------------
 
-``gridbackupd.tahoe`` turns every failed call to a Tahoe node into one of
+``gridbackupd.grid`` turns every failed call to a Tahoe node into one of
 the ``Tahoe*`` classes below, in one helper.  Callers decide what to do from
 the class (or from ``.transient``), never from a status code or a message:
 

@@ -29,10 +29,11 @@ from gridbackupd.api.http import endpoint_description, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
 from gridbackupd.errors import APIError, GridBackupError, TahoeError
+from gridbackupd.grid.caps import is_read_only
+from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
-from gridbackupd.grid.tahoe import TahoeClient
 from gridbackupd.maintenance.scheduler import Maintenance
-from gridbackupd.restore.recover import is_read_only, mark_pending, needs_recovery, recover_state
+from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.jobs import BackupJobs
 from gridbackupd.scan.chunker import ChunkParams

@@ -19,8 +19,9 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.errors import TahoeBadResponse, TahoeError
+from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
-from gridbackupd.grid.tahoe import RetryPolicy, TahoeClient
+from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.maintenance.checkrepair import check_and_repair, classify
 from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.reachable import ROOT

@@ -11,7 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.errors import TahoeServerError
-from gridbackupd.grid.tahoe import RetryPolicy
+from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.maintenance import reachable
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
 from gridbackupd.maintenance.leases import renew_leases

@@ -17,8 +17,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.format.index import encode_index_segment, encode_settings, settings_document
+from gridbackupd.grid.caps import is_read_only
 from gridbackupd.model import DIR, FILE, Entry, LogHeader
-from gridbackupd.restore.recover import RecoveryError, is_read_only, recover_state
+from gridbackupd.restore.recover import RecoveryError, recover_state
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod
@@ -331,7 +332,7 @@ class RecoverDaemonTests(TestCase):
         self.assertEqual(status["state"], "ready")
 
     async def _read_only_form(self, rootcap):
-        from gridbackupd.grid.tahoe import TahoeClient
+        from gridbackupd.grid.client import TahoeClient
 
         client = TahoeClient(self.node_url)
         try:

@@ -1,5 +1,5 @@
 """
-Tests of gridbackupd.tahoe.
+Tests of the Tahoe client (gridbackupd.grid: client, answers, retry).
 
 ``TahoeContractMixin`` holds the checks of what crosses the wire, written
 once and run twice: against the in-memory fake (``FakeTahoeContractTests``)
@@ -26,13 +26,9 @@ from gridbackupd.errors import (
     TahoeUnavailable,
     TahoeUnhappy,
 )
-from gridbackupd.grid.tahoe import (
-    DirChild,
-    RetryPolicy,
-    TahoeClient,
-    error_from_response,
-    summarize_body,
-)
+from gridbackupd.grid.answers import DirChild, error_from_response, summarize_body
+from gridbackupd.grid.client import TahoeClient
+from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.testing.fake_tahoe import FakeTahoe, fake_client
 from tests.support.sharedgrid import shared_node_url
 

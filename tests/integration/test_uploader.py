@@ -16,7 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.config import parse_config
 from gridbackupd.format.index import parse_index_segment, settings_document
-from gridbackupd.grid.tahoe import RetryPolicy
+from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.scan.values import NewBlob
 from gridbackupd.service import from_config
@@ -379,7 +379,7 @@ class CrashTests(TestCase):
         # The twistd child runs the same gridbackupd as this test process
         # (with PYTHONPATH=src relative, it would find the installed copy).
         import gridbackupd
-        from gridbackupd.grid.tahoe import TahoeClient
+        from gridbackupd.grid.client import TahoeClient
         from tests.support.process import CONFIG, Daemon, free_port
 
         here = os.path.dirname(os.path.dirname(os.path.abspath(gridbackupd.__file__)))

@@ -22,7 +22,16 @@ from twisted.logger import Logger
 from gridbackupd.errors import TahoeBadResponse, TahoeSharesMissing
 from gridbackupd.format.chain import ChainError, snapshot_entries
 from gridbackupd.format.log import LogFormatError
-from gridbackupd.grid.tahoe import scrub_caps
+from gridbackupd.grid.caps import scrub_caps
+from gridbackupd.grid.layout import (
+    COMMIT_PREFIX,
+    COMMITS,
+    INDEX,
+    LOCK,
+    PACK_PREFIX,
+    SETTINGS,
+    SNAPSHOTS,
+)
 from gridbackupd.maintenance.reachable import ROOT, ReachableRun, for_each_reachable
 from gridbackupd.state import blobs, snapshots
 from gridbackupd.state import db as dbmod
@@ -36,14 +45,14 @@ MAX_FILES_LISTED = 100
 # Unhealthy and unrecoverable objects listed in the result.
 MAX_OBJECTS_LISTED = 100
 
-_PACK = re.compile(r"commits/(commit-[0-9a-f]+)/(pack-[0-9a-f]+)\Z")
-_INDEX = re.compile(r"commits/(commit-[0-9a-f]+)/index\Z")
-_COMMIT = re.compile(r"commits/(commit-[0-9a-f]+)\Z")
-_SNAPSHOT_LOG = re.compile(r"snapshots/([^/]+)\Z")
-_LAYOUT_DIRS = {ROOT, "commits", "snapshots"}
+_PACK = re.compile(rf"{COMMITS}/({COMMIT_PREFIX}[0-9a-f]+)/({PACK_PREFIX}[0-9a-f]+)\Z")
+_INDEX = re.compile(rf"{COMMITS}/({COMMIT_PREFIX}[0-9a-f]+)/{INDEX}\Z")
+_COMMIT = re.compile(rf"{COMMITS}/({COMMIT_PREFIX}[0-9a-f]+)\Z")
+_SNAPSHOT_LOG = re.compile(rf"{SNAPSHOTS}/([^/]+)\Z")
+_LAYOUT_DIRS = {ROOT, COMMITS, SNAPSHOTS}
 _LAYOUT_FILES = {
-    "gridbackup.json": "the backup set's settings: no snapshot can be restored without them",
-    "lock": "the writer lock: a new writer cannot take over safely",
+    SETTINGS: "the backup set's settings: no snapshot can be restored without them",
+    LOCK: "the writer lock: a new writer cannot take over safely",
 }
 
 

@@ -24,7 +24,7 @@ from gridbackupd.errors import GridBackupError
 from gridbackupd.state import jobs as jobstate
 
 if TYPE_CHECKING:
-    from gridbackupd.grid.tahoe import TahoeClient
+    from gridbackupd.grid.client import TahoeClient
     from gridbackupd.restore.requests import Restorer
     from gridbackupd.upload.publisher import Publisher
 

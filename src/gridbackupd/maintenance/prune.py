@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from gridbackupd.errors import GridBackupError
 from gridbackupd.format import chain
 from gridbackupd.format.index import commit_name, encode_index_segment
+from gridbackupd.grid.layout import INDEX
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import liveset, snapshots
@@ -231,7 +232,7 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
 
 async def _upload_commit(ctx, segment, packs):
     index_cap = await ctx.client.upload_bytes(segment)
-    cap = await ctx.client.mkdir_immutable({**packs, "index": index_cap})
+    cap = await ctx.client.mkdir_immutable({**packs, INDEX: index_cap})
     return commit_name(segment), cap
 
 

@@ -21,27 +21,21 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from gridbackupd.grid.tahoe import scrub_caps
+from gridbackupd.grid.caps import is_literal, scrub_caps
 from gridbackupd.maintenance.jobs import JobStopped
 from gridbackupd.model import short_cap
 
-__all__ = ["ROOT", "Reachable", "ReachableRun", "for_each_reachable", "is_literal", "walk"]
+__all__ = ["ROOT", "Reachable", "ReachableRun", "for_each_reachable", "walk"]
 
 _log = Logger(namespace="gridbackupd.maintenance.reachable")
 
 ROOT = "/"
-_LITERAL_PREFIXES = ("URI:LIT:", "URI:DIR2-LIT:")
 # Failures kept (name and reason) in a job's result; the rest are only counted.
 MAX_FAILURES_LISTED = 100
 # Finished items are written to job_items this many at a time.
 MARK_BATCH = 100
 # Objects found and waiting to be processed before the walk waits for room.
 HIGH_WATER = 1000
-
-
-def is_literal(cap: str | None) -> bool:
-    """A literal cap holds its data itself: no shares, no lease, nothing to check."""
-    return cap is not None and cap.startswith(_LITERAL_PREFIXES)
 
 
 @attr.frozen

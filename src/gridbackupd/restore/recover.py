@@ -40,7 +40,8 @@ from gridbackupd.errors import GridBackupError, TahoeError
 from gridbackupd.format import chain
 from gridbackupd.format import log as snapshotlog
 from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
-from gridbackupd.grid.tahoe import _expected_size
+from gridbackupd.grid.caps import expected_size
+from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SETTINGS, SNAPSHOTS
 from gridbackupd.model import FILE
 from gridbackupd.state import blobs as blobstate
 from gridbackupd.state import commits as commitstate
@@ -48,10 +49,6 @@ from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots
 from gridbackupd.upload import packer
 
-SNAPSHOTS = "snapshots"
-COMMITS = "commits"
-SETTINGS = "gridbackup.json"
-INDEX = "index"
 PARALLEL = 4
 # The first ranged GET of a pack's tail; a longer trailer costs one more GET.
 TAIL = 64 * 1024
@@ -62,11 +59,6 @@ log = Logger()
 
 class RecoveryError(GridBackupError):
     """The grid does not hold a backup set this code can recover."""
-
-
-def is_read_only(rootcap):
-    """Whether a root cap gives read access only (the daemon then never writes)."""
-    return rootcap.startswith(("URI:DIR2-RO:", "URI:DIR2-CHK:", "URI:DIR2-LIT:", "URI:DIR2-MDMF-RO:"))
 
 
 def needs_recovery(conn):
@@ -168,7 +160,7 @@ async def _recover_commit(client, conn, name, cap, report):
         report.errors.append({"what": f"commit {name}", "reason": str(e)})
         log.warn("commit {name} cannot be listed: {e}", name=name, e=e)
         return
-    packs = {n: c for n, c in children.items() if n.startswith("pack-")}
+    packs = {n: c for n, c in children.items() if n.startswith(PACK_PREFIX)}
     blobs, inline = None, ()
     index = children.get(INDEX)
     if index is not None:
@@ -190,7 +182,7 @@ async def _recover_commit(client, conn, name, cap, report):
                 report.errors.append({"what": f"{name}/{pack_name[:17]}", "reason": str(e)})
     pack_rows = [
         (pack_name, child.ro_uri or child.cap,
-         child.size if child.size is not None else (_expected_size(child.cap) or 0))
+         child.size if child.size is not None else (expected_size(child.cap) or 0))
         for pack_name, child in packs.items()
     ]
     commitstate.record_recovered(conn, name, cap, pack_rows, blobs, inline)
@@ -202,7 +194,7 @@ async def _recover_commit(client, conn, name, cap, report):
 
 async def _pack_trailer(client, child):
     """The blob list of a pack, from its trailer: one ranged GET of its tail (two if long)."""
-    size = child.size if child.size is not None else _expected_size(child.cap)
+    size = child.size if child.size is not None else expected_size(child.cap)
     if size is None:
         raise packer.PackFormatError("the pack's size is not known")
     start = max(0, size - TAIL)

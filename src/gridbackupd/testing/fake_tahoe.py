@@ -1,8 +1,8 @@
 """
 An in-memory fake of the part of the Tahoe-LAFS web API that
-``gridbackupd.tahoe.TahoeClient`` uses, as twisted.web resources.
+``gridbackupd.grid.client.TahoeClient`` uses, as twisted.web resources.
 
-It answers as Tahoe 1.20 does (tests/test_tahoe.py runs the same contract
+It answers as Tahoe 1.20 does (tests/integration/test_tahoe.py runs the same contract
 checks against it and against a real grid), with deterministic caps:
 
 - immutable files: identical bytes give identical caps (like convergent
@@ -51,7 +51,8 @@ from twisted.web.iweb import IAgent
 from twisted.web.resource import Resource
 from zope.interface import implementer
 
-from gridbackupd.grid.tahoe import RetryPolicy, TahoeClient
+from gridbackupd.grid.client import TahoeClient
+from gridbackupd.grid.retry import RetryPolicy
 
 __all__ = ["FakeTahoe", "FakeTahoeAgent", "RecordedRequest", "fake_client"]
 
@@ -737,7 +738,8 @@ def fake_client(fake: FakeTahoe | None = None, clock=None, **kwargs):
     agent = FakeTahoeAgent(fake)
     client = TahoeClient(
         "http://fake-tahoe.invalid:3456/",
-        http_client=HTTPClient(agent),
+        # FakeTahoeAgent provides IAgent: zope declarations are not types to mypy.
+        http_client=HTTPClient(agent),  # type: ignore[arg-type]
         clock=clock,
         cooperator=agent.cooperator,
         **kwargs,

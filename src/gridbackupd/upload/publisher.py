@@ -33,6 +33,7 @@ from gridbackupd.format.index import (
     parse_lock,
     settings_document,
 )
+from gridbackupd.grid.layout import COMMITS, INDEX, LOCK, SETTINGS, SNAPSHOTS
 from gridbackupd.model import short_cap
 from gridbackupd.state import blobs as blobsmod
 from gridbackupd.state import commits, snapshots
@@ -42,10 +43,6 @@ from gridbackupd.waiters import Waiters
 
 __all__ = ["Publisher", "settings_document", "WriterLockHeld"]
 
-SNAPSHOTS = "snapshots"
-COMMITS = "commits"
-SETTINGS = "gridbackup.json"
-LOCK = "lock"
 # Renew the lock before a mutable write when it is older than this...
 LOCK_HEARTBEAT = 240.0
 # ...and take over another writer's lock older than this.
@@ -208,7 +205,7 @@ class Publisher:
             name = commit_name(segment)
             index_cap = await self.client.upload_bytes(segment)
             children = {p[1]: p[2] for p in packs}
-            children["index"] = index_cap
+            children[INDEX] = index_cap
             cap = await self.client.mkdir_immutable(children)
             commits.record(self.conn, name, cap, ids, [h for h, _ in inline])
             await self._link_unlinked_commits()

@@ -3,9 +3,10 @@ TahoeClient: the subset of the Tahoe-LAFS web API that gridbackupd uses,
 over treq.
 
 Every method is ``async``.  Failures come out as the ``Tahoe*`` exceptions
-of ``gridbackupd.errors``, made in one place (``error_from_response`` for
-answers, ``_transport_errors`` for no answer), after transient ones were
-retried with capped exponential backoff (``retrying``).
+of ``gridbackupd.errors``, made in one place (``grid.answers``), after
+transient ones were retried with capped exponential backoff
+(``grid.retry``).  This module knows which request each operation makes
+and which failures of it are safe to retry.
 
 Facts about Tahoe 1.20 this module relies on (each checked on a real grid,
 and mirrored by ``gridbackupd.testing.fake_tahoe``):
@@ -31,327 +32,40 @@ and mirrored by ``gridbackupd.testing.fake_tahoe``):
 
 from __future__ import annotations
 
-import base64
-import html
 import io
 import json
-import random as _random
-import re
-from contextlib import contextmanager
+from typing import Any
 from urllib.parse import quote, urlencode
 
-import attr
 import treq
 from treq.client import HTTPClient
-from twisted.internet import error as _ierror
-from twisted.internet.task import TaskFinished, deferLater
+from twisted.internet.task import TaskFinished
 from twisted.logger import Logger
-from twisted.web import _newclient
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, _HTTP11ClientFactory
 
 from gridbackupd.errors import (
     TahoeBadRequest,
     TahoeBadResponse,
     TahoeError,
     TahoeNotFound,
-    TahoeServerError,
     TahoeSharesMissing,
     TahoeUnavailable,
-    TahoeUnhappy,
 )
+from gridbackupd.grid.answers import (
+    NO_SUCH_CHILD,
+    DirChild,
+    check_response,
+    checked_download,
+    connected_count,
+    parse_cap,
+    parse_listing,
+    transport_errors,
+)
+from gridbackupd.grid.caps import child_kind, expected_size, is_read_only
+from gridbackupd.grid.retry import RetryPolicy, is_transient, not_sent, retrying, sleep
 from gridbackupd.model import short_cap
 
-__all__ = [
-    "DirChild",
-    "RetryPolicy",
-    "TahoeClient",
-    "error_from_response",
-    "retrying",
-    "scrub_caps",
-    "summarize_body",
-]
-
-_log = Logger(namespace="gridbackupd.grid.tahoe")
-
-
-# ---------------------------------------------------------------------------
-# Retrying
-
-
-def _not_negative(instance, attribute, value):
-    if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, not {value!r}")
-
-
-@attr.frozen
-class RetryPolicy:
-    """
-    How often and how patiently a transient failure is retried.
-
-    ``attempts`` counts every attempt, the first one included.  Before
-    retry number ``n`` (1 for the first retry) we wait
-    ``min(cap, base * factor ** (n - 1))`` seconds; with ``jitter`` a
-    random part of it, between one half and all of it, so that many
-    clients failing together do not come back together.
-    """
-
-    attempts: int = attr.field(default=6)
-    base: float = attr.field(default=0.5, validator=_not_negative)
-    factor: float = attr.field(default=2.0)
-    cap: float = attr.field(default=30.0, validator=_not_negative)
-    jitter: bool = True
-
-    @attempts.validator
-    def _check_attempts(self, attribute, value):
-        if value < 1:
-            raise ValueError(f"attempts must be at least 1, not {value!r}")
-
-    @factor.validator
-    def _check_factor(self, attribute, value):
-        if value < 1:
-            raise ValueError(f"factor must be at least 1, not {value!r}")
-
-    def delay(self, retry: int, random=_random.random) -> float:
-        """Seconds to wait before retry number ``retry`` (1 for the first)."""
-        try:
-            delay = min(self.cap, self.base * self.factor ** (retry - 1))
-        except OverflowError:
-            delay = self.cap
-        if self.jitter:
-            delay *= 0.5 + random() / 2
-        return delay
-
-
-def is_transient(error: TahoeError) -> bool:
-    """Retry every failure that may go away by itself."""
-    return error.transient
-
-
-def not_sent(error: TahoeError) -> bool:
-    """
-    Retry only failures that certainly happened before the request reached
-    the node: for requests that must not run twice.
-    """
-    return error.transient and not error.sent
-
-
-async def retrying(clock, policy, operation_name, fn, *, retry_if=is_transient,
-                   log=None, random=_random.random):
-    """
-    Await ``fn()`` until it succeeds, fails with an error that ``retry_if``
-    refuses, or ``policy.attempts`` attempts have failed; then raise the
-    last error.  Only ``TahoeError``s are retried; waits use ``clock``.
-    """
-    log = log if log is not None else _log
-    attempt = 1
-    while True:
-        try:
-            return await fn()
-        except TahoeError as e:
-            if attempt >= policy.attempts or not retry_if(e):
-                raise
-            delay = policy.delay(attempt, random)
-            log.warn(
-                "{operation} failed (attempt {attempt} of {attempts}), "
-                "retrying in {delay:.2f}s: {error}",
-                operation=operation_name,
-                attempt=attempt,
-                attempts=policy.attempts,
-                delay=delay,
-                error=str(e),
-            )
-        await deferLater(clock, delay, lambda: None)
-        attempt += 1
-
-
-# ---------------------------------------------------------------------------
-# Turning answers into exceptions
-
-# A cap anywhere in a text (a traceback may quote a request body).
-_CAP_RE = re.compile(r"(?:ro\.|imm\.)?URI:[A-Za-z0-9-]+(?::[A-Za-z0-9_-]*)*")
-_EXCEPTION_LINE = re.compile(r"^(?:Failure: )?[A-Za-z_][\w.]*(?:Error|Exception)\b")
-_MODULE_PREFIX = re.compile(r"^(?:Failure: )?(?:[A-Za-z_]\w*\.)+(?=\w+(?:Error|Exception)\b)")
-_UNHAPPY = re.compile(
-    r"UploadUnhappinessError|NotEnoughSharesError|NotEnoughServersError"
-    r"|shares could be placed"
-)
-# 500s that say the same thing again however often they are retried.
-_PERMANENT_500 = re.compile(r"NotWriteableError|MustBeDeepImmutableError")
-_NO_SUCH_CHILD = "No such child"
-
-
-def scrub_caps(text: str) -> str:
-    """``text`` with every cap in it abbreviated (safe to log)."""
-    return _CAP_RE.sub(lambda m: short_cap(m.group(0)), text)
-
-
-def summarize_body(body, limit: int = 200) -> str:
-    """
-    A short, cap-free line from an error answer of a Tahoe node: the
-    exception line of a traceback (plain or Twisted's HTML page), the text of
-    an HTML error page, the ``error`` of a JSON answer, or its first line.
-    """
-    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-    if re.search(r"<(?:html|div|p|span|title)\b", text, re.I):
-        text = re.sub(r"<(style|script)\b.*?</\1>", " ", text, flags=re.S | re.I)
-        for pattern in (r'<div class="error">(.*?)</div>', r"<p>(.*?)</p>", r"<title>(.*?)</title>"):
-            found = re.findall(pattern, text, re.S | re.I)
-            if found:
-                text = found[-1]
-                break
-        text = html.unescape(re.sub(r"<[^>]+>", "", text))
-    try:
-        parsed = json.loads(text)
-    except ValueError:
-        pass
-    else:
-        if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
-            text = parsed["error"]
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    exception_lines = [line for line in lines if _EXCEPTION_LINE.match(line)]
-    if exception_lines:
-        line = exception_lines[-1]
-    elif lines[0].startswith("Traceback"):
-        line = lines[-1]  # a traceback's last line names the exception
-    else:
-        line = lines[0]
-    line = _MODULE_PREFIX.sub("", line)
-    # UploadUnhappinessError: "server selection failed for <...>: shares
-    # could be placed on only 2 server(s) ... such servers. (placed all ...)"
-    line = re.sub(r"server selection failed for <[^>]*>: ", "", line)
-    line = re.split(r"(?<=\.) \(", line, maxsplit=1)[0]
-    line = scrub_caps(" ".join(line.split()))
-    if len(line) > limit:
-        line = line[: limit - 1].rstrip() + "…"
-    return line
-
-
-def error_from_response(status: int, body: bytes, operation: str, cap=None) -> TahoeError:
-    """The exception for a Tahoe answer with an unexpected status."""
-    text = body.decode("utf-8", "replace")
-    detail = summarize_body(text)
-    if status == 404:
-        cls = TahoeNotFound
-    elif status == 410:
-        cls = TahoeSharesMissing
-    elif 400 <= status < 500:
-        cls = TahoeBadRequest
-    elif status >= 500:
-        if _UNHAPPY.search(text):
-            cls = TahoeUnhappy
-        elif _PERMANENT_500.search(text):
-            cls = TahoeBadRequest
-        else:
-            cls = TahoeServerError
-    else:
-        cls = TahoeBadResponse
-        detail = detail or "unexpected status"
-    return cls(operation, status, detail, cap=cap)
-
-
-async def _check_response(response, operation, cap=None, ok=(200, 201)):
-    """Raise the Tahoe* error of ``response`` unless its status is in ``ok``."""
-    if response.code in ok:
-        return
-    try:
-        with _transport_errors(operation, cap):
-            body = await treq.content(response)
-    except TahoeUnavailable:
-        body = b""
-    raise error_from_response(response.code, body, operation, cap)
-
-
-# Failures that happen before any byte of the request reaches the node.
-_NOT_SENT = (_ierror.ConnectError, _ierror.DNSLookupError, _ierror.TimeoutError,
-             _newclient.RequestNotSent)
-# Failures that happen after the request may have reached it.
-_MAYBE_SENT = (_newclient.ResponseNeverReceived, _newclient.RequestTransmissionFailed,
-               _newclient.ResponseFailed, _ierror.ConnectionLost, _ierror.ConnectionDone)
-
-
-def _describe_transport_error(e: Exception) -> str:
-    name = type(e).__name__
-    reasons = getattr(e, "reasons", None)
-    if reasons:
-        inner = ", ".join(sorted({type(r.value).__name__ for r in reasons}))
-        return f"{name} ({inner})"
-    text = str(e).strip()
-    return scrub_caps(f"{name}: {text}" if text else name)
-
-
-@contextmanager
-def _transport_errors(operation, cap=None):
-    """Turn "no answer" failures of the HTTP client into TahoeUnavailable."""
-    try:
-        yield
-    except _NOT_SENT as e:
-        raise TahoeUnavailable(operation, None, _describe_transport_error(e),
-                               cap=cap, sent=False) from e
-    except _MAYBE_SENT as e:
-        raise TahoeUnavailable(operation, None, _describe_transport_error(e),
-                               cap=cap, sent=True) from e
-
-
-# ---------------------------------------------------------------------------
-# Values
-
-
-@attr.frozen
-class DirChild:
-    """
-    One entry of a Tahoe directory listing.
-
-    ``kind`` is ``"filenode"``, ``"dirnode"`` or ``"unknown"``.  ``rw_uri`` is
-    set only for a mutable child listed through a write cap.  ``size`` is
-    the file size (None for directories and where Tahoe does not say);
-    ``mutable`` is None where Tahoe does not say.
-    """
-
-    name: str
-    kind: str
-    ro_uri: str | None = attr.field(repr=False)
-    rw_uri: str | None = attr.field(repr=False, default=None)
-    size: int | None = None
-    mutable: bool | None = None
-
-    @property
-    def cap(self) -> str | None:
-        """The strongest cap we have of the child."""
-        return self.rw_uri or self.ro_uri
-
-
-# Caps that only ever give read access.
-_READ_ONLY_DIR_PREFIXES = ("URI:DIR2-RO:", "URI:DIR2-CHK:", "URI:DIR2-LIT:",
-                           "URI:DIR2-MDMF-RO:")
-
-
-def _child_kind(cap: str) -> str:
-    return "dirnode" if cap.startswith("URI:DIR2") else "filenode"
-
-
-def _expected_size(cap: str) -> int | None:
-    """The size of an immutable file that its cap states, if it does."""
-    if cap.startswith("URI:CHK:"):
-        try:
-            return int(cap.rsplit(":", 1)[1])
-        except ValueError:
-            return None
-    if cap.startswith("URI:LIT:"):
-        data = cap[len("URI:LIT:"):].upper()
-        try:
-            return len(base64.b32decode(data + "=" * (-len(data) % 8)))
-        except ValueError:
-            return None
-    return None
-
-
-_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-# ---------------------------------------------------------------------------
-# The client
+__all__ = ["QuietPool", "TahoeClient", "pooled_client"]
 
 
 def _stop_producer(producer):
@@ -362,11 +76,20 @@ def _stop_producer(producer):
         pass  # never started, or already finished
 
 
-class _QuietPool(HTTPConnectionPool):
-    """A connection pool that does not log every connection it opens."""
+class _QuietFactory(_HTTP11ClientFactory):
+    noisy = False
 
-    class _factory(HTTPConnectionPool._factory):
-        noisy = False
+
+class QuietPool(HTTPConnectionPool):
+    """A connection pool that does not log "Starting factory" for every connection it opens."""
+
+    _factory = _QuietFactory
+
+
+def pooled_client(reactor, pool: HTTPConnectionPool) -> HTTPClient:
+    """A treq client whose connections come from ``pool``."""
+    # Agent provides IAgent: zope declarations are not types to mypy.
+    return HTTPClient(Agent(reactor, pool=pool))  # type: ignore[arg-type]
 
 
 class TahoeClient:
@@ -390,19 +113,19 @@ class TahoeClient:
     def __init__(self, base_url: str, http_client: HTTPClient | None = None,
                  clock=None, retry: RetryPolicy = RetryPolicy(),
                  min_servers: int = 1, cooperator=None):
-        reactor = None
         if http_client is None or clock is None:
             from twisted.internet import reactor
         self._pool = None
         if http_client is None:
-            self._pool = _QuietPool(reactor, persistent=True)
+            self._pool = QuietPool(reactor, persistent=True)
             self._pool.maxPersistentPerHost = 16
-            http_client = HTTPClient(Agent(reactor, pool=self._pool))
+            http_client = pooled_client(reactor, self._pool)
         if cooperator is None:
             from twisted.internet import task as cooperator
         self.base_url = base_url.rstrip("/")
         self._http = http_client
-        self._clock = clock if clock is not None else reactor
+        # An IReactorTime: zope interfaces are not types to mypy.
+        self._clock: Any = clock if clock is not None else reactor
         self.retry = retry
         self.min_servers = min_servers
         self._cooperator = cooperator
@@ -431,23 +154,23 @@ class TahoeClient:
             # Our own producer rather than treq's adapter, so that every body
             # runs on self._cooperator (which the in-memory fake drives).
             data = FileBodyProducer(io.BytesIO(data), cooperator=self._cooperator)
-        all_headers = {"Accept": ["text/plain"]}
+        all_headers: dict[bytes | str, list[bytes | str]] = {"Accept": ["text/plain"]}
         if headers:
             all_headers.update({k: [v] for k, v in headers.items()})
-        with _transport_errors(operation, cap):
+        with transport_errors(operation, cap):
             # unbuffered: treq would otherwise keep a copy of every body.
             return await self._http.request(method, url, data=data, headers=all_headers,
                                             unbuffered=True)
 
     async def _body(self, response, operation, cap=None) -> bytes:
-        with _transport_errors(operation, cap):
+        with transport_errors(operation, cap):
             return await treq.content(response)
 
     async def _call(self, operation, method, url, cap=None, data=None, headers=None,
                     ok=(200, 201)) -> bytes:
         """One request whose whole answer body we want."""
         response = await self._request(operation, method, url, cap, data, headers)
-        await _check_response(response, operation, cap, ok)
+        await check_response(response, operation, cap, ok)
         return await self._body(response, operation, cap)
 
     async def _json(self, operation, method, url, cap=None, data=None):
@@ -456,12 +179,6 @@ class TahoeClient:
             return json.loads(body)
         except ValueError:
             raise TahoeBadResponse(operation, 200, "the answer is not JSON", cap=cap) from None
-
-    def _parse_cap(self, body: bytes, operation: str, prefix: str = "URI:") -> str:
-        text = body.decode("ascii", "replace").strip()
-        if not text.startswith(prefix) or any(c.isspace() for c in text):
-            raise TahoeBadResponse(operation, None, f"the answer is not a {prefix}... cap")
-        return text
 
     async def _retrying(self, operation, fn, retry_if=is_transient):
         return await retrying(self._clock, self.retry, operation, fn,
@@ -485,7 +202,7 @@ class TahoeClient:
 
     @staticmethod
     def _require_writable(operation: str, dircap: str) -> None:
-        if dircap.startswith(_READ_ONLY_DIR_PREFIXES):
+        if is_read_only(dircap):
             raise TahoeBadRequest(operation, None, "this directory cap is read-only",
                                   cap=dircap, sent=False)
 
@@ -509,7 +226,7 @@ class TahoeClient:
                     # The node may answer (an error) before it read the whole
                     # body: stop the producer before its file is closed.
                     _stop_producer(producer)
-            return self._parse_cap(body, "upload_file")
+            return parse_cap(body, "upload_file")
 
         return await self._retrying("upload_file", attempt)
 
@@ -517,7 +234,7 @@ class TahoeClient:
         """Upload a small body (a log, an index segment); return its read cap."""
         async def attempt():
             body = await self._call("upload_bytes", "PUT", self._url("uri"), data=bytes(data))
-            return self._parse_cap(body, "upload_bytes")
+            return parse_cap(body, "upload_bytes")
 
         return await self._retrying("upload_bytes", attempt)
 
@@ -547,43 +264,11 @@ class TahoeClient:
         async def attempt():
             response = await self._request("download", "GET", self._cap_url(cap), cap,
                                            headers=headers)
-            await _check_response(response, "download", cap, ok=(200, 206))
+            await check_response(response, "download", cap, ok=(200, 206))
             body = await self._body(response, "download", cap)
-            return self._checked_download(cap, response, body, offset, length)
+            return checked_download(cap, response, body, offset, length)
 
         return await self._retrying("download", attempt)
-
-    def _checked_download(self, cap, response, body, offset, length) -> bytes:
-        def bad(detail):
-            return TahoeBadResponse("download", response.code, detail, cap=cap)
-
-        if response.code == 200:
-            expected = _expected_size(cap)
-            if expected is not None and len(body) != expected:
-                raise bad(f"got {len(body)} bytes of a {expected}-byte file")
-            if offset is None:
-                return body
-            # The node ignored the Range header: cut the range out ourselves.
-            total = len(body)
-            body = body[offset:] if length is None else body[offset:offset + length]
-        else:
-            if offset is None:
-                raise bad("a partial answer to a request for the whole file")
-            values = response.headers.getRawHeaders("content-range") or [""]
-            match = _CONTENT_RANGE.match(values[0].strip())
-            if match is None:
-                raise bad("a partial answer without a valid Content-Range")
-            start, end = int(match.group(1)), int(match.group(2))
-            total = None if match.group(3) == "*" else int(match.group(3))
-            if start != offset or len(body) != end - start + 1:
-                raise bad(f"asked for bytes from {offset}, got {len(body)} bytes "
-                          f"labelled {start}-{end}")
-        if length is not None and len(body) != length:
-            raise bad(f"asked for {length} bytes at {offset}, got {len(body)} "
-                      f"(the file has {total} bytes)")
-        if length is None and total is not None and offset + len(body) != total:
-            raise bad(f"asked for bytes {offset}- of {total}, got {len(body)}")
-        return body
 
     async def download_to(self, cap: str, fileobj) -> int:
         """
@@ -611,10 +296,10 @@ class TahoeClient:
                 fileobj.truncate()
             written = 0
             response = await self._request("download_to", "GET", self._cap_url(cap), cap)
-            await _check_response(response, "download_to", cap, ok=(200,))
-            with _transport_errors("download_to", cap):
+            await check_response(response, "download_to", cap, ok=(200,))
+            with transport_errors("download_to", cap):
                 await treq.collect(response, write)
-            expected = _expected_size(cap)
+            expected = expected_size(cap)
             if expected is not None and written != expected:
                 raise TahoeBadResponse("download_to", response.code,
                                        f"got {written} bytes of a {expected}-byte file", cap=cap)
@@ -677,7 +362,7 @@ class TahoeClient:
         async def attempt():
             await self._require_servers("mkdir")
             body = await self._call("mkdir", "POST", self._url("uri", t="mkdir"))
-            return self._parse_cap(body, "mkdir", "URI:DIR2:")
+            return parse_cap(body, "mkdir", "URI:DIR2:")
 
         return await self._retrying("mkdir", attempt, not_sent)
 
@@ -691,14 +376,14 @@ class TahoeClient:
         upload, so Tahoe enforces happiness itself (TahoeUnhappy).
         """
         body = json.dumps(
-            {name: [_child_kind(cap), {"ro_uri": cap}] for name, cap in children.items()},
+            {name: [child_kind(cap), {"ro_uri": cap}] for name, cap in children.items()},
             sort_keys=True,
         ).encode("utf-8")
 
         async def attempt():
             answer = await self._call("mkdir_immutable", "POST",
                                       self._url("uri", t="mkdir-immutable"), data=body)
-            return self._parse_cap(answer, "mkdir_immutable", "URI:DIR2-")
+            return parse_cap(answer, "mkdir_immutable", "URI:DIR2-")
 
         return await self._retrying("mkdir_immutable", attempt)
 
@@ -719,7 +404,7 @@ class TahoeClient:
         # and accepts a read cap there too (webapi.rst); a write cap must
         # never go in ro_uri.
         body = json.dumps(
-            {name: [_child_kind(cap), {"rw_uri": cap}] for name, cap in children.items()},
+            {name: [child_kind(cap), {"rw_uri": cap}] for name, cap in children.items()},
             sort_keys=True,
         ).encode("utf-8")
         query = {"t": "set_children"}
@@ -738,35 +423,9 @@ class TahoeClient:
         """The children of a directory, by name."""
         async def attempt():
             node = await self._json("list_dir", "GET", self._cap_url(dircap, t="json"), dircap)
-            return self._parse_listing(node, dircap)
+            return parse_listing(node, dircap)
 
         return await self._retrying("list_dir", attempt)
-
-    @staticmethod
-    def _parse_listing(node, dircap) -> dict[str, DirChild]:
-        if not (isinstance(node, list) and len(node) == 2 and isinstance(node[1], dict)):
-            raise TahoeBadResponse("list_dir", 200, "the answer is not a node description",
-                                   cap=dircap)
-        kind, info = node
-        if kind != "dirnode":
-            raise TahoeBadRequest("list_dir", None, f"not a directory (the node says {kind!r})",
-                                  cap=dircap)
-        children = {}
-        for name, entry in (info.get("children") or {}).items():
-            try:
-                child_kind, props = entry
-                children[name] = DirChild(
-                    name=name,
-                    kind=child_kind,
-                    ro_uri=props.get("ro_uri"),
-                    rw_uri=props.get("rw_uri"),
-                    size=props.get("size") if child_kind == "filenode" else None,
-                    mutable=props.get("mutable"),
-                )
-            except (TypeError, ValueError, AttributeError):
-                raise TahoeBadResponse("list_dir", 200, "a child entry of an unknown shape",
-                                       cap=dircap) from None
-        return children
 
     async def child_cap(self, dircap: str, name: str) -> str | None:
         """
@@ -779,10 +438,10 @@ class TahoeClient:
                 body = await self._call("child_cap", "GET",
                                         self._cap_url(dircap, name, t="uri"), dircap)
             except TahoeNotFound as e:
-                if e.detail.startswith(_NO_SUCH_CHILD):
+                if e.detail.startswith(NO_SUCH_CHILD):
                     return None
                 raise
-            return self._parse_cap(body, "child_cap", "")
+            return parse_cap(body, "child_cap", "")
 
         return await self._retrying("child_cap", attempt)
 
@@ -803,7 +462,7 @@ class TahoeClient:
             try:
                 await self._call("unlink", "DELETE", url, dircap)
             except TahoeNotFound as e:
-                if maybe_done and e.detail.startswith(_NO_SUCH_CHILD):
+                if maybe_done and e.detail.startswith(NO_SUCH_CHILD):
                     self.log.info("unlink of {dircap}: the child was already gone after "
                                   "an earlier attempt that may have removed it",
                                   dircap=short_cap(dircap))
@@ -820,11 +479,7 @@ class TahoeClient:
     async def _connected_servers_once(self) -> int:
         welcome = await self._json("connected_servers", "GET", self._url("", t="json"))
         try:
-            servers = welcome["servers"]
-            return sum(
-                1 for server in servers
-                if str(server.get("connection_status", "")).lower().startswith("connected")
-            )
+            return connected_count(welcome["servers"])
         except (TypeError, KeyError, AttributeError):
             raise TahoeBadResponse("connected_servers", 200,
                                    "the welcome page JSON has no server list") from None
@@ -856,4 +511,4 @@ class TahoeClient:
                 if last_error is not None:
                     detail += f" (last error: {last_error})"
                 raise TahoeUnavailable("wait_for_servers", None, detail, sent=False)
-            await deferLater(self._clock, min(interval, remaining), lambda: None)
+            await sleep(self._clock, min(interval, remaining))

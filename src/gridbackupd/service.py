@@ -43,7 +43,7 @@ from gridbackupd.state.queue import Weights
 from gridbackupd.statedir import StateDir
 from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
-from gridbackupd.waiters import Waiters
+from gridbackupd.waiters import OneShot, Waiters
 
 GRID_POLL = 10.0
 WORKER_THREADS = 4
@@ -205,6 +205,8 @@ class GridBackupDaemon(OrderedServices):
         self.recovery = None  # what the last recovery found (RecoveryReport.as_dict())
         self.snapshot_waiters = Waiters()
         self._ready = None
+        # The daemon's state once the grid side is up or gave up, for when_ready.
+        self._started = OneShot()
         if grid is not None:
             grid.setServiceParent(self)
 
@@ -248,6 +250,7 @@ class GridBackupDaemon(OrderedServices):
             self._start_schedule(jobs)
         self._ready = Deferred.fromCoroutine(self._start_grid_side(jobs, restores))
         self._ready.addErrback(self._start_failed)
+        self._ready.addBoth(lambda _: self._started.fire(self.state))
 
     def _listen_failed(self, why):
         self.state = "error"
@@ -373,15 +376,7 @@ class GridBackupDaemon(OrderedServices):
 
     def when_ready(self):
         """Fires with the daemon's state once the grid side is up ("ready") or gave up ("error")."""
-        d: Deferred = Deferred()
-
-        def fire(result):
-            d.callback(self.state)
-            return result
-
-        if self._ready is not None:
-            self._ready.addBoth(fire)
-        return d
+        return self._started.observe()
 
     def wait_for_snapshot(self, snapshot_id):
         """Fires with the end state of a snapshot: complete, incomplete or failed."""

@@ -24,6 +24,7 @@ from gridbackupd.format.log import LogFormatError
 from gridbackupd.model import FILE
 from gridbackupd.state import snapshots
 from gridbackupd.state.blobs import locate
+from gridbackupd.waiters import OneShot
 
 CONTENT_AHEAD = 4
 
@@ -74,8 +75,8 @@ async def get_snapshot(daemon, request, snapshot_id):
     return 200, doc
 
 
-# (state_dir, parent, snapshot) -> a Deferred of the figures or of the error that stopped them
-_FIGURES_CACHE: dict[tuple, Deferred] = {}
+# (state_dir, parent, snapshot) -> the figures or the error that stopped them
+_FIGURES_CACHE: dict[tuple, OneShot] = {}
 
 
 async def _result_or_error(coro):
@@ -83,18 +84,6 @@ async def _result_or_error(coro):
         return await coro
     except Exception as e:
         return e
-
-
-def _shared(d):
-    """A Deferred with d's result (d never fails) that leaves it in place for the next waiter."""
-    result: Deferred = Deferred()
-
-    def forward(r):
-        result.callback(r)
-        return r
-
-    d.addCallback(forward)
-    return result
 
 
 async def _reading(daemon, fn, *args):
@@ -121,9 +110,9 @@ async def _figures(daemon, snapshot_id, doc):
         if len(_FIGURES_CACHE) > 256:
             _FIGURES_CACHE.clear()
         # Requests that come while the logs are read wait for the same reading.
-        cached = _FIGURES_CACHE[key] = Deferred.fromCoroutine(
-            _result_or_error(_reading(daemon, browse.figures, parent_logs, logs)))
-    counts = await _shared(cached)
+        cached = _FIGURES_CACHE[key] = OneShot.of(Deferred.fromCoroutine(
+            _result_or_error(_reading(daemon, browse.figures, parent_logs, logs))))
+    counts = await cached.observe()
     if isinstance(counts, Exception):
         # The snapshot is still worth showing without its figures.
         _FIGURES_CACHE.pop(key, None)

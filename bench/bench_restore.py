@@ -29,7 +29,8 @@ from twisted.internet import task  # noqa: E402
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults  # noqa: E402
 
 from gridbackupd.config import parse_config  # noqa: E402
-from gridbackupd.grid.localgrid import LocalGrid, tahoe_command  # noqa: E402
+from gridbackupd.grid.localgrid import LocalGrid  # noqa: E402
+from gridbackupd.grid.nodes import tahoe_command  # noqa: E402
 from gridbackupd.restore import engine as restore_module  # noqa: E402
 from gridbackupd.service import from_config  # noqa: E402
 from gridbackupd.testing.configfile import write_config  # noqa: E402

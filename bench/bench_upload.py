@@ -33,7 +33,8 @@ from twisted.internet.threads import deferToThread  # noqa: E402
 
 from gridbackupd.config import parse_config  # noqa: E402
 from gridbackupd.grid.client import TahoeClient  # noqa: E402
-from gridbackupd.grid.localgrid import LocalGrid, tahoe_command  # noqa: E402
+from gridbackupd.grid.localgrid import LocalGrid  # noqa: E402
+from gridbackupd.grid.nodes import tahoe_command  # noqa: E402
 from gridbackupd.service import from_config  # noqa: E402
 from gridbackupd.testing.configfile import write_config  # noqa: E402
 

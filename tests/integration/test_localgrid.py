@@ -1,5 +1,6 @@
 """
-Tests for gridbackupd.localgrid: they start real ``tahoe`` processes.
+Tests for the embedded grid (gridbackupd.grid: localgrid, nodes,
+processes): they start real ``tahoe`` processes.
 
 Few tests, each covering several behaviours, so the suite stays fast on
 two cores.
@@ -8,22 +9,20 @@ two cores.
 import os
 import signal
 import socket
+import subprocess
 import sys
+import time
 
+import psutil  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, gatherResults
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from gridbackupd.grid import localgrid
-from gridbackupd.grid.localgrid import (
-    CLIENT,
-    INTRODUCER,
-    GridStartError,
-    LocalGrid,
-    tahoe_command,
-)
+from gridbackupd.grid import nodes, processes
+from gridbackupd.grid.localgrid import LocalGrid
+from gridbackupd.grid.nodes import CLIENT, INTRODUCER, GridStartError, tahoe_command
 from tests.support.sharedgrid import shared_grid, shared_node_url
 
 NODES = [INTRODUCER, "storage1", "storage2", "storage3", CLIENT]
@@ -104,7 +103,7 @@ class LocalGridTests(TestCase):
 
         await grid.stopService()
         for name, pid in pids.items():
-            self.assertFalse(localgrid._pid_alive(pid), name)
+            self.assertFalse(processes.alive(pid), name)
             self.assertFalse(os.path.exists(os.path.join(basedir, name, "running.process")))
         self.assertEqual(grid.pids(), {})
 
@@ -141,7 +140,7 @@ class LocalGridTests(TestCase):
             f.write(f"{os.getpid()} 1.0\n")
         # The daemon "dies": `old` is never stopped, and its introducer,
         # storage1 and client keep running and hold their ports.
-        self.assertEqual(localgrid._read_pidfile(os.path.join(basedir, "storage2")), old_pids["storage2"])
+        self.assertEqual(processes.read_pidfile(os.path.join(basedir, "storage2"))[0], old_pids["storage2"])
 
         new = self._grid(basedir)
         new.startService()
@@ -154,7 +153,7 @@ class LocalGridTests(TestCase):
         for name in NODES:
             self.assertNotEqual(new_pids[name], old_pids[name])
             self.assertEqual(
-                localgrid._read_pidfile(os.path.join(basedir, name)), new_pids[name]
+                processes.read_pidfile(os.path.join(basedir, name))[0], new_pids[name]
             )
         self.assertGreaterEqual(await new.connected_servers(), 3)
         await new.stopService()
@@ -173,7 +172,7 @@ class LocalGridTests(TestCase):
         squatter.listen()
         port = squatter.getsockname()[1]
         await deferToThread(
-            localgrid._run_create,
+            nodes.run_create,
             tahoe_command(),
             basedir,
             INTRODUCER,
@@ -215,7 +214,7 @@ class LocalGridTests(TestCase):
         await grid.stopService()
         await self.assertFailure(ready, CancelledError)
         self.assertEqual(grid.pids(), {})
-        self.assertFalse(localgrid._pid_alive(pid))
+        self.assertFalse(processes.alive(pid))
 
     def test_tahoe_command_not_from_path(self):
         """
@@ -248,3 +247,78 @@ class SharedGridTests(TestCase):
         if grid is not None:
             self.assertGreaterEqual(await grid.connected_servers(), grid.happy)
 
+
+
+class LeftoverTests(TestCase):
+    """
+    processes.leftover trusts a pidfile only for a live process with the
+    start time it states whose command line names the node.
+    """
+
+    def _process(self, nodedir: str) -> subprocess.Popen:
+        """A live process whose command line looks like ``tahoe run NODEDIR``."""
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import time; time.sleep(60)", "tahoe", "run", nodedir]
+        )
+
+        def reap():
+            proc.kill()
+            proc.wait()
+
+        self.addCleanup(reap)
+        # Until the child has exec'd, its command line is ours.
+        for _ in range(500):
+            if nodedir in psutil.Process(proc.pid).cmdline():
+                break
+            time.sleep(0.01)
+        return proc
+
+    def _pidfile(self, nodedir: str, pid: int, started: float) -> None:
+        with open(os.path.join(nodedir, processes.PIDFILE), "w") as f:
+            f.write(f"{pid} {started}\n")
+
+    def test_finds_the_node_and_only_it(self):
+        nodedir = os.path.abspath(self.mktemp())
+        os.makedirs(nodedir)
+        self.assertEqual(processes.leftover(nodedir), (None, False))
+
+        proc = self._process(nodedir)
+        started = psutil.Process(proc.pid).create_time()
+        self._pidfile(nodedir, proc.pid, started)
+        found, stale = processes.leftover(nodedir)
+        self.assertEqual((found.pid, stale), (proc.pid, False))
+        self.assertTrue(os.path.exists(os.path.join(nodedir, processes.PIDFILE)))
+
+        # The same pid with another start time: the pid was reused.
+        self._pidfile(nodedir, proc.pid, started - 100)
+        self.assertEqual(processes.leftover(nodedir), (None, True))
+        self.assertFalse(os.path.exists(os.path.join(nodedir, processes.PIDFILE)))
+        self.assertIsNone(proc.poll())
+
+        # A process of another node directory.
+        other = self._process(nodedir + "-other")
+        self._pidfile(nodedir, other.pid, psutil.Process(other.pid).create_time())
+        self.assertEqual(processes.leftover(nodedir), (None, True))
+
+        # A pidfile Tahoe could not have written.
+        with open(os.path.join(nodedir, processes.PIDFILE), "w") as f:
+            f.write("garbage\n")
+        self.assertEqual(processes.leftover(nodedir), (None, True))
+        self.assertIsNone(proc.poll())
+        self.assertIsNone(other.poll())
+
+    def test_gone_and_alive(self):
+        proc = self._process(os.path.abspath(self.mktemp()))
+        process = psutil.Process(proc.pid)
+        self.assertTrue(processes.alive(proc.pid))
+        self.assertFalse(processes.gone(process))
+        processes.send_signal(process, signal.SIGKILL)
+        # Killed but not reaped: a zombie is gone.
+        for _ in range(200):
+            if processes.gone(process):
+                break
+            time.sleep(0.01)
+        self.assertTrue(processes.gone(process))
+        self.assertFalse(processes.alive(proc.pid))
+        proc.wait()
+        processes.send_signal(process, signal.SIGTERM)  # no such process: no error

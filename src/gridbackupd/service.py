@@ -32,6 +32,7 @@ from gridbackupd.errors import APIError, GridBackupError, TahoeError
 from gridbackupd.grid.caps import is_read_only
 from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
+from gridbackupd.grid.retry import Backoff
 from gridbackupd.maintenance.scheduler import Maintenance
 from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
@@ -46,6 +47,8 @@ from gridbackupd.upload.uploader import Uploader
 from gridbackupd.waiters import OneShot, Waiters
 
 GRID_POLL = 10.0
+# Waits between checks of a grid without enough storage servers: 1, 2, 4 ... 30 s.
+GRID_WAIT = Backoff(base=1.0, cap=30.0)
 WORKER_THREADS = 4
 
 
@@ -315,7 +318,7 @@ class GridBackupDaemon(OrderedServices):
 
     async def _wait_for_grid(self, client):
         """Wait, however long it takes, until enough storage servers are connected."""
-        delay = 1.0
+        delays = GRID_WAIT.delays()
         while True:
             try:
                 self.servers_connected = await client.connected_servers()
@@ -328,8 +331,7 @@ class GridBackupDaemon(OrderedServices):
                 self.error = (f"{self.servers_connected} storage servers connected, "
                               f"{self.config.tahoe.shares_happy} needed")
             self.state = "waiting-for-grid"
-            await deferLater(self.reactor, delay, lambda: None)
-            delay = min(delay * 2, 30.0)
+            await deferLater(self.reactor, next(delays), lambda: None)
 
     async def _root_cap(self, client):
         cap = self.statedir.read_rootcap()

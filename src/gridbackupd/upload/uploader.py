@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gridbackupd.errors import TahoeError
+from gridbackupd.grid.retry import Backoff
 from gridbackupd.model import short_cap
 from gridbackupd.state import blobs, packs, queue
 from gridbackupd.upload import packer
@@ -37,6 +38,7 @@ from gridbackupd.upload.throttle import TokenBucket
 COMMIT_INTERVAL = 300.0
 RETRY_DELAY = 5.0
 MAX_RETRY_DELAY = 300.0
+_BACKOFF = Backoff(base=RETRY_DELAY, cap=MAX_RETRY_DELAY)
 RATE_WINDOW = 60.0
 
 
@@ -111,29 +113,27 @@ class Uploader:
     # -- the loop ----------------------------------------------------------
 
     async def _loop(self):
-        delay = RETRY_DELAY
+        delays = _BACKOFF.delays()
         while not self._stopping:
             try:
                 worked = await self.run_once()
-                delay = RETRY_DELAY
+                delays = _BACKOFF.delays()
                 self.last_error = None
             except WriterLockHeld as e:
                 self.last_error = str(e)
                 self.log.warn("not writing: {error}", error=e)
-                await self._sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
+                await self._sleep(next(delays))
                 continue
             except TahoeError as e:
                 self.last_error = str(e)
+                delay = next(delays)
                 self.log.warn("upload round failed, retrying in {delay}s: {error}", delay=delay, error=e)
                 await self._sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
             except Exception as e:
                 self.last_error = f"unexpected: {e}"
                 self.log.failure("upload round failed unexpectedly")
-                await self._sleep(delay)
-                delay = min(delay * 2, MAX_RETRY_DELAY)
+                await self._sleep(next(delays))
                 continue
             if not worked and not self._stopping:
                 self._wakeup = Deferred()

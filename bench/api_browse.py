@@ -16,7 +16,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src"))
 
 from gridbackupd.api import browse  # noqa: E402
-from gridbackupd.format import log as snapshotlog  # noqa: E402
+from gridbackupd.format.logpaths import path_key  # noqa: E402
+from gridbackupd.format.logwriter import write_log  # noqa: E402
 from gridbackupd.model import DIR, FILE, Entry, LogHeader  # noqa: E402
 
 
@@ -43,9 +44,9 @@ def write(path, snapshot, n, changed_every=0):
             records.append(Entry(path=p, kind=FILE, mode=0o100644, size=size, blobs=blobs))
     ancestors = [Entry(path=b"/home", kind=DIR, mode=0o40755), Entry(path=b"/home/user", kind=DIR, mode=0o40755)]
     records = ancestors + records
-    records.sort(key=lambda e: snapshotlog.path_key(e.path))
+    records.sort(key=lambda e: path_key(e.path))
     with open(path, "wb") as f:
-        snapshotlog.write_log(f, header, records)
+        write_log(f, header, records)
     return records[-1].path
 
 

@@ -36,8 +36,8 @@ from gridbackupd.grid.retry import Backoff
 from gridbackupd.maintenance.scheduler import Maintenance
 from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
-from gridbackupd.scan.jobs import BackupJobs
 from gridbackupd.scan.chunker import ChunkParams
+from gridbackupd.scan.jobs import BackupJobs
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots
 from gridbackupd.state.queue import Weights

@@ -10,7 +10,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.config import BackupConfig, Config, TahoeConfig
 from gridbackupd.format import chain
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logreader import read_log
+from gridbackupd.format.logwriter import write_log
 from gridbackupd.model import Deletion, Entry, LogHeader
 from gridbackupd.scan import jobs as jobsmod
 from gridbackupd.scan.jobs import BackupJobs
@@ -34,7 +36,7 @@ def write(path, data, mtime=OLD):
 
 def read_records(path):
     with open(path, "rb") as f:
-        header, records = snapshotlog.read_log(f)
+        header, records = read_log(f)
         return header, list(records)
 
 
@@ -193,11 +195,11 @@ class IncrementalTests(SynchronousTestCase):
         first = self.f.backup()
         log_path = self.f.row(first)[2]
         with open(log_path, "rb") as f:
-            header, records = snapshotlog.read_log(f)
+            header, records = read_log(f)
             records = list(records)
         # A valid start, then garbage: the reader fails half-way.
         with open(log_path, "wb") as f:
-            snapshotlog.write_log(f, header, records)
+            write_log(f, header, records)
         with open(log_path, "r+b") as f:
             f.seek(-6, os.SEEK_END)
             f.write(b"\0" * 6)
@@ -212,7 +214,7 @@ class IncrementalTests(SynchronousTestCase):
 class ChainTests(SynchronousTestCase):
     def write_log(self, directory, header, records):
         with open(os.path.join(directory, header.snapshot + ".log"), "wb") as f:
-            snapshotlog.write_log(f, header, records)
+            write_log(f, header, records)
         return os.path.join(directory, header.snapshot + ".log")
 
     def test_merge_and_checks(self):
@@ -243,7 +245,7 @@ class ChainTests(SynchronousTestCase):
         last = self.write_log(d, LogHeader(snapshot="s2", kind="incremental", parent="s1"),
                               [Deletion(b"/nope")])
         with chain.open_chain(last) as (_, entries):
-            self.assertRaises(snapshotlog.LogFormatError, list, entries)
+            self.assertRaises(LogFormatError, list, entries)
 
 
 class ErrorsAndStatusTests(SynchronousTestCase):

@@ -9,7 +9,7 @@ import os
 import shutil
 
 from gridbackupd.format import chain
-from gridbackupd.format.log import LogReader
+from gridbackupd.format.logreader import LogReader
 from gridbackupd.state.blobs import locate
 from gridbackupd.upload import publisher
 from tests.support.daemoncase import DaemonTestCase, write_config

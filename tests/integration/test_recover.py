@@ -15,10 +15,11 @@ from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from gridbackupd.format import log as snapshotlog
 from gridbackupd.format.index import encode_index_segment, encode_settings, settings_document
+from gridbackupd.format.logpaths import path_key
+from gridbackupd.format.logwriter import write_log
 from gridbackupd.grid.caps import is_read_only
-from gridbackupd.model import DIR, FILE, Entry, LogHeader
+from gridbackupd.model import DIR, FILE, Deletion, Entry, LogHeader
 from gridbackupd.restore.recover import RecoveryError, recover_state
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
@@ -78,7 +79,7 @@ class GridSet:
         f = io.BytesIO()
         header = LogHeader(snapshot=snapshot_id, kind=kind, parent=parent, host="oldhost",
                            paths=(b"/data",), tags=("t",), started=started, finished=started + 5)
-        snapshotlog.write_log(f, header, sorted(entries, key=lambda e: snapshotlog.path_key(e.path)))
+        write_log(f, header, sorted(entries, key=lambda e: path_key(e.path)))
         cap = await self.client.upload_bytes(f.getvalue())
         await self.client.set_children(self.snapshots, {snapshot_id: cap})
 
@@ -141,7 +142,7 @@ class RecoverFakeGridTests(TestCase):
         ], started=1_767_225_600.0)
         await self.grid.snapshot("20260102T000000.000000Z-bbbbbbbb", [
             file_entry(b"/data/two+four", two + four, sizes=[len(two), len(four)]),
-            snapshotlog.Deletion(b"/data/small"),
+            Deletion(b"/data/small"),
         ], kind="incremental", parent="20260101T000000.000000Z-aaaaaaaa", started=1_767_312_000.0)
 
     async def test_recover_and_restore(self):

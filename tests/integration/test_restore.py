@@ -22,7 +22,8 @@ from twisted.trial.unittest import TestCase
 
 from gridbackupd.api.errors import answer
 from gridbackupd.errors import Conflict, NotFound
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logpaths import path_key
+from gridbackupd.format.logwriter import write_log
 from gridbackupd.model import CHARDEV, DIR, FIFO, FILE, HARDLINK, SOCKET, SYMLINK, Entry, LogHeader
 from gridbackupd.restore import engine as restore
 from gridbackupd.restore.requests import Restorer
@@ -94,7 +95,7 @@ class BackupSet:
             header = LogHeader(snapshot=snapshot_id, kind="full", host="h", paths=(b"/",),
                                started=started or time.time())
             with open(log_path, "wb") as f:
-                snapshotlog.write_log(f, header, sorted(entries, key=lambda e: snapshotlog.path_key(e.path)))
+                write_log(f, header, sorted(entries, key=lambda e: path_key(e.path)))
         with dbmod.transaction(self.conn):
             self.conn.execute(
                 "INSERT INTO snapshots (id, state, kind, host, requested, started, log_path, complete) "

@@ -12,7 +12,8 @@ import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logreader import read_log
+from gridbackupd.format.logwriter import write_log
 from gridbackupd.model import (
     BLOCKDEV,
     CHARDEV,
@@ -47,10 +48,10 @@ def scan(roots, previous=None, incremental=False, **options):
 def round_trip(records, kind="full"):
     """Write records to a log and read them back: what a log says of them."""
     buf = io.BytesIO()
-    snapshotlog.write_log(buf, LogHeader(snapshot="s", kind=kind, parent="p" if kind != "full" else None),
+    write_log(buf, LogHeader(snapshot="s", kind=kind, parent="p" if kind != "full" else None),
                           records)
     buf.seek(0)
-    _, read = snapshotlog.read_log(buf)
+    _, read = read_log(buf)
     return list(read)
 
 
@@ -404,7 +405,8 @@ class MergeProperties(SynchronousTestCase):
         from hypothesis import given, settings
         from hypothesis import strategies as st
 
-        from gridbackupd.format.log import merge_records, path_key
+        from gridbackupd.format.logmerge import merge_records
+        from gridbackupd.format.logpaths import path_key
 
         names = st.sampled_from([b"a", b"b", b"a+", b"ab", b"\xff"])
         paths = st.lists(names, min_size=1, max_size=3).map(lambda parts: b"/" + b"/".join(parts))

@@ -1,5 +1,5 @@
 """
-Tests for gridbackupd.snapshotlog: the backup log format (docs/FORMAT.md).
+Tests for the backup log format, gridbackupd.format.log* (docs/FORMAT.md).
 """
 
 import base64
@@ -13,19 +13,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from gridbackupd.format.log import (
-    BLOBS_PER_LINE,
-    MAX_LINE_LENGTH,
-    LogFormatError,
-    LogReader,
-    LogWriter,
-    is_in_subtree,
-    merge_records,
-    path_key,
-    read_log,
-    validate_path,
-    write_log,
-)
+from gridbackupd.format.logfields import BLOBS_PER_LINE, MAX_LINE_LENGTH, LogFormatError
+from gridbackupd.format.logmerge import merge_records
+from gridbackupd.format.logpaths import is_in_subtree, path_key, validate_path
+from gridbackupd.format.logreader import LogReader, read_log
+from gridbackupd.format.logwriter import LogWriter, write_log
 from gridbackupd.model import (
     BLOCKDEV,
     CHARDEV,
@@ -1172,7 +1164,7 @@ class CheckpointTests(Base):
     @PROPERTY
     @given(logs(), st.data())
     def test_read_partial_at_each_checkpoint(self, log, data):
-        from gridbackupd.format.log import read_partial
+        from gridbackupd.format.logreader import read_partial
 
         header, records = log
         buf = io.BytesIO()
@@ -1192,7 +1184,7 @@ class CheckpointTests(Base):
         self.assertEqual(decode(buf.getvalue())[1], records)
 
     def test_partial_garbage_is_rejected(self):
-        from gridbackupd.format.log import read_partial
+        from gridbackupd.format.logreader import read_partial
 
         buf = io.BytesIO()
         writer = LogWriter(buf, LogHeader(snapshot="s", kind="full"))

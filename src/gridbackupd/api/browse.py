@@ -10,7 +10,7 @@ page of results, so a snapshot of a million files costs time, not memory.
 Pages: a listing returns at most ``limit`` items and a ``next_cursor``, an
 opaque string (the URL-safe base64 of the last path returned); the next
 page is the same request with ``cursor=<next_cursor>``.  Because records are
-sorted by ``snapshotlog.path_key``, "after the cursor" is a key comparison.
+sorted by ``logpaths.path_key``, "after the cursor" is a key comparison.
 """
 
 import base64
@@ -23,8 +23,7 @@ import attr
 import zstandard
 
 from gridbackupd.errors import Conflict, Invalid, NotFound
-from gridbackupd.format import chain
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format import chain, logpaths
 from gridbackupd.model import FILE, HARDLINK
 from gridbackupd.state import snapshots
 from gridbackupd.upload.packer import decode_blob
@@ -75,7 +74,7 @@ def checked_path(raw, what):
     if raw != b"/":
         raw = raw.rstrip(b"/") or b"/"
     try:
-        snapshotlog.validate_path(raw)
+        logpaths.validate_path(raw)
     except ValueError as e:
         raise Invalid("bad_request", f"{what}: {e}") from None
     return raw
@@ -90,7 +89,7 @@ def decode_cursor(text):
         return None
     try:
         raw = base64.urlsafe_b64decode(text.encode("ascii"))
-        snapshotlog.validate_path(raw)
+        logpaths.validate_path(raw)
     except (binascii.Error, ValueError, UnicodeEncodeError):
         raise Invalid("bad_request", f"cursor {text!r} is not one this API gave out") from None
     return raw
@@ -159,24 +158,24 @@ def list_entries(log_paths, top, recursive, cursor, limit):
     not an entry but has entries below it (``/home`` above a backed-up
     ``/home/ann``) is listed as ``{"kind": "dir", "virtual": true}``.
     """
-    top_key = snapshotlog.path_key(top)
-    start = snapshotlog.path_key(cursor) if cursor is not None else None
+    top_key = logpaths.path_key(top)
+    start = logpaths.path_key(cursor) if cursor is not None else None
     top_entry = None
     found: list[dict] = []
     last = None
     more = False
     with entries(log_paths) as records:
         for entry in records:
-            key = snapshotlog.path_key(entry.path)
+            key = logpaths.path_key(entry.path)
             if key < top_key:
                 continue
             if entry.path == top:
                 top_entry = entry
                 continue
-            if not snapshotlog.is_in_subtree(entry.path, top):
+            if not logpaths.is_in_subtree(entry.path, top):
                 break
             shown = entry.path if recursive else _child_of(entry.path, top)
-            if shown == last or (start is not None and snapshotlog.path_key(shown) <= start):
+            if shown == last or (start is not None and logpaths.path_key(shown) <= start):
                 continue
             if len(found) == limit:
                 more = True
@@ -194,22 +193,22 @@ def list_entries(log_paths, top, recursive, cursor, limit):
 
 def has_below(log_paths, top):
     """Whether any entry lies strictly below ``top``."""
-    top_key = snapshotlog.path_key(top)
+    top_key = logpaths.path_key(top)
     with entries(log_paths) as records:
         for entry in records:
-            if snapshotlog.path_key(entry.path) <= top_key:
+            if logpaths.path_key(entry.path) <= top_key:
                 continue
-            return snapshotlog.is_in_subtree(entry.path, top)
+            return logpaths.is_in_subtree(entry.path, top)
     return False
 
 
 def find_entry(log_paths, path):
     """The entry at ``path``, following one hard link to its file; or None."""
-    wanted = snapshotlog.path_key(path)
+    wanted = logpaths.path_key(path)
     found = None
     with entries(log_paths) as records:
         for entry in records:
-            key = snapshotlog.path_key(entry.path)
+            key = logpaths.path_key(entry.path)
             if key == wanted:
                 found = entry
                 break
@@ -231,8 +230,8 @@ def _changes(before, after):
     a = next(before, None)
     b = next(after, None)
     while a is not None or b is not None:
-        ka = snapshotlog.path_key(a.path) if a is not None else None
-        kb = snapshotlog.path_key(b.path) if b is not None else None
+        ka = logpaths.path_key(a.path) if a is not None else None
+        kb = logpaths.path_key(b.path) if b is not None else None
         if kb is None or (ka is not None and ka < kb):
             yield "deleted", a, None
             a = next(before, None)
@@ -248,15 +247,15 @@ def _changes(before, after):
 
 def diff(paths_a, paths_b, top, cursor, limit):
     """The differences from snapshot A to B under ``top``, one page: (changes, next_cursor)."""
-    start = snapshotlog.path_key(cursor) if cursor is not None else None
+    start = logpaths.path_key(cursor) if cursor is not None else None
     found: list[dict] = []
     more = False
     with entries(paths_a) as before, entries(paths_b) as after:
         for change, old, new in _changes(before, after):
             entry = new if new is not None else old
-            if not snapshotlog.is_in_subtree(entry.path, top):
+            if not logpaths.is_in_subtree(entry.path, top):
                 continue
-            if start is not None and snapshotlog.path_key(entry.path) <= start:
+            if start is not None and logpaths.path_key(entry.path) <= start:
                 continue
             if len(found) == limit:
                 more = True

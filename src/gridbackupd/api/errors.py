@@ -14,7 +14,7 @@ internal error, logged with their traceback.
 """
 
 from gridbackupd import errors
-from gridbackupd.format.log import LogFormatError
+from gridbackupd.format.logfields import LogFormatError
 
 
 class APIError(Exception):

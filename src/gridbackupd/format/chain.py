@@ -5,7 +5,7 @@ after it, each naming the one before as its parent.
 ``open_chain(log_path)`` reads the snapshot whose log is at ``log_path``
 from local log files: an incremental log's parent is looked up by id (in the
 database if a connection is given, else as ``<id>.log`` next to the log),
-back to a full log, and the entries come out of ``snapshotlog.merge_records``
+back to a full log, and the entries come out of ``logmerge.merge_records``
 in path order, streaming: one record per log in memory, never the whole
 snapshot.  The headers are checked to form a chain (each log's parent is the
 snapshot of the log before, no cycle, a full log at the bottom).
@@ -14,8 +14,9 @@ snapshot of the log before, no cycle, a full log at the bottom).
 import contextlib
 import os
 
-from gridbackupd.format import log as snapshotlog
-from gridbackupd.format.log import LogFormatError
+from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logmerge import merge_records
+from gridbackupd.format.logreader import LogReader
 
 # A chain longer than this is refused rather than followed (a cycle, or a
 # full_every far above anything sensible).
@@ -60,7 +61,7 @@ def chain_paths(log_path, resolve=None):
     path = log_path
     while True:
         with open(path, "rb") as f:
-            header = snapshotlog.LogReader(f).header
+            header = LogReader(f).header
         if header.snapshot in seen or len(paths) >= MAX_CHAIN:
             raise ChainError(f"the chain of logs of {header.snapshot} loops or is too long")
         seen.add(header.snapshot)
@@ -85,14 +86,14 @@ def open_chain(log_path, resolve=None, verify=True):
     ``path`` and the snapshot's complete entries (an iterator of ``Entry``,
     path order), merged from its chain.  The chain is checked as it is
     read: iterate to the end before trusting it (a ``LogFormatError`` then
-    says what is wrong).  ``verify=False``: see ``snapshotlog.LogReader``.
+    says what is wrong).  ``verify=False``: see ``LogReader``.
     """
     paths = chain_paths(log_path, resolve)
     with contextlib.ExitStack() as stack:
         readers = []
         for _, path in paths:
             f = stack.enter_context(open(path, "rb"))
-            readers.append(snapshotlog.LogReader(f, verify=verify))
+            readers.append(LogReader(f, verify=verify))
         for below, above in zip(readers, readers[1:]):
             if above.header.kind != "incremental" or above.header.parent != below.header.snapshot:
                 raise ChainError(
@@ -101,7 +102,7 @@ def open_chain(log_path, resolve=None, verify=True):
                 )
         if readers[0].header.kind != "full":
             raise ChainError(f"the chain of {readers[-1].header.snapshot} does not start with a full log")
-        yield readers[-1].header, snapshotlog.merge_records(*(iter(r) for r in readers))
+        yield readers[-1].header, merge_records(*(iter(r) for r in readers))
 
 
 def snapshot_entries(conn, snapshot_id, logs_dir=None):

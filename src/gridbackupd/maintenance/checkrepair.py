@@ -21,7 +21,7 @@ from twisted.logger import Logger
 
 from gridbackupd.errors import TahoeBadResponse, TahoeSharesMissing
 from gridbackupd.format.chain import ChainError, snapshot_entries
-from gridbackupd.format.log import LogFormatError
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.grid.caps import scrub_caps
 from gridbackupd.grid.layout import (
     COMMIT_PREFIX,

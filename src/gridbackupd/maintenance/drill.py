@@ -26,7 +26,7 @@ from twisted.logger import Logger
 
 from gridbackupd.errors import DomainError, TahoeError
 from gridbackupd.format.chain import snapshot_entries
-from gridbackupd.format.log import LogFormatError
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import FILE
 from gridbackupd.restore.engine import RestoreProgress
 from gridbackupd.restore.targetfs import UnsafePath, components, hash_file

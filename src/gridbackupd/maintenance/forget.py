@@ -19,7 +19,7 @@ import attr
 from twisted.logger import Logger
 
 from gridbackupd.format import chain
-from gridbackupd.format.log import LogWriter
+from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from gridbackupd.errors import GridBackupError
 from gridbackupd.format import chain
 from gridbackupd.format.index import commit_name, encode_index_segment
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.grid.layout import INDEX
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.state import db as dbmod
@@ -110,7 +111,7 @@ class _Session:
                     if len(batch) >= 10000:
                         liveset.add(conn, batch)
                         batch = []
-            except (OSError, chain.LogFormatError) as e:
+            except (OSError, LogFormatError) as e:
                 raise PruneError(
                     f"cannot read snapshot {snapshot_id} to know which blobs it uses, "
                     f"so nothing is pruned: {e}") from None

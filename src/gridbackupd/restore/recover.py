@@ -38,8 +38,9 @@ from twisted.logger import Logger
 
 from gridbackupd.errors import GridBackupError, TahoeError
 from gridbackupd.format import chain
-from gridbackupd.format import log as snapshotlog
 from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
+from gridbackupd.format.logfields import LogFormatError, check_id
+from gridbackupd.format.logreader import LogReader
 from gridbackupd.grid.caps import expected_size
 from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SETTINGS, SNAPSHOTS
 from gridbackupd.model import FILE
@@ -209,7 +210,7 @@ async def _pack_trailer(client, child):
 
 async def _download_log(client, snapshot_id, cap, logs_dir, report):
     try:
-        snapshotlog._check_id(snapshot_id, "snapshot id")
+        check_id(snapshot_id, "snapshot id")
     except ValueError as e:
         report.errors.append({"what": f"snapshot {snapshot_id!r:.80}", "reason": f"not a snapshot id: {e}"})
         return None
@@ -239,7 +240,7 @@ def _describe_snapshots(db_path, logs_dir, paths):
         for snapshot_id, (path, cap) in sorted(paths.items()):
             try:
                 result.append((_describe(conn, snapshot_id, path, cap, known), None))
-            except (OSError, snapshotlog.LogFormatError) as e:
+            except (OSError, LogFormatError) as e:
                 result.append((snapshot_id, str(e)))
         return result
     finally:
@@ -248,9 +249,9 @@ def _describe_snapshots(db_path, logs_dir, paths):
 
 def _describe(conn, snapshot_id, path, cap, known):
     with open(path, "rb") as f:
-        header = snapshotlog.LogReader(f).header
+        header = LogReader(f).header
     if header.snapshot != snapshot_id:
-        raise snapshotlog.LogFormatError(
+        raise LogFormatError(
             f"the log linked as {snapshot_id} says it is snapshot {header.snapshot}")
     files = nbytes = 0
     missing = 0

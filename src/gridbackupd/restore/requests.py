@@ -16,7 +16,7 @@ from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
 from gridbackupd.errors import Conflict, DomainError, NotFound, TahoeError
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.restore.engine import Cancelled, RestoreEngine, RestoreProgress
 from gridbackupd.restore.targetfs import UnsafePath
 from gridbackupd.state import restores, snapshots
@@ -151,7 +151,7 @@ class Restorer:
                 state = "done" if not progress.errors else "failed"
             except Cancelled:
                 state = "cancelled"
-            except (snapshotlog.LogFormatError, DomainError, TahoeError, OSError, UnsafePath) as e:
+            except (LogFormatError, DomainError, TahoeError, OSError, UnsafePath) as e:
                 # Bad snapshot data, a grid or a target that fails us: the
                 # restore's errors say it; no traceback needed.
                 if self._stopping:

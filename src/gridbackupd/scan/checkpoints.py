@@ -12,7 +12,8 @@ import time
 
 import attr
 
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logreader import read_partial
 from gridbackupd.scan.metadata import display_path
 from gridbackupd.state import checkpoints as stored
 from gridbackupd.state import db as dbmod
@@ -109,11 +110,11 @@ def restore(state, logs_dir, writer, links_out, progress):
     """
     path = os.path.join(logs_dir, state["file"])
     with open(path, "rb") as f:
-        _, records = snapshotlog.read_partial(f, state["offset"])
+        _, records = read_partial(f, state["offset"])
         for record in records:
             writer.add(record)
     if writer.records != state["records"]:
-        raise snapshotlog.LogFormatError(
+        raise LogFormatError(
             f"the checkpoint counts {state['records']} records, its log has {writer.records}")
     links = {}
     with open(path + ".links", "rb") as f:

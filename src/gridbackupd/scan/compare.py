@@ -8,8 +8,9 @@ reading the file; an incremental log gets only what differs.
 from twisted.logger import Logger
 
 from gridbackupd.format import chain
-from gridbackupd.format import log as snapshotlog
-from gridbackupd.format.log import path_key
+from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logpaths import path_key
+from gridbackupd.format.logreader import LogReader
 from gridbackupd.model import FILE, POSSIBLY_INCONSISTENT, RACY, Deletion
 
 
@@ -131,9 +132,9 @@ class PreviousEntries:
             started = []
             for _, path in chain_logs:
                 with open(path, "rb") as f:
-                    started.append(snapshotlog.LogReader(f).header.started)
+                    started.append(LogReader(f).header.started)
             self.settled_before = int((min(started) - 1.0) * 1e9)
-        except (OSError, snapshotlog.LogFormatError, OverflowError, ValueError):
+        except (OSError, LogFormatError, OverflowError, ValueError):
             pass
 
     def _entries(self):
@@ -143,7 +144,7 @@ class PreviousEntries:
             # the per-entry checks, which are a third of an unchanged rescan.
             with chain.open_chain(self._last, self._known.get, verify=False) as (_, records):
                 yield from records
-        except (OSError, snapshotlog.LogFormatError) as e:
+        except (OSError, LogFormatError) as e:
             self.failed = str(e)
             self.log.warn("previous log unusable, reading the rest again: {error}", error=e)
 

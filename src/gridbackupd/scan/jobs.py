@@ -23,7 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gridbackupd.format import chain
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import LogHeader
 from gridbackupd.scan import checkpoints
 from gridbackupd.scan.hooks import run_command
@@ -132,7 +132,7 @@ class BackupJobs:
                 continue
             try:
                 return snapshot_id, chain.chain_paths(log_path, chain.db_resolver(self.conn, self.logs_dir))
-            except (OSError, snapshotlog.LogFormatError) as e:
+            except (OSError, LogFormatError) as e:
                 self.log.warn(
                     "the logs of {id} are unusable, the next log is full and every file "
                     "is read again: {error}", id=snapshot_id, error=e,

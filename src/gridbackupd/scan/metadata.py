@@ -10,7 +10,7 @@ import os
 import pwd
 import stat
 
-from gridbackupd.format.log import MAX_HOLES
+from gridbackupd.format.logfields import MAX_HOLES
 from gridbackupd.model import BLOCKDEV, CHARDEV, DIR, FIFO, FILE, SOCKET, SYMLINK
 
 

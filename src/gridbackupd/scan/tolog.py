@@ -18,7 +18,7 @@ import os
 import attr
 from twisted.logger import Logger
 
-from gridbackupd.format import log as snapshotlog
+from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.model import LogHeader
 from gridbackupd.scan import checkpoints
 from gridbackupd.scan.compare import PreviousEntries
@@ -130,7 +130,7 @@ class _Run:
         previous = PreviousEntries(scan.previous_logs) if scan.previous_logs else None
         try:
             with open(tmp, "wb") as out, open(tmp + ".links", "wb") as links_out:
-                writer = snapshotlog.LogWriter(out, header)
+                writer = LogWriter(out, header)
                 links = {}
                 resume_after = None
                 if resume is not None:

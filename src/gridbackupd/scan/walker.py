@@ -21,7 +21,7 @@ import time
 
 import attr
 
-from gridbackupd.format.log import path_key
+from gridbackupd.format.logpaths import path_key
 from gridbackupd.model import BLOCKDEV, CHARDEV, DIR, FILE, HARDLINK, RACY, SYMLINK, Entry
 from gridbackupd.scan.compare import Previous, unchanged
 from gridbackupd.scan.excludes import Excluder, ExcludeRules

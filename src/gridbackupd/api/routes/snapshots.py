@@ -20,7 +20,7 @@ from gridbackupd.api.errors import APIError, failure_answer
 from gridbackupd.api.http import STREAMED, Pacer, Raw, Router
 from gridbackupd.api.query import MAX_PAGE, PAGE, path_arg, query_arg, query_int
 from gridbackupd.errors import Conflict, DomainError, Invalid, NotFound, TahoeError
-from gridbackupd.format.log import LogFormatError
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import FILE
 from gridbackupd.state import snapshots
 from gridbackupd.state.blobs import locate

@@ -1,0 +1,64 @@
+"""
+The entries of a snapshot given as a chain of logs, merged streaming.
+"""
+
+import heapq
+
+from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logpaths import path_key
+from gridbackupd.model import Deletion
+
+__all__ = ["merge_records"]
+
+
+def merge_records(base, *changes):
+    """
+    The entries of a snapshot given as a chain of logs, streaming.
+
+    ``base`` iterates the records of a full log, each of ``changes`` those
+    of an incremental log, oldest first, each the child of the one before
+    (the caller checks that chain in the headers).  Yields the snapshot's
+    entries in ``path_key`` order: for each path the newest entry, none if
+    the newest record is a ``Deletion``.  Holds one record per log.  A
+    deletion of a path the snapshot before it does not have raises
+    ``LogFormatError``.
+    """
+
+    if not changes:
+        # A full log alone: its records are the entries (it has no deletions).
+        for record in base:
+            if type(record) is Deletion:
+                raise LogFormatError(f"a full log deletes {record.path!r}")
+            yield record
+        return
+
+    def keyed(layer, records):
+        for record in records:
+            yield path_key(record.path), layer, record
+
+    merged = heapq.merge(
+        *(keyed(i, r) for i, r in enumerate([base, *changes])), key=_merge_order
+    )
+    current_key = None
+    present = None
+    for key, layer, record in merged:
+        if key != current_key:
+            if present is not None:
+                yield present
+            current_key = key
+            present = None
+        if type(record) is Deletion:
+            if present is None:
+                raise LogFormatError(
+                    f"incremental log {layer} deletes {record.path!r}, "
+                    f"which the snapshot before it does not have"
+                )
+            present = None
+        else:
+            present = record
+    if present is not None:
+        yield present
+
+
+def _merge_order(item):
+    return item[0], item[1]

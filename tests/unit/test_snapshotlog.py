@@ -1039,6 +1039,27 @@ class FrameTests(Base):
             w.write(text)
         self.assertRejected(out.getvalue(), "zstd")
 
+    def test_explosive_frame_read_in_bounded_memory(self):
+        """256 MiB of zeros after the header (a few KiB compressed): refused without holding them."""
+        import tracemalloc
+
+        out = io.BytesIO()
+        compressor = zstandard.ZstdCompressor(write_checksum=True)
+        with compressor.stream_writer(out, closefd=False) as w:
+            w.write(plain(self.data).split(b"\n")[0] + b"\n")
+            zeros = bytes(1 << 20)
+            for _ in range(256):
+                w.write(zeros)
+        data = out.getvalue()
+        self.assertLess(len(data), 1 << 20)
+        tracemalloc.start()
+        try:
+            self.assertRejected(data, "line too long")
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        self.assertLess(peak, 32 << 20)
+
 
 # ---------------------------------------------------------------------------
 # Garbage never gets through, and never raises anything else

@@ -11,7 +11,6 @@ import binascii
 import re
 
 import attr
-import zstandard
 
 from gridbackupd.format import strictjson
 from gridbackupd.format.logfields import (
@@ -29,7 +28,7 @@ from gridbackupd.format.logfields import (
     check_time,
     json_type,
 )
-from gridbackupd.format.logframe import MAX_WINDOW_SIZE, READ_SIZE, FrameSource, PartialSource, PartialStream
+from gridbackupd.format.logframe import FrameError, FrameReader
 from gridbackupd.format.logpaths import path_key, path_problem
 from gridbackupd.model import KINDS, Deletion, Entry, LogHeader
 
@@ -309,14 +308,7 @@ class LogReader:
         # when written or when recovered from the grid.
         self._verify = verify
         self._partial = _partial_length is not None
-        if self._partial:
-            self._source = PartialSource(fileobj, _partial_length)
-            self._stream = PartialStream(self._source)
-        else:
-            self._source = FrameSource(fileobj)
-            self._stream = zstandard.ZstdDecompressor(
-                max_window_size=MAX_WINDOW_SIZE
-            ).stream_reader(self._source, read_size=READ_SIZE, closefd=False)
+        self._frame = FrameReader(fileobj, _partial_length)
         self._lines = self._read_lines()
         self._lineno = 0
         self._started = False
@@ -327,12 +319,9 @@ class LogReader:
 
     def _read_chunk(self):
         try:
-            chunk = self._stream.read(READ_SIZE)
-        except zstandard.ZstdError as e:
-            raise self._fail(f"invalid zstd data: {e}", self._lineno + 1) from None
-        if self._source.error is not None:
-            raise self._fail(self._source.error, self._lineno + 1)
-        return chunk
+            return self._frame.read()
+        except FrameError as e:
+            raise self._fail(str(e), self._lineno + 1) from None
 
     def _read_lines(self):
         """Yield the lines (without newline), counting them in _lineno."""
@@ -357,9 +346,10 @@ class LogReader:
                 yield line
             if len(pending) > limit:
                 raise self._fail("line too long", self._lineno + 1)
-        self._source.finish()
-        if self._source.error is not None:
-            raise self._fail(self._source.error, self._lineno + 1)
+        try:
+            self._frame.finish()
+        except FrameError as e:
+            raise self._fail(str(e), self._lineno + 1) from None
         if pending:
             raise self._fail("the last line has no newline", self._lineno + 1)
 
@@ -481,7 +471,6 @@ class LogReader:
         if len(blobs) == len(entry.blobs):
             return entry
         return attr.evolve(entry, blobs=blobs)
-
 
 
 def read_partial(fileobj, length):

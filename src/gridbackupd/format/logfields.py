@@ -283,13 +283,13 @@ def check_entry(entry, blobs_checked=False, blobs_continue=False):
 
     if type(flags) is not tuple:
         raise ValueError("flags must be a tuple of strings")
-    previous = None
+    previous_flag = None
     for flag in flags:
         if type(flag) is not str or flag not in KNOWN_FLAGS:
             raise ValueError(f"unknown flag {flag!r}")
-        if previous is not None and flag <= previous:
+        if previous_flag is not None and flag <= previous_flag:
             raise ValueError(f"flags are not strictly increasing at {flag!r}")
-        previous = flag
+        previous_flag = flag
 
 
 def check_holes(holes, kind, size):

@@ -210,7 +210,10 @@ def _decode_entry(obj, verify=True):
     else:
         path = _decode_bytes(path, "path")
     target = inline = sha256 = None
-    blobs = xattrs = flags = holes = ()
+    blobs: tuple | list = ()
+    xattrs: tuple = ()
+    flags: tuple = ()
+    holes: tuple = ()
     if len(obj) > _ENTRY_REQUIRED_COUNT:  # optional keys (checked: all known)
         get = obj.get
         value = get("target", _MISSING)
@@ -400,7 +403,7 @@ class LogReader:
         count = 0
         pending = None  # an entry whose blob list may continue on the next line
         pending_line = 0
-        blobs = None
+        blobs: list = []
         while True:
             obj = self._next_object()
             if obj is None:

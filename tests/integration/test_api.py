@@ -20,8 +20,8 @@ from twisted.internet.protocol import Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.api import browse
+from gridbackupd.format.pack import encode_blob
 from gridbackupd.state import db as dbmod
-from gridbackupd.upload.packer import encode_blob
 from tests.support.daemoncase import DaemonTestCase
 from tests.support.rawhttp import raw_request, tcp_endpoint
 

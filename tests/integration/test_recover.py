@@ -18,6 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gridbackupd.format.index import encode_index_segment, encode_settings, settings_document
 from gridbackupd.format.logpaths import path_key
 from gridbackupd.format.logwriter import write_log
+from gridbackupd.format.pack import PackedBlob, encode_blob, encode_trailer
 from gridbackupd.grid.caps import is_read_only
 from gridbackupd.model import DIR, FILE, Deletion, Entry, LogHeader
 from gridbackupd.restore.recover import RecoveryError, recover_state
@@ -25,7 +26,6 @@ from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
-from gridbackupd.upload import packer
 
 T0 = 1_700_000_000_000_000_000
 
@@ -60,10 +60,10 @@ class GridSet:
         """One commit of one pack holding ``blobs``; returns the pack's cap."""
         body, packed = b"", []
         for data in blobs:
-            stored, compression = packer.encode_blob(data)
-            packed.append(packer.PackedBlob(sha(data), len(body), len(stored), len(data), compression))
+            stored, compression = encode_blob(data)
+            packed.append(PackedBlob(sha(data), len(body), len(stored), len(data), compression))
             body += stored
-        pack = body + packer.encode_trailer(packed)
+        pack = body + encode_trailer(packed)
         name = "pack-" + sha(pack)
         pack_cap = await self.client.upload_bytes(pack)
         segment = encode_index_segment(

@@ -24,13 +24,13 @@ from gridbackupd.api.errors import answer
 from gridbackupd.errors import Conflict, NotFound
 from gridbackupd.format.logpaths import path_key
 from gridbackupd.format.logwriter import write_log
+from gridbackupd.format.pack import PackedBlob, encode_blob, encode_trailer
 from gridbackupd.model import CHARDEV, DIR, FIFO, FILE, HARDLINK, SOCKET, SYMLINK, Entry, LogHeader
 from gridbackupd.restore import engine as restore
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.state import db as dbmod
 from gridbackupd.state.snapshots import parse_time
 from gridbackupd.testing.fake_tahoe import fake_client
-from gridbackupd.upload import packer
 
 T0 = 1_700_000_000_000_000_000
 
@@ -58,10 +58,10 @@ class BackupSet:
         body = b""
         packed = []
         for data in blobs:
-            stored, compression = packer.encode_blob(data)
-            packed.append(packer.PackedBlob(sha(data), len(body), len(stored), len(data), compression))
+            stored, compression = encode_blob(data)
+            packed.append(PackedBlob(sha(data), len(body), len(stored), len(data), compression))
             body += stored
-        pack = body + packer.encode_trailer(packed)
+        pack = body + encode_trailer(packed)
         cap = self.fake.add_file(pack)
         name = "pack-" + sha(pack)
         with dbmod.transaction(self.conn):

@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.config import parse_config
 from gridbackupd.format.index import parse_index_segment, settings_document
+from gridbackupd.format.pack import decode_blob
 from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.scan.values import NewBlob
@@ -25,7 +26,6 @@ from gridbackupd.state import queue
 from gridbackupd.state.blobs import locate
 from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
-from gridbackupd.upload import packer
 from gridbackupd.upload.publisher import Publisher
 from gridbackupd.upload.throttle import TokenBucket
 from gridbackupd.upload.uploader import RETRY_DELAY, Uploader
@@ -143,7 +143,7 @@ class UploaderTests(SynchronousTestCase):
         self.assertEqual(set(index), {b.hash for b in blobs})
         for h, (cap, entry) in index.items():
             stored = self.fake.files[cap][entry.offset:entry.offset + entry.length]
-            data = packer.decode_blob(stored, entry.compression, entry.size)
+            data = decode_blob(stored, entry.compression, entry.size)
             self.assertEqual(hashlib.sha256(data).hexdigest(), h)
         self.assertEqual(
             self.conn.execute("SELECT state, complete FROM snapshots WHERE id = ?", (sid,)).fetchone(),

@@ -6,8 +6,9 @@ import random
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from gridbackupd.format.pack import PackFormatError, decode_blob, parse_trailer
 from gridbackupd.state.queue import QueuedBlob
-from gridbackupd.upload.packer import PackFormatError, build_pack, decode_blob, parse_trailer
+from gridbackupd.upload.packer import build_pack
 
 
 class PackTests(SynchronousTestCase):
@@ -71,7 +72,7 @@ class PackTests(SynchronousTestCase):
     def test_trailer_rules(self):
         import json
 
-        from gridbackupd.upload.packer import FOOTER, MAGIC
+        from gridbackupd.format.pack import FOOTER, MAGIC
 
         h1, h2 = "1" * 64, "2" * 64
 

@@ -24,9 +24,9 @@ import zstandard
 
 from gridbackupd.errors import Conflict, Invalid, NotFound
 from gridbackupd.format import chain, logpaths
+from gridbackupd.format.pack import decode_blob
 from gridbackupd.model import FILE, HARDLINK
 from gridbackupd.state import snapshots
-from gridbackupd.upload.packer import decode_blob
 
 # A content request fetches neighbouring blobs of one pack in one ranged
 # GET, up to this many bytes.

@@ -69,25 +69,9 @@ class IndexSegment:
 
 # -- strict JSON -------------------------------------------------------------
 
-_DECODER = strictjson.decoder(integers_only=True)
-
 
 def _load(data, what):
-    if not isinstance(data, (bytes, bytearray)):
-        raise IndexFormatError(f"{what}: expected bytes")
-    try:
-        text = bytes(data).decode("utf-8")
-    except UnicodeDecodeError:
-        raise IndexFormatError(f"{what}: not valid UTF-8") from None
-    if text.startswith("\ufeff"):
-        raise IndexFormatError(f"{what}: starts with a byte order mark")
-    try:
-        doc = _DECODER.decode(text)
-    except ValueError as e:
-        raise IndexFormatError(f"{what}: not valid JSON: {e}") from None
-    if type(doc) is not dict:
-        raise IndexFormatError(f"{what}: not a JSON object")
-    return doc
+    return strictjson.load_object(data, what, IndexFormatError)
 
 
 def _dump(doc):

@@ -30,6 +30,7 @@ from gridbackupd.errors import GridBackupError
 from gridbackupd.format import chain
 from gridbackupd.format.index import commit_name, encode_index_segment
 from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.pack import decode_blob
 from gridbackupd.grid.layout import INDEX
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.state import db as dbmod
@@ -270,7 +271,7 @@ async def _repack(ctx, session, plan, pack_size):
             data = await ctx.client.download(span.cap, span.start, span.end - span.start)
             for read in span.reads:
                 stored = data[read.offset - span.start:read.offset - span.start + read.length]
-                plain = packer.decode_blob(stored, read.compression, read.size)
+                plain = decode_blob(stored, read.compression, read.size)
                 if hashlib.sha256(plain).hexdigest() != read.hash:
                     raise PruneError(
                         f"blob {read.hash[:12]} in {source.name[:17]} does not match its hash; "

@@ -41,6 +41,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
 from gridbackupd.format.logfields import LogFormatError, check_id
 from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.pack import FOOTER, PackFormatError, parse_trailer
 from gridbackupd.grid.caps import expected_size
 from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SETTINGS, SNAPSHOTS
 from gridbackupd.model import FILE
@@ -48,7 +49,6 @@ from gridbackupd.state import blobs as blobstate
 from gridbackupd.state import commits as commitstate
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots
-from gridbackupd.upload import packer
 
 PARALLEL = 4
 # The first ranged GET of a pack's tail; a longer trailer costs one more GET.
@@ -179,7 +179,7 @@ async def _recover_commit(client, conn, name, cap, report):
             try:
                 for b in await _pack_trailer(client, child):
                     blobs.append((b.hash, pack_name, b.offset, b.length, b.size, b.compression))
-            except (TahoeError, packer.PackFormatError) as e:
+            except (TahoeError, PackFormatError) as e:
                 report.errors.append({"what": f"{name}/{pack_name[:17]}", "reason": str(e)})
     pack_rows = [
         (pack_name, child.ro_uri or child.cap,
@@ -197,15 +197,15 @@ async def _pack_trailer(client, child):
     """The blob list of a pack, from its trailer: one ranged GET of its tail (two if long)."""
     size = child.size if child.size is not None else expected_size(child.cap)
     if size is None:
-        raise packer.PackFormatError("the pack's size is not known")
+        raise PackFormatError("the pack's size is not known")
     start = max(0, size - TAIL)
     tail = await client.download(child.cap, start, size - start)
-    if len(tail) >= packer.FOOTER.size:
-        length, _ = packer.FOOTER.unpack(tail[-packer.FOOTER.size:])
-        need = length + packer.FOOTER.size
+    if len(tail) >= FOOTER.size:
+        length, _ = FOOTER.unpack(tail[-FOOTER.size:])
+        need = length + FOOTER.size
         if need > len(tail) and need <= size:
             tail = await client.download(child.cap, size - need, need)
-    return packer.parse_trailer(tail, size)
+    return parse_trailer(tail, size)
 
 
 async def _download_log(client, snapshot_id, cap, logs_dir, report):

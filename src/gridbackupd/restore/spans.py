@@ -13,8 +13,8 @@ import threading
 
 import zstandard
 
+from gridbackupd.format.pack import PackFormatError, decode_blob
 from gridbackupd.restore.targetfs import UnsafePath
-from gridbackupd.upload import packer
 
 
 class SpanWriter:
@@ -94,7 +94,7 @@ class SpanWriter:
             stored = data[read.offset - span.start:read.offset - span.start + read.length]
             try:
                 blob = decode_checked(stored, read.compression, read.size, read.hash)
-            except (packer.PackFormatError, Corrupt, zstandard.ZstdError) as e:
+            except (PackFormatError, Corrupt, zstandard.ZstdError) as e:
                 with self.lock:
                     for job, _ in read.targets:
                         self._error(job, str(e))
@@ -134,7 +134,7 @@ class Corrupt(Exception):
 
 
 def decode_checked(stored, compression, size, expected):
-    data = packer.decode_blob(stored, compression, size)
+    data = decode_blob(stored, compression, size)
     if hashlib.sha256(data).hexdigest() != expected:
         raise Corrupt(f"blob {expected[:12]} does not match its SHA-256 (corrupt content on the grid)")
     return data

@@ -112,3 +112,12 @@ class PackTests(SynchronousTestCase):
         self.assertEqual(stale, (blobs[0].hash,))
         self.assertEqual({hashlib.sha256(d).hexdigest() for d in found.values()}, set(found))
         self.assertEqual(len(found), 2)
+
+    def test_format_errors(self):
+        """The pack and index parsers' errors are FormatErrors, and still ValueErrors."""
+        from gridbackupd.errors import FormatError
+        from gridbackupd.format.index import IndexFormatError
+
+        for error in (PackFormatError, IndexFormatError):
+            self.assertTrue(issubclass(error, FormatError))
+            self.assertTrue(issubclass(error, ValueError))

@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from gridbackupd.errors import FormatError
+from gridbackupd.format.chain import ChainError
 from gridbackupd.format.logfields import BLOBS_PER_LINE, MAX_LINE_LENGTH, LogFormatError
 from gridbackupd.format.logmerge import merge_records
 from gridbackupd.format.logpaths import is_in_subtree, path_key, validate_path
@@ -393,6 +395,8 @@ class RoundTripTests(Base):
         header = LogHeader(snapshot="s", kind="full")
         self.assertEqual(write_log(io.BytesIO(), header, iter([Entry(path=b"/a", kind=DIR)])), 1)
         self.assertTrue(issubclass(LogFormatError, ValueError))
+        self.assertTrue(issubclass(LogFormatError, FormatError))
+        self.assertTrue(issubclass(ChainError, LogFormatError))
 
     def test_root_and_empty(self):
         header = LogHeader(snapshot="s", kind="full", paths=(b"/",))

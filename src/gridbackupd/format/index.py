@@ -1,8 +1,8 @@
 """
 The read-cap index on the grid: index segments, ``gridbackup.json`` and the
 writer lock document.  Encoders write exactly the bytes docs/FORMAT.md
-specifies; parsers are strict and raise ``IndexFormatError`` (a ValueError)
-for anything that page does not allow.
+specifies; parsers are strict and raise ``IndexFormatError`` (a
+``FormatError`` and a ``ValueError``) for anything that page does not allow.
 
 An index segment describes one commit: for every blob the commit adds,
 either where it sits in one of the commit's packs, or (very small blobs)
@@ -18,6 +18,7 @@ import re
 
 import attr
 
+from gridbackupd.errors import FormatError
 from gridbackupd.format import strictjson
 
 INDEX_FORMAT = "gridbackup-index"
@@ -36,7 +37,7 @@ _HASH = re.compile(r"[0-9a-f]{64}\Z")
 _PACK = re.compile(r"pack-[0-9a-f]{64}\Z")
 
 
-class IndexFormatError(ValueError):
+class IndexFormatError(FormatError, ValueError):
     """Bytes that are not what docs/FORMAT.md allows."""
 
 

@@ -11,6 +11,7 @@ import hashlib
 import math
 import re
 
+from gridbackupd.errors import FormatError
 from gridbackupd.format.logpaths import path_problem, validate_path
 from gridbackupd.model import FILE, FLAGS, HARDLINK, KINDS, SYMLINK, LogHeader
 
@@ -49,7 +50,7 @@ HEX64 = re.compile(r"[0-9a-f]{64}")
 _ID_CHARS = re.compile(r"[^\x00-\x1f\x7f/]+")
 
 
-class LogFormatError(ValueError):
+class LogFormatError(FormatError, ValueError):
     """A backup log is not a well-formed version 1 log."""
 
 

@@ -12,6 +12,7 @@ import struct
 import attr
 import zstandard
 
+from gridbackupd.errors import FormatError
 from gridbackupd.format import strictjson
 
 __all__ = [
@@ -38,7 +39,7 @@ MAX_TRAILER = 64 * 1024 * 1024
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
-class PackFormatError(ValueError):
+class PackFormatError(FormatError, ValueError):
     """A pack's trailer is not what format version 1 says."""
 
 

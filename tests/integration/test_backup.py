@@ -20,6 +20,7 @@ from gridbackupd.scan.tolog import LogScan, scan_to_log
 from gridbackupd.scan.values import ScanOptions, ScanProgress, ScanStopped
 from gridbackupd.state import checkpoints
 from gridbackupd.state import db as dbmod
+from gridbackupd.state.snapshots import log_resolver
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.waiters import Waiters
 from tests.support import REPO
@@ -150,7 +151,7 @@ class IncrementalTests(SynchronousTestCase):
         write(os.path.join(self.f.tree, "a", "third.txt"), b"3" * 1000)
         third = self.f.backup()
         self.assertEqual(self.f.row(third)[:2], ("incremental", second))
-        merged = list(chain.snapshot_entries(self.f.conn, third))
+        merged = list(chain.snapshot_entries(third, log_resolver(self.f.conn)))
         chain_logs = chain.chain_paths(self.f.row(third)[2])
         self.assertEqual([i for i, _ in chain_logs], [first, second, third])
         self.assertEqual(merged, full_scan(self, [self.f.tree], chain_logs))
@@ -179,7 +180,7 @@ class IncrementalTests(SynchronousTestCase):
              ("full", None), ("incremental", ids[3]), ("incremental", ids[4]),
              ("full", None)],
         )
-        entries = list(chain.snapshot_entries(self.f.conn, ids[5]))
+        entries = list(chain.snapshot_entries(ids[5], log_resolver(self.f.conn)))
         self.assertEqual(len(entries), 1 + 1 + 6)
 
     def test_missing_parent_log_makes_a_full_log_and_is_reported_by_chain(self):
@@ -187,7 +188,7 @@ class IncrementalTests(SynchronousTestCase):
         self.f.backup()
         os.unlink(self.f.row(first)[2])
         second = self.f.conn.execute("SELECT id FROM snapshots ORDER BY id DESC").fetchone()[0]
-        self.assertRaises(chain.ChainError, chain.snapshot_entries, self.f.conn, second)
+        self.assertRaises(chain.ChainError, chain.snapshot_entries, second, log_resolver(self.f.conn))
         third = self.f.backup()
         self.assertEqual(self.f.row(third)[:2], ("full", None))
 
@@ -207,7 +208,7 @@ class IncrementalTests(SynchronousTestCase):
         second = self.f.backup()
         kind, parent, path, files = self.f.row(second)
         self.assertEqual((kind, parent, files), ("full", None, 4))
-        self.assertEqual(list(chain.snapshot_entries(self.f.conn, second)),
+        self.assertEqual(list(chain.snapshot_entries(second, log_resolver(self.f.conn))),
                          full_scan(self, [self.f.tree]))
 
 

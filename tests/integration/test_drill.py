@@ -15,6 +15,7 @@ from gridbackupd.format.chain import snapshot_entries
 from gridbackupd.maintenance import drill
 from gridbackupd.model import DIR, FILE, Entry
 from gridbackupd.state.blobs import locate
+from gridbackupd.state.snapshots import log_resolver
 from tests.support.daemoncase import DaemonTestCase
 from tests.support.gridshares import corrupt_shares
 from tests.support.sharedgrid import shared_grid
@@ -100,7 +101,7 @@ class DrillTests(DaemonTestCase):
         snapshot = await self.backup()
         logs = os.path.join(self.daemon.config.state_dir, "logs")
         packs_of = {}  # path -> the caps of the packs holding its blobs
-        for entry in snapshot_entries(self.daemon.conn, snapshot, logs):
+        for entry in snapshot_entries(snapshot, log_resolver(self.daemon.conn, logs)):
             if entry.kind == FILE and entry.blobs:
                 where = [locate(self.daemon.conn, h) for h, _ in entry.blobs]
                 packs_of[os.fsdecode(entry.path)] = {w[0] for w in where if isinstance(w, tuple)}

@@ -11,6 +11,7 @@ import shutil
 from gridbackupd.format import chain
 from gridbackupd.format.logreader import LogReader
 from gridbackupd.state.blobs import locate
+from gridbackupd.state.snapshots import log_resolver
 from gridbackupd.upload import publisher
 from tests.support.daemoncase import DaemonTestCase, write_config
 from tests.support.trees import tree_listing
@@ -44,7 +45,7 @@ class ForgetAndPruneTests(DaemonTestCase):
 
     def blobs_of(self, snapshot_id, prefix):
         hashes = set()
-        for entry in chain.snapshot_entries(self.daemon.conn, snapshot_id):
+        for entry in chain.snapshot_entries(snapshot_id, log_resolver(self.daemon.conn)):
             if entry.path.startswith(os.fsencode(os.path.join(self.tree, prefix))):
                 hashes.update(h for h, _ in entry.blobs)
         return hashes

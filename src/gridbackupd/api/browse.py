@@ -5,7 +5,7 @@ Everything here that reads a backup log is a plain function meant for a
 worker thread: it streams the log (or the chain of logs of an incremental
 snapshot, merged by ``chain.open_chain``) and keeps at most one
 page of results, so a snapshot of a million files costs time, not memory.
-``log_chain`` runs on the reactor thread: it only reads the database.
+``log_chain`` runs on the reactor thread: it reads the database and log headers.
 
 Pages: a listing returns at most ``limit`` items and a ``next_cursor``, an
 opaque string (the URL-safe base64 of the last path returned); the next
@@ -22,8 +22,10 @@ import os
 import attr
 import zstandard
 
+from gridbackupd.api.errors import failure_answer
 from gridbackupd.errors import Conflict, Invalid, NotFound
 from gridbackupd.format import chain, logpaths
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.pack import decode_blob
 from gridbackupd.model import FILE, HARDLINK
 from gridbackupd.state import snapshots
@@ -31,8 +33,6 @@ from gridbackupd.state import snapshots
 # A content request fetches neighbouring blobs of one pack in one ranged
 # GET, up to this many bytes.
 MAX_RUN = 8 * 1024 * 1024
-
-MAX_CHAIN = chain.MAX_CHAIN
 
 
 def path_doc(raw, field="path"):
@@ -95,37 +95,30 @@ def decode_cursor(text):
     return raw
 
 
-# -- which logs make a snapshot (reactor thread: database only) --------------
+# -- which logs make a snapshot (reactor thread: database and log headers) ---
 
 
 def log_chain(conn, snapshot_id):
     """
-    The local log files of a snapshot, its full log first: ``[(id, path), ...]``.
-    NotFound for an unknown snapshot, Conflict for one that has no log yet.
+    The local log files of a snapshot, its full log first: ``[(id, path), ...]``
+    (``chain.chain_paths``, which reads the first bytes of each log).
+    NotFound for an unknown snapshot, Conflict for one that has no log yet;
+    a log that cannot be read is answered as a JSON 500 (``failure_answer``).
     """
-    paths = []
-    current = snapshot_id
-    while True:
-        row = snapshots.log_link(conn, current)
-        if row is None:
-            if current == snapshot_id:
-                raise NotFound("unknown_snapshot", f"no snapshot {snapshot_id!r}")
-            raise Conflict("log_unavailable",
-                           f"snapshot {snapshot_id}: its parent {current} is not known here")
-        kind, parent, log_path, state = row
-        if log_path is None or not os.path.exists(log_path):
-            if current == snapshot_id and state in ("queued", "scanning"):
-                raise Conflict("not_scanned", f"snapshot {snapshot_id} is {state}: no log yet")
-            raise Conflict("log_unavailable",
-                           f"the log of snapshot {current} is not on this machine")
-        paths.append((current, log_path))
-        if kind != "incremental":
-            break
-        if parent is None or len(paths) >= MAX_CHAIN:
-            raise Conflict("log_unavailable", f"snapshot {current}: broken chain of logs")
-        current = parent
-    paths.reverse()
-    return paths
+    row = snapshots.log_link(conn, snapshot_id)
+    if row is None:
+        raise NotFound("unknown_snapshot", f"no snapshot {snapshot_id!r}")
+    _, _, log_path, state = row
+    if log_path is None or not os.path.exists(log_path):
+        if state in ("queued", "scanning"):
+            raise Conflict("not_scanned", f"snapshot {snapshot_id} is {state}: no log yet")
+        raise Conflict("log_unavailable", f"the log of snapshot {snapshot_id} is not on this machine")
+    try:
+        return chain.chain_paths(log_path, snapshots.log_resolver(conn))
+    except chain.ChainError as e:
+        raise Conflict("log_unavailable", str(e)) from None
+    except LogFormatError as e:
+        raise failure_answer(e) from e
 
 
 # -- streaming over logs (worker threads) -------------------------------------

@@ -2,13 +2,17 @@
 Snapshots as chains of backup logs: a full log and the incremental logs
 after it, each naming the one before as its parent.
 
-``open_chain(log_path)`` reads the snapshot whose log is at ``log_path``
-from local log files: an incremental log's parent is looked up by id (in the
-database if a connection is given, else as ``<id>.log`` next to the log),
-back to a full log, and the entries come out of ``logmerge.merge_records``
-in path order, streaming: one record per log in memory, never the whole
-snapshot.  The headers are checked to form a chain (each log's parent is the
-snapshot of the log before, no cycle, a full log at the bottom).
+``chain_paths`` is the one answer to "which local logs make this
+snapshot": it follows the parents named in the logs' headers, each found by
+a resolver, a callable from a snapshot id to the path of its local log or
+None (``dir_resolver``: ``<id>.log`` in a directory; the database's is
+``state.snapshots.log_resolver``), back to a full log.
+
+``open_chain(log_path)`` reads the snapshot whose log is at ``log_path``:
+the entries come out of ``logmerge.merge_records`` in path order,
+streaming: one record per log in memory, never the whole snapshot.  The
+headers are checked to form a chain (each log's parent is the snapshot of
+the log before, no cycle, a full log at the bottom).
 """
 
 import contextlib
@@ -27,7 +31,9 @@ class ChainError(LogFormatError):
     """The logs of a snapshot do not form a usable chain (a parent is missing, ...)."""
 
 
-def _dir_resolver(directory):
+def dir_resolver(directory):
+    """A resolver that finds the log of a snapshot as ``<id>.log`` in ``directory``."""
+
     def resolve(snapshot_id):
         path = os.path.join(directory, snapshot_id + ".log")
         return path if os.path.exists(path) else None
@@ -35,28 +41,17 @@ def _dir_resolver(directory):
     return resolve
 
 
-def db_resolver(conn, fallback_dir=None):
-    def resolve(snapshot_id):
-        row = conn.execute("SELECT log_path FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
-        if row and row[0] and os.path.exists(row[0]):
-            return row[0]
-        if fallback_dir is not None:
-            return _dir_resolver(fallback_dir)(snapshot_id)
-        return None
-
-    return resolve
-
-
 def chain_paths(log_path, resolve=None):
     """
     The logs of the snapshot whose log is ``log_path``, as ``(snapshot id,
-    path)`` pairs, the full log first.  Reads only headers.  ``resolve(snapshot_id)`` gives the local
-    path of a parent's log or None; by default ``<id>.log`` next to
-    ``log_path``.
+    path)`` pairs, the full log first.  Reads only headers.
+    ``resolve(snapshot_id)`` gives the local path of a parent's log or
+    None; by default ``<id>.log`` next to ``log_path``.  Raises
+    ``ChainError`` if a parent's log is not there, or the chain loops.
     """
     if resolve is None:
-        resolve = _dir_resolver(os.path.dirname(os.path.abspath(log_path)))
-    paths = []
+        resolve = dir_resolver(os.path.dirname(os.path.abspath(log_path)))
+    paths: list[tuple[str, str]] = []
     seen = set()
     path = log_path
     while True:
@@ -105,16 +100,15 @@ def open_chain(log_path, resolve=None, verify=True):
         yield readers[-1].header, merge_records(*(iter(r) for r in readers))
 
 
-def snapshot_entries(conn, snapshot_id, logs_dir=None):
+def snapshot_entries(snapshot_id, resolve):
     """
     The complete entries of ``snapshot_id`` (an iterator of ``Entry`` in path
-    order), streamed from the local log files of its chain.  The database is
-    read at once (call this on the connection's thread); the iterator may
-    then be consumed in another thread.  It closes its files when exhausted
-    or closed.  Raises ``ChainError`` if the snapshot or one of its parents
-    has no local log.
+    order), streamed from the local log files of its chain.  ``resolve`` is
+    called at once (for a database resolver: call this on the connection's
+    thread); the iterator may then be consumed in another thread.  It
+    closes its files when exhausted or closed.  Raises ``ChainError`` if the
+    snapshot or one of its parents has no local log.
     """
-    resolve = db_resolver(conn, logs_dir)
     log_path = resolve(snapshot_id)
     if log_path is None:
         raise ChainError(f"snapshot {snapshot_id} has no local log")

@@ -129,7 +129,7 @@ def _search_logs(conn, wanted, logs_dir):
     for sid in snapshots.ids_on_grid(conn):
         hits = set()
         try:
-            for entry in snapshot_entries(conn, sid, logs_dir):
+            for entry in snapshot_entries(sid, snapshots.log_resolver(conn, logs_dir)):
                 keys = {key for h, _ in entry.blobs for key in by_hash.get(h, ())}
                 for key in keys:
                     report = found[key]

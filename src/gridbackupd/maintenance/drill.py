@@ -213,7 +213,7 @@ class Sample:
 def sample_files(db_path, snapshot_id, logs_dir, size, rnd):
     """In a worker thread: a Sample of ``size`` files of the snapshot."""
     with dbmod.worker_connection(db_path) as conn:
-        entries = snapshot_entries(conn, snapshot_id, logs_dir)
+        entries = snapshot_entries(snapshot_id, snapshots.log_resolver(conn, logs_dir))
     sample = Sample(size, rnd)
     for entry in entries:
         sample.add(entry)

@@ -132,7 +132,7 @@ async def _rewrite_full(ctx, snapshot_id):
 def write_full_log(db_path, snapshot_id, out_path):
     """The complete entries of ``snapshot_id`` as one full log (a worker thread)."""
     with dbmod.worker_connection(db_path) as conn:
-        resolve = chain.db_resolver(conn)
+        resolve = snapshots.log_resolver(conn)
         log_path = resolve(snapshot_id)
         if log_path is None:
             raise chain.ChainError(f"snapshot {snapshot_id} has no local log")

@@ -107,7 +107,7 @@ class _Session:
                 continue
             batch: list[str] = []
             try:
-                for entry in chain.snapshot_entries(conn, snapshot_id, self.logs_dir):
+                for entry in chain.snapshot_entries(snapshot_id, snapshots.log_resolver(conn, self.logs_dir)):
                     batch.extend(h for h, _ in entry.blobs)
                     if len(batch) >= 10000:
                         liveset.add(conn, batch)

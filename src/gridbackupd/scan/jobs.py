@@ -131,7 +131,7 @@ class BackupJobs:
             if not os.path.exists(log_path):
                 continue
             try:
-                return snapshot_id, chain.chain_paths(log_path, chain.db_resolver(self.conn, self.logs_dir))
+                return snapshot_id, chain.chain_paths(log_path, snapshots.log_resolver(self.conn, self.logs_dir))
             except (OSError, LogFormatError) as e:
                 self.log.warn(
                     "the logs of {id} are unusable, the next log is full and every file "

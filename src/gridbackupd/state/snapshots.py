@@ -20,8 +20,10 @@ snapshots of a backup set that several hosts share.
 
 import datetime
 import json
+import os
 
 from gridbackupd.errors import Invalid, NotFound
+from gridbackupd.format import chain
 from gridbackupd.state import db as dbmod
 
 # -- from request to scan ------------------------------------------------------
@@ -421,3 +423,21 @@ def log_link(conn, snapshot_id):
     return conn.execute(
         "SELECT kind, parent, log_path, state FROM snapshots WHERE id = ?", (snapshot_id,)
     ).fetchone()
+
+
+def log_resolver(conn, fallback_dir=None):
+    """
+    A resolver for ``format.chain``: a snapshot id -> its recorded log if
+    the file is there, else ``<id>.log`` in ``fallback_dir`` if that is,
+    else None.  It queries ``conn`` when called: call it on that
+    connection's thread.
+    """
+    fallback = chain.dir_resolver(fallback_dir) if fallback_dir is not None else None
+
+    def resolve(snapshot_id):
+        row = log_of(conn, snapshot_id)
+        if row and row[1] and os.path.exists(row[1]):
+            return row[1]
+        return fallback(snapshot_id) if fallback is not None else None
+
+    return resolve

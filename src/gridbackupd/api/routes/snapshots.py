@@ -105,7 +105,7 @@ async def _figures(daemon, snapshot_id, doc):
         try:
             logs = browse.log_chain(daemon.conn, snapshot_id)
             parent_logs = browse.log_chain(daemon.conn, parent) if parent else None
-        except DomainError:
+        except (DomainError, APIError):
             return None
         if len(_FIGURES_CACHE) > 256:
             _FIGURES_CACHE.clear()

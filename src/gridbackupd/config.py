@@ -16,10 +16,9 @@ from typing import NoReturn
 import attr
 
 from gridbackupd.errors import ConfigError
+from gridbackupd.format.index import INLINE_MAX
 
 DEFAULT_LISTEN = "tcp:7234:interface=127.0.0.1"
-# Very small blobs go inline in the index segment up to this size.
-INLINE_MAX_DEFAULT = 2048
 
 _SIZE_UNITS = {
     "": 1,
@@ -91,7 +90,7 @@ class BackupConfig:
 class UploadConfig:
     parallel: int = option(4, "integer", minimum=1, maximum=64)
     pack_size: int = option(8 * 1024**2, "size", minimum=64 * 1024)
-    inline_max: int = option(INLINE_MAX_DEFAULT, "size", minimum=0)
+    inline_max: int = option(INLINE_MAX, "size", minimum=0)
     max_rate: int = option(0, "size", minimum=0)  # bytes/s, 0 = no limit
     user_roots: tuple = option((b"/home", b"/root"), "user_roots")
     weight_recency: float = option(10.0, "number")

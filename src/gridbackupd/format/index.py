@@ -201,7 +201,7 @@ _SETTINGS_KEYS = ("format", "version", "hash", "chunking", "tiers")
 _CHUNKING_KEYS = ("algorithm", "min_size", "avg_size", "max_size")
 _TIER_KEYS = ("tiny_max", "inline_max", "chunk_threshold")
 
-
+# Very small blobs go inline in the index segment up to this size, by default.
 INLINE_MAX = 2048
 
 

@@ -33,6 +33,7 @@ from gridbackupd.grid.caps import is_read_only
 from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
 from gridbackupd.grid.retry import Backoff
+from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.scheduler import Maintenance
 from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
@@ -163,6 +164,16 @@ def uploader(reactor, conn, statedir, pool, client, publisher, upload):
     )
 
 
+def maintenance(reactor, conn, statedir, pool, client, rootcap, publisher, restorer, config, *,
+                scan_lock, require_writable, read_only):
+    """The maintenance jobs as ``[maintenance]`` and ``[retention]`` say, and what each job sees."""
+    template = JobContext(
+        reactor=reactor, conn=conn, db_path=statedir.database, client=client, rootcap=rootcap,
+        pool=pool, statedir=statedir, job_id="", publisher=publisher, restorer=restorer)
+    return Maintenance(reactor, template, config.maintenance, config.retention, config.upload.pack_size,
+                       scan_lock, require_writable, read_only=read_only)
+
+
 class _RunningPart(Service):
     """A part with ``stop()`` and, if ``start``, ``start()`` (the uploader, maintenance) as a child service."""
 
@@ -241,14 +252,13 @@ class GridBackupDaemon(OrderedServices):
         restores = self.restorer = restorer(self.reactor, self.conn, self.statedir, self.pool, self._client,
                                             self.config.hostname)
         jobs.recover_interrupted()
-        restores.recover_interrupted()
         super().startService()
         self.site = make_site(router, self, self.token)
         self.api = APIListener(self.reactor, self.config.api_listen, self.site,
                                self.statedir.api_endpoint, self._listen_failed)
         self.api.setServiceParent(self)
-        for part in (jobs, restores):
-            _RunningPart(part, start=False).setServiceParent(self)
+        _RunningPart(jobs, start=False).setServiceParent(self)
+        restores.setServiceParent(self)
         if not self.recovering and not self.read_only:
             self._start_schedule(jobs)
         self._ready = Deferred.fromCoroutine(self._start_grid_side(jobs, restores))
@@ -295,7 +305,7 @@ class GridBackupDaemon(OrderedServices):
                 self._start_schedule(jobs)
         if self.read_only:
             # A read-only root cap: list and restore, never write.
-            self._ready_to_serve(client, restores)
+            self._ready_to_serve(client, jobs, restores)
             self.log.info("ready (read-only root cap: no backups): grid at {url}", url=node_url)
             return
         writer = self.publisher = publisher(self.conn, client, self.config.backup, self.config.upload,
@@ -304,17 +314,20 @@ class GridBackupDaemon(OrderedServices):
         self.uploader = uploader(self.reactor, self.conn, self.statedir, self.pool, client,
                                  writer, self.config.upload)
         _RunningPart(self.uploader).setServiceParent(self)
-        self._ready_to_serve(client, restores)
+        self._ready_to_serve(client, jobs, restores)
         self.log.info("ready: grid at {url}", url=node_url)
         jobs.kick()
 
-    def _ready_to_serve(self, client, restores):
+    def _ready_to_serve(self, client, jobs, restores):
         """The grid side is up: watch the grid, run the restores that wait, and maintenance."""
         Periodic(self.reactor, GRID_POLL, lambda: self._poll_grid(client), now=False).setServiceParent(self)
         self.state = "ready"
         restores.kick()
-        self.maintenance = Maintenance(self.reactor, self)
-        _RunningPart(self.maintenance).setServiceParent(self)
+        self.maintenance = maintenance(
+            self.reactor, self.conn, self.statedir, self.pool, client, self.rootcap, self.publisher, restores,
+            self.config, scan_lock=jobs.scan_lock, require_writable=self.require_writable,
+            read_only=self.read_only)
+        self.maintenance.setServiceParent(self)
 
     async def _wait_for_grid(self, client):
         """Wait, however long it takes, until enough storage servers are connected."""

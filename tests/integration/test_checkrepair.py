@@ -26,6 +26,7 @@ from gridbackupd.maintenance.checkrepair import check_and_repair, classify
 from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.reachable import ROOT
 from gridbackupd.state.db import open_database
+from gridbackupd.statedir import StateDir
 from tests.support.daemoncase import DaemonTestCase, write_config
 from tests.support.gridshares import corrupt_shares, nodes_holding, share_files, storage_node_names
 from tests.support.maintenance import make_context, reachable_objects
@@ -310,14 +311,14 @@ class CorruptSharesTests(TestCase):
         pool.start()
         self.addCleanup(pool.stop)
         ctx = JobContext(reactor=reactor, conn=conn, db_path=db_path, client=client,
-                         rootcap=root, pool=pool, state_dir=os.path.abspath(self.mktemp()),
+                         rootcap=root, pool=pool, statedir=StateDir(os.path.abspath(self.mktemp())),
                          job_id="j", options={"repair": True, "verify_fraction": 0.0})
         # Without verify, the shares are there: healthy.
         plain = await check_and_repair(ctx)
         self.assertEqual((plain["checked"], plain["healthy"], plain["unhealthy"]), (2, 2, 0))
 
         ctx = JobContext(reactor=reactor, conn=conn, db_path=db_path, client=client,
-                         rootcap=root, pool=pool, state_dir=os.path.abspath(self.mktemp()),
+                         rootcap=root, pool=pool, statedir=StateDir(os.path.abspath(self.mktemp())),
                          job_id="k", options={"verify_fraction": 1.0})
         verified = await check_and_repair(ctx)
         self.assertEqual((verified["checked"], verified["verified"]), (2, 2), verified)

@@ -168,7 +168,7 @@ class FakeGridRunTests(TestCase):
     def context(self, client=None, **options):
         return JobContext(reactor=reactor, conn=self.conn, db_path=None,
                           client=client or self.client, rootcap=self.root, pool=None,
-                          state_dir=None, job_id="job-1", options=options)
+                          statedir=None, job_id="job-1", options=options)
 
     async def test_walk_finds_everything_once(self):
         found = []

@@ -5,40 +5,18 @@ resumed after a stop or a kill, failures kept and reported.
 
 import os
 
-import attr
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.api import metrics
-from gridbackupd.config import Config, MaintenanceConfig, RetentionConfig, TahoeConfig
+from gridbackupd.config import MaintenanceConfig, RetentionConfig, UploadConfig
 from gridbackupd.maintenance import scheduler as maintenance
-from gridbackupd.maintenance.jobs import JobStopped
+from gridbackupd.maintenance.jobs import JobContext, JobStopped
 from gridbackupd.state import db as dbmod
+from gridbackupd.statedir import StateDir
 
 DAY = 86400.0
-
-
-@attr.define
-class _Jobs:
-    scan_lock: DeferredLock = attr.Factory(DeferredLock)
-
-
-@attr.define
-class _Daemon:
-    config: object
-    conn: object
-    db_path: str
-    read_only: bool = False
-    client: object = None
-    rootcap: str = "URI:DIR2:x:y"
-    pool: object = None
-    publisher: object = "publisher"
-    restorer: object = None
-    jobs: _Jobs = attr.Factory(_Jobs)
-
-    def require_writable(self):
-        pass
 
 
 class SchedulerTests(TestCase):
@@ -47,6 +25,7 @@ class SchedulerTests(TestCase):
         self.db_path = os.path.join(base, "state.sqlite")
         self.conn = dbmod.open_database(self.db_path)
         self.addCleanup(self.conn.close)
+        self.scan_lock = DeferredLock()
         self.clock = Clock()
         self.clock.advance(1_000_000)
         self.ran = []
@@ -69,12 +48,14 @@ class SchedulerTests(TestCase):
         return run
 
     def make(self, retention=RetentionConfig(), **maint):
-        config = Config(path="x.ini", state_dir=os.path.dirname(self.db_path), hostname="h",
-                        tahoe=TahoeConfig("embedded"), retention=retention,
-                        maintenance=MaintenanceConfig(**maint))
-        m = maintenance.Maintenance(self.clock, _Daemon(config, self.conn, self.db_path))
-        m.start()
-        self.addCleanup(m.stop)
+        template = JobContext(
+            reactor=self.clock, conn=self.conn, db_path=self.db_path, client=None,
+            rootcap="URI:DIR2:x:y", pool=None, statedir=StateDir(os.path.dirname(self.db_path)),
+            job_id="", publisher="publisher", restorer=None)
+        m = maintenance.Maintenance(self.clock, template, MaintenanceConfig(**maint), retention,
+                                    UploadConfig().pack_size, self.scan_lock, lambda: None)
+        m.startService()
+        self.addCleanup(m.stopService)
         return m
 
     def kinds(self):
@@ -157,7 +138,7 @@ class SchedulerTests(TestCase):
 
     def test_writing_jobs_hold_the_scan_lock(self):
         m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
-        lock = m.daemon.jobs.scan_lock
+        lock = m.scan_lock
         held = succeed(None)
         held.addCallback(lambda _: lock.acquire())
         m.request("prune")

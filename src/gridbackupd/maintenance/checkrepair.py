@@ -13,7 +13,6 @@ that is gone).
 
 from __future__ import annotations
 
-import os
 import random
 import re
 
@@ -287,7 +286,7 @@ async def check_and_repair(ctx) -> dict:
     update_progress()
 
     names = sorted(unrecoverable)[:MAX_OBJECTS_LISTED]
-    logs_dir = os.path.join(ctx.state_dir, "logs")
+    logs_dir = ctx.statedir.logs
     affected = await ctx.in_thread(_affected_all, ctx.db_path, names, logs_dir) if names else []
     result = run.summary()
     result.update(counts)

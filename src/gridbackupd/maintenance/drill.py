@@ -38,16 +38,11 @@ log = Logger()
 DEFAULT_FILES = 20
 
 
-def scratch_root(state_dir):
-    """The directory drills restore under, each in ``<job id>/`` of it."""
-    return os.path.join(state_dir, "drill")
-
-
 async def restore_drill(ctx) -> dict:
     """The ``restore_drill`` job (see ``maintenance.jobs`` for the contract)."""
     wanted = _files_option(ctx.options)
     ctx.progress.update(snapshot=None, phase="starting", done=0, total=0, errors=0)
-    root = scratch_root(ctx.state_dir)
+    root = ctx.statedir.drill  # each drill restores under <job id>/ of it
     target = os.path.join(root, ctx.job_id)
     _active[id(ctx)] = target
     try:
@@ -72,7 +67,7 @@ async def _drill(ctx, wanted, rnd, target):
     progress["phase"] = "sampling"
     try:
         sample = await ctx.in_thread(sample_files, ctx.db_path, snapshot_id,
-            os.path.join(ctx.state_dir, "logs"), wanted, rnd)
+            ctx.statedir.logs, wanted, rnd)
     except (LogFormatError, OSError, sqlite3.Error) as e:
         # The log itself is unreadable: that is what this drill found.
         reason = f"cannot read the snapshot's log: {e}"

@@ -26,6 +26,7 @@ from gridbackupd.state import jobs as jobstate
 if TYPE_CHECKING:
     from gridbackupd.grid.client import TahoeClient
     from gridbackupd.restore.requests import Restorer
+    from gridbackupd.statedir import StateDir
     from gridbackupd.upload.publisher import Publisher
 
 
@@ -41,7 +42,7 @@ class JobContext:
     client: "TahoeClient"
     rootcap: str = attr.field(repr=False)
     pool: ThreadPool  # the daemon's worker pool
-    state_dir: str
+    statedir: "StateDir"  # the paths under state_dir
     job_id: str
     options: dict = attr.Factory(dict)
     progress: dict = attr.Factory(dict)

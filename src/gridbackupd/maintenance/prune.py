@@ -185,7 +185,7 @@ class _Session:
 
 async def dry_run(ctx, repack_threshold=REPACK_THRESHOLD, forgotten=()):
     """What a prune would do once ``forgotten`` are forgotten, changing nothing."""
-    session = _Session(ctx.db_path, os.path.join(ctx.state_dir, "logs"))
+    session = _Session(ctx.db_path, ctx.statedir.logs)
     try:
         plan = await ctx.in_thread(session.plan, repack_threshold, forgotten)
     finally:
@@ -197,7 +197,7 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
     """Drop dead blobs from the index and dead packs from the root.  Returns figures."""
     # First finish what a run killed after its transaction left undone.
     await ctx.publisher.replace_commits()
-    session = _Session(ctx.db_path, os.path.join(ctx.state_dir, "logs"))
+    session = _Session(ctx.db_path, ctx.statedir.logs)
     try:
         plan = await ctx.in_thread(session.plan, repack_threshold)
         summary = plan.summary()
@@ -244,7 +244,7 @@ async def _repack(ctx, session, plan, pack_size):
     if not sources:
         return []
     live = await ctx.in_thread(session.live_blobs_of, [p.id for p in sources])
-    workdir = os.path.join(ctx.state_dir, "packs")
+    workdir = ctx.statedir.packs
     written = []
     pending: list[tuple[str, bytes, str, int]] = []
     pending_bytes = 0

@@ -17,13 +17,14 @@ import json
 import secrets
 import time
 
+import attr
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gridbackupd.errors import Invalid, NotFound, ReadOnly
-from gridbackupd.maintenance.jobs import JobContext, JobStopped
+from gridbackupd.maintenance.jobs import JobStopped
+from gridbackupd.runner import QueuedRunner
 from gridbackupd.state import jobs as jobstate
-from gridbackupd.waiters import SerialRunner, Waiters
 
 KINDS = ("leases", "check", "drill", "forget", "prune")
 WRITING = ("forget", "prune")  # need a writable root and the scan lock
@@ -57,10 +58,10 @@ async def run_forget(m, ctx):
     from gridbackupd.maintenance.forget import forget, plan_forget
 
     ids = ctx.options.get("snapshots")
-    if ids is None and m.config.retention.policy().empty:
+    if ids is None and m.retention.policy().empty:
         result = {"policy": "none: every snapshot is kept", "snapshots_forgotten": 0}
     else:
-        plan = plan_forget(ctx.conn, m.config.retention.policy(), ids)
+        plan = plan_forget(ctx.conn, m.retention.policy(), ids)
         ctx.progress.update(forget=len(plan.forget), rewrite_full=len(plan.rewrite_full))
         result = {"plan": plan.as_dict(), **await forget(ctx, plan)}
     if ctx.options.get("prune", True):
@@ -71,41 +72,51 @@ async def run_forget(m, ctx):
 async def run_prune(m, ctx):
     from gridbackupd.maintenance.prune import prune
 
-    return await prune(ctx, repack_threshold=m.config.retention.repack_threshold,
-                       pack_size=m.config.upload.pack_size)
+    return await prune(ctx, repack_threshold=m.retention.repack_threshold, pack_size=m.pack_size)
 
 
 RUNNERS = {"leases": run_leases, "check": run_check, "drill": run_drill,
            "forget": run_forget, "prune": run_prune}
 
 
-class Maintenance:
-    log = Logger()
+class Maintenance(QueuedRunner):
+    """
+    The maintenance jobs' queue, schedule and runner.  ``template`` is what
+    every job sees of the daemon (a JobContext without a job); forget and
+    prune take ``scan_lock`` and first ask ``require_writable``.
+    """
 
-    def __init__(self, reactor, daemon):
+    log = Logger()
+    what = "maintenance job"
+
+    def __init__(self, reactor, template, settings, retention, pack_size, scan_lock,
+                 require_writable, read_only=False):
+        super().__init__()
         self.reactor = reactor
-        self.daemon = daemon
-        self.config = daemon.config
-        self.conn = daemon.conn
-        self.waiters = Waiters()
+        self.template = template
+        self.conn = template.conn
+        self.settings = settings  # [maintenance]
+        self.retention = retention  # [retention]
+        self.pack_size = pack_size  # [upload] pack_size, for repacking
+        self.scan_lock = scan_lock
+        self.require_writable = require_writable
+        self.read_only = read_only
         self.current = None  # the JobContext of the running job
         self.current_kind = None
-        self._runner = SerialRunner(self._run_queued, self.log, "maintenance job")
         self._loop = None
-        self._stopping = False
 
     def intervals(self):
-        c, r = self.config.maintenance, self.config.retention
+        c, r = self.settings, self.retention
         return {
             "leases": c.lease_interval,
             "check": c.check_interval,
             "drill": c.drill_interval,
             # Forget and prune on a schedule only with a policy, only when writable.
-            "forget": r.interval if not r.policy().empty and not self.daemon.read_only else 0,
+            "forget": r.interval if not r.policy().empty and not self.read_only else 0,
         }
 
     def default_options(self, kind):
-        c = self.config.maintenance
+        c = self.settings
         return {
             "leases": {"parallel": c.parallel},
             "check": {"parallel": c.parallel, "verify_fraction": c.check_verify_fraction,
@@ -117,20 +128,21 @@ class Maintenance:
 
     # -- start and stop ----------------------------------------------------
 
-    def start(self):
-        """Resume interrupted jobs and start the schedule (the grid side is up)."""
+    def recover_interrupted(self):
+        """Resume interrupted jobs (the grid side is up); the schedule starts now if it never did."""
         jobstate.start_schedule(self.conn, self.reactor.seconds())
+
+    def startService(self):
+        super().startService()
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.reactor
         self._loop.start(TICK, now=True)
 
-    def stop(self):
-        self._stopping = True
+    def interrupt(self):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         if self.current is not None:
             self.current.stopping = True
-        return self._runner.running
 
     def tick(self):
         """Queue every job that is due, then run the queue."""
@@ -150,10 +162,6 @@ class Maintenance:
             return last
         return jobstate.epoch(self.conn)
 
-    def kick(self):
-        if not self._stopping:
-            self._runner.kick()
-
     # -- requests ------------------------------------------------------------
 
     def request(self, kind, options=None, scheduled=False):
@@ -161,7 +169,7 @@ class Maintenance:
         if kind not in KINDS:
             raise Invalid("bad_request", f"unknown job kind {kind!r}; one of {list(KINDS)}")
         if kind in WRITING:
-            self.daemon.require_writable()
+            self.require_writable()
         options = {**self.default_options(kind), **(options or {})}
         encoded = json.dumps(options, sort_keys=True)
         waiting = jobstate.find_queued(self.conn, kind, encoded)
@@ -175,32 +183,24 @@ class Maintenance:
         self.kick()
         return job_id
 
-    def wait(self, job_id):
-        """Fires with the job's end state (done or failed)."""
-        return self.waiters.wait(job_id)
-
     # -- running -------------------------------------------------------------
 
-    async def _run_queued(self):
-        while not self._stopping:
-            row = jobstate.next_queued(self.conn)
-            if row is None:
-                return
-            if not await self._run(*row):
-                return  # stopped: it resumes at the next start
+    def next_queued(self):
+        return jobstate.next_queued(self.conn)
 
-    async def _run(self, job_id, kind, options):
-        d = self.daemon
+    async def run_one(self, row):
+        """Run one job; False if it was stopped (it resumes at the next start)."""
+        job_id, kind, options = row
         ctx = self.context(job_id, json.loads(options))
         jobstate.mark_running(self.conn, job_id, self.reactor.seconds())
         self.current, self.current_kind = ctx, kind
-        lock = d.jobs.scan_lock if kind in WRITING else None
+        lock = self.scan_lock if kind in WRITING else None
         state, result, error = "failed", {}, None
         try:
             if lock is not None:
                 await lock.acquire()
             try:
-                if kind in WRITING and d.publisher is None:
+                if kind in WRITING and ctx.publisher is None:
                     raise ReadOnly("read_only", "this daemon does not write to the backup set")
                 result = await RUNNERS[kind](self, ctx)
                 state = "done"
@@ -224,11 +224,7 @@ class Maintenance:
 
     def context(self, job_id, options=None):
         """What a job (or a dry run of one) sees of the daemon."""
-        d = self.daemon
-        return JobContext(
-            reactor=self.reactor, conn=self.conn, db_path=d.db_path, client=d.client,
-            rootcap=d.rootcap, pool=d.pool, state_dir=self.config.state_dir, job_id=job_id,
-            options=options or {}, publisher=d.publisher, restorer=d.restorer)
+        return attr.evolve(self.template, job_id=job_id, options=options or {}, progress={})
 
     # -- for the API -------------------------------------------------------------
 

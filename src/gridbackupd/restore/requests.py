@@ -12,33 +12,32 @@ import json
 import secrets
 import time
 
-from twisted.internet.defer import succeed
 from twisted.logger import Logger
 
 from gridbackupd.errors import Conflict, DomainError, NotFound, TahoeError
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.restore.engine import Cancelled, RestoreEngine, RestoreProgress
 from gridbackupd.restore.targetfs import UnsafePath
+from gridbackupd.runner import QueuedRunner
 from gridbackupd.state import restores, snapshots
-from gridbackupd.waiters import SerialRunner, Waiters
 
 FINAL_STATES = ("done", "failed", "cancelled")
 
 
-class Restorer:
+class Restorer(QueuedRunner):
     """The queue of restore requests and its runner, one restore at a time."""
 
     log = Logger()
+    what = "restore runner"
+    final_states = FINAL_STATES
 
     def __init__(self, reactor, conn, client_getter, pool, tmpdir, hostname=None):
+        super().__init__()
         self.reactor = reactor
         self.conn = conn
         self.hostname = hostname
         self.engine = RestoreEngine(reactor, conn, client_getter, pool, tmpdir)
         self.progress = {}
-        self._runner = SerialRunner(self._run_queued, self.log, "restore runner")
-        self._stopping = False
-        self.waiters = Waiters()
 
     # -- requests ------------------------------------------------------------
 
@@ -85,16 +84,8 @@ class Restorer:
     def recover_interrupted(self):
         restores.requeue_running(self.conn)
 
-    def kick(self):
-        if not self._stopping:
-            self._runner.kick()
-
-    def wait(self, restore_id):
-        """Fires with the end state of a restore: done, failed or cancelled."""
-        state = restores.state_of(self.conn, restore_id)
-        if state in FINAL_STATES:
-            return succeed(state)
-        return self.waiters.wait(restore_id)
+    def state_of(self, restore_id):
+        return restores.state_of(self.conn, restore_id)
 
     def status(self, restore_id):
         result = restores.get(self.conn, restore_id)
@@ -129,50 +120,47 @@ class Restorer:
         return self.engine.run(snapshot_id, paths, target, overwrite, progress,
                                dry_run=dry_run, verify=verify)
 
-    def stop(self):
+    def interrupt(self):
         """Stop after the files being written; an unfinished restore resumes on the next start."""
-        self._stopping = True
         self.engine.stopping = True
-        return self._runner.running
 
-    async def _run_queued(self):
-        while not self._stopping:
-            row = restores.next_queued(self.conn)
-            if row is None:
-                return
-            restore_id, snapshot_id, options, target = row
-            progress = self.progress[restore_id] = RestoreProgress()
-            restores.mark_running(self.conn, restore_id)
-            try:
-                await self.run(
-                    snapshot_id, options["paths"], target, options["overwrite"], progress,
-                    dry_run=options.get("dry_run", False), verify=options.get("verify", False),
-                )
-                state = "done" if not progress.errors else "failed"
-            except Cancelled:
-                state = "cancelled"
-            except (LogFormatError, DomainError, TahoeError, OSError, UnsafePath) as e:
-                # Bad snapshot data, a grid or a target that fails us: the
-                # restore's errors say it; no traceback needed.
-                if self._stopping:
-                    return
-                self.log.warn("restore {id} failed: {error}", id=restore_id, error=str(e))
-                progress.errors.append({"path": None, "reason": str(e)})
-                state = "failed"
-            except Exception as e:
-                if self._stopping:
-                    return
-                self.log.failure("restore {id} failed", id=restore_id)
-                progress.errors.append({"path": None, "reason": str(e)})
-                state = "failed"
-            if self._stopping and state != "cancelled":
-                return
-            self._finish(restore_id, state, progress)
-            del self.progress[restore_id]
-            self.log.info("restore {id}: {state}, {files} files, {errors} errors, {pending} pending",
-                          id=restore_id, state=state, files=progress.files_done,
-                          errors=len(progress.errors), pending=len(progress.pending))
-            self.waiters.fire(restore_id, state)
+    def next_queued(self):
+        return restores.next_queued(self.conn)
+
+    async def run_one(self, row):
+        restore_id, snapshot_id, options, target = row
+        progress = self.progress[restore_id] = RestoreProgress()
+        restores.mark_running(self.conn, restore_id)
+        try:
+            await self.run(
+                snapshot_id, options["paths"], target, options["overwrite"], progress,
+                dry_run=options.get("dry_run", False), verify=options.get("verify", False),
+            )
+            state = "done" if not progress.errors else "failed"
+        except Cancelled:
+            state = "cancelled"
+        except (LogFormatError, DomainError, TahoeError, OSError, UnsafePath) as e:
+            # Bad snapshot data, a grid or a target that fails us: the
+            # restore's errors say it; no traceback needed.
+            if self.stopping:
+                return False
+            self.log.warn("restore {id} failed: {error}", id=restore_id, error=str(e))
+            progress.errors.append({"path": None, "reason": str(e)})
+            state = "failed"
+        except Exception as e:
+            if self.stopping:
+                return False
+            self.log.failure("restore {id} failed", id=restore_id)
+            progress.errors.append({"path": None, "reason": str(e)})
+            state = "failed"
+        if self.stopping and state != "cancelled":
+            return False
+        self._finish(restore_id, state, progress)
+        del self.progress[restore_id]
+        self.log.info("restore {id}: {state}, {files} files, {errors} errors, {pending} pending",
+                      id=restore_id, state=state, files=progress.files_done,
+                      errors=len(progress.errors), pending=len(progress.pending))
+        self.waiters.fire(restore_id, state)
 
     def _finish(self, restore_id, state, progress):
         extra = {"pending": progress.pending}

@@ -20,7 +20,7 @@ uploads wait for it.
 """
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -28,7 +28,7 @@ from twisted.python.threadpool import ThreadPool
 from gridbackupd.api.http import endpoint_description, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
-from gridbackupd.errors import APIError, GridBackupError, TahoeError
+from gridbackupd.errors import GridBackupError, ReadOnly, TahoeError, Unavailable
 from gridbackupd.grid.caps import is_read_only
 from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
@@ -139,7 +139,8 @@ class APIListener(Service):
 
 
 def backup_jobs(reactor, conn, statedir, pool, config, on_scanned, waiters):
-    return BackupJobs(reactor, conn, statedir.database, pool, config, on_scanned, waiters)
+    """The scans as ``[backup]`` says, for this host."""
+    return BackupJobs(reactor, conn, statedir, pool, config.backup, config.hostname, on_scanned, waiters)
 
 
 def restorer(reactor, conn, statedir, pool, client_getter, hostname):
@@ -175,16 +176,14 @@ def maintenance(reactor, conn, statedir, pool, client, rootcap, publisher, resto
 
 
 class _RunningPart(Service):
-    """A part with ``stop()`` and, if ``start``, ``start()`` (the uploader, maintenance) as a child service."""
+    """A part with ``start()`` and ``stop()`` (the uploader) as a child service."""
 
-    def __init__(self, part, start=True):
+    def __init__(self, part):
         self.part = part
-        self.start = start
 
     def startService(self):
         super().startService()
-        if self.start:
-            self.part.start()
+        self.part.start()
 
     def stopService(self):
         super().stopService()
@@ -251,14 +250,14 @@ class GridBackupDaemon(OrderedServices):
                                        self._scanned, self.snapshot_waiters)
         restores = self.restorer = restorer(self.reactor, self.conn, self.statedir, self.pool, self._client,
                                             self.config.hostname)
-        jobs.recover_interrupted()
         super().startService()
+        # Each recovers its interrupted rows as it starts, before the API answers.
+        jobs.setServiceParent(self)
+        restores.setServiceParent(self)
         self.site = make_site(router, self, self.token)
         self.api = APIListener(self.reactor, self.config.api_listen, self.site,
                                self.statedir.api_endpoint, self._listen_failed)
         self.api.setServiceParent(self)
-        _RunningPart(jobs, start=False).setServiceParent(self)
-        restores.setServiceParent(self)
         if not self.recovering and not self.read_only:
             self._start_schedule(jobs)
         self._ready = Deferred.fromCoroutine(self._start_grid_side(jobs, restores))
@@ -395,34 +394,33 @@ class GridBackupDaemon(OrderedServices):
 
     def wait_for_snapshot(self, snapshot_id):
         """Fires with the end state of a snapshot: complete, incomplete or failed."""
-        state = snapshots.state_of(self.conn, snapshot_id)
-        if state in ("complete", "incomplete", "failed"):
-            return succeed(state)
-        return self.snapshot_waiters.wait(snapshot_id)
+        if self.jobs is None:
+            raise Unavailable("starting", "the daemon is still starting")
+        return self.jobs.wait(snapshot_id)
 
     def wait_for_restore(self, restore_id):
         """Fires with the end state of a restore: done, failed or cancelled."""
         if self.restorer is None:
-            raise APIError(503, "starting", "the daemon is still starting")
+            raise Unavailable("starting", "the daemon is still starting")
         return self.restorer.wait(restore_id)
 
     def _client(self):
         if self.client is None:
-            raise APIError(503, "grid_unavailable", "the grid is not connected yet")
+            raise Unavailable("grid_unavailable", "the grid is not connected yet")
         return self.client
 
     def require_ready(self):
         if self.jobs is None:
-            raise APIError(503, "starting", "the daemon is still starting")
+            raise Unavailable("starting", "the daemon is still starting")
 
     def require_writable(self):
         """For requests that would write to the backup set (a backup)."""
         self.require_ready()
         if self.read_only:
-            raise APIError(403, "read_only",
+            raise ReadOnly("read_only",
                            "the root cap is read-only: this daemon lists and restores, it never backs up")
         if self.recovering:
-            raise APIError(503, "recovering",
+            raise Unavailable("recovering",
                            "the daemon is rebuilding its state from the grid; back up when it is ready")
 
     def _scanned(self, snapshot_id):

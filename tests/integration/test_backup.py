@@ -21,6 +21,7 @@ from gridbackupd.scan.values import ScanOptions, ScanProgress, ScanStopped
 from gridbackupd.state import checkpoints
 from gridbackupd.state import db as dbmod
 from gridbackupd.state.snapshots import log_resolver
+from gridbackupd.statedir import StateDir
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.waiters import Waiters
 from tests.support import REPO
@@ -60,8 +61,8 @@ class Fixture:
         )
         self.scanned = []
         self.jobs = BackupJobs(
-            ThreadlessReactor(), self.conn, self.db_path, InlinePool(), self.config,
-            self.scanned.append, Waiters(),
+            ThreadlessReactor(), self.conn, StateDir(self.state), InlinePool(), self.config.backup,
+            self.config.hostname, self.scanned.append, Waiters(),
         )
 
     def backup(self):
@@ -468,7 +469,7 @@ class CommandTests(SynchronousTestCase):
         f = Fixture(self)
         f.config = attr_evolve(f.config, backup=attr_evolve(f.config.backup, pre_command=pre,
                                                             post_command=post))
-        f.jobs.config = f.config
+        f.jobs.backup = f.config.backup
         write(os.path.join(f.tree, "x"), b"x" * 300)
         return f
 
@@ -540,8 +541,8 @@ class RecoverTests(SynchronousTestCase):
         self.assertGreater(queued_before, 200)  # those of the first checkpoint at least
 
         self.patch(os, "open", real_open)
-        jobs = BackupJobs(ThreadlessReactor(), f.conn, f.db_path, InlinePool(), f.config,
-                          f.scanned.append, Waiters())
+        jobs = BackupJobs(ThreadlessReactor(), f.conn, StateDir(f.state), InlinePool(), f.config.backup,
+                          f.config.hostname, f.scanned.append, Waiters())
         self.assertEqual(jobs.recover_interrupted(), [snapshot_id])
         self.assertEqual(f.conn.execute(
             "SELECT count(*) FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,)).fetchone()[0],

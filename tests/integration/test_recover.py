@@ -344,8 +344,9 @@ class RecoverDaemonTests(TestCase):
 
 class WritableTests(SynchronousTestCase):
     def test_backups_refused_while_recovering_or_read_only(self):
+        from gridbackupd.api.errors import answer
         from gridbackupd.config import parse_config
-        from gridbackupd.errors import APIError
+        from gridbackupd.errors import ReadOnly, Unavailable
         from gridbackupd.service import from_config
         from tests.support.daemoncase import write_config
 
@@ -355,8 +356,8 @@ class WritableTests(SynchronousTestCase):
         daemon.jobs = object()
         daemon.require_writable()
         daemon.recovering = True
-        e = self.assertRaises(APIError, daemon.require_writable)
+        e = answer(self.assertRaises(Unavailable, daemon.require_writable))
         self.assertEqual((e.status, e.code), (503, "recovering"))
         daemon.read_only = True
-        e = self.assertRaises(APIError, daemon.require_writable)
+        e = answer(self.assertRaises(ReadOnly, daemon.require_writable))
         self.assertEqual((e.status, e.code), (403, "read_only"))

@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import LogHeader
+from gridbackupd.runner import QueuedRunner
 from gridbackupd.scan import checkpoints
 from gridbackupd.scan.hooks import run_command
 from gridbackupd.scan.metadata import display_path
@@ -33,7 +34,6 @@ from gridbackupd.scan.values import ScanOptions, ScanProgress, ScanStopped
 from gridbackupd.state import checkpoints as stored_checkpoints
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots
-from gridbackupd.waiters import SerialRunner
 
 
 def new_snapshot_id(now):
@@ -42,23 +42,31 @@ def new_snapshot_id(now):
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f".{micro:06d}Z-" + secrets.token_hex(4)
 
 
-class BackupJobs:
-    log = Logger()
+class BackupJobs(QueuedRunner):
+    """
+    The queue of scans and its runner, as ``[backup]`` says, for this host.
+    ``waiters`` fire with a snapshot's end state (the publisher fires them
+    when it completes one); ``on_scanned`` is called when a log is written.
+    """
 
-    def __init__(self, reactor, conn, db_path, pool, config, on_scanned, waiters):
+    log = Logger()
+    what = "backup job"
+    final_states = ("complete", "incomplete", "failed")
+
+    def __init__(self, reactor, conn, statedir, pool, backup, hostname, on_scanned, waiters):
+        super().__init__(waiters)
         self.reactor = reactor
         self.conn = conn
-        self.db_path = db_path
+        self.statedir = statedir
+        self.db_path = statedir.database
+        self.logs_dir = statedir.logs
         self.pool = pool
-        self.config = config
+        self.backup = backup
+        self.hostname = hostname
         self.on_scanned = on_scanned
-        self.waiters = waiters
-        self.logs_dir = os.path.join(config.state_dir, "logs")
         self.progress: ScanProgress | None = None
         self.current = None
         self.current_kind = None
-        self._runner = SerialRunner(self._run_queued, self.log, "backup job")
-        self._stopping = False
         # Held by each scan and by forget and prune (maintenance.py): a scan
         # dedups against committed blobs, which a prune may be dropping.
         self.scan_lock = DeferredLock()
@@ -91,34 +99,30 @@ class BackupJobs:
             return waiting
         now = time.time()
         snapshot_id = new_snapshot_id(now)
-        snapshots.create_queued(self.conn, snapshot_id, self.config.hostname,
-                                self.config.backup.paths, tags, now)
+        snapshots.create_queued(self.conn, snapshot_id, self.hostname, self.backup.paths, tags, now)
         self.kick()
         return snapshot_id
 
-    def kick(self):
-        if not self._stopping:
-            self._runner.kick()
-
-    def stop(self):
-        """Stop: a running scan stops at its next entry, after a checkpoint, and resumes at the next start."""
-        self._stopping = True
+    def interrupt(self):
+        """A running scan stops at its next entry, after a checkpoint, and resumes at the next start."""
         if self.progress is not None:
             self.progress.stop_requested = True
-        return self._runner.running
 
-    async def _run_queued(self):
-        while not self._stopping:
-            snapshot_id = snapshots.next_queued(self.conn)
-            if snapshot_id is None:
-                return
-            await self.scan_lock.acquire()
-            try:
-                if self._stopping:
-                    return
-                await self.run_scan(snapshot_id)
-            finally:
-                self.scan_lock.release()
+    def state_of(self, snapshot_id):
+        return snapshots.state_of(self.conn, snapshot_id)
+
+    def next_queued(self):
+        return snapshots.next_queued(self.conn)
+
+    async def run_one(self, snapshot_id):
+        await self.scan_lock.acquire()
+        try:
+            if self.stopping:
+                return False
+            await self.run_scan(snapshot_id)
+        finally:
+            self.scan_lock.release()
+        return True
 
     def _parent(self):
         """
@@ -127,7 +131,7 @@ class BackupJobs:
         here and readable; else ``(None, [])`` (the next log is full and
         every file is read).
         """
-        for snapshot_id, log_path in snapshots.newest_scanned(self.conn, self.config.hostname):
+        for snapshot_id, log_path in snapshots.newest_scanned(self.conn, self.hostname):
             if not os.path.exists(log_path):
                 continue
             try:
@@ -144,7 +148,7 @@ class BackupJobs:
         parent, parent_chain = self._parent()
         if parent is None:
             return "full", None, []
-        if len(parent_chain) >= self.config.backup.full_every:
+        if len(parent_chain) >= self.backup.full_every:
             return "full", parent, parent_chain
         return "incremental", parent, parent_chain
 
@@ -155,10 +159,10 @@ class BackupJobs:
         self.current_kind = None
         progress = self.progress = ScanProgress(started=started)
         env = {"GRIDBACKUP_SNAPSHOT": snapshot_id}
-        if self.config.backup.pre_command:
+        if self.backup.pre_command:
             progress.current = b"(pre_command)"
             ok, why = await deferToThreadPool(
-                self.reactor, self.pool, run_command, self.config.backup.pre_command, env)
+                self.reactor, self.pool, run_command, self.backup.pre_command, env)
             if not ok:
                 self.current = None
                 self.log.warn("pre_command failed, {id} is not scanned: {why}", id=snapshot_id, why=why)
@@ -171,15 +175,15 @@ class BackupJobs:
         try:
             await self._scan(snapshot_id, started, progress)
         finally:
-            if self.config.backup.pre_command or self.config.backup.post_command:
+            if self.backup.pre_command or self.backup.post_command:
                 await self._post_command(snapshot_id, env)
 
     async def _post_command(self, snapshot_id, env):
         """Run post_command whatever became of the scan; a failure is added to its errors."""
-        if not self.config.backup.post_command:
+        if not self.backup.post_command:
             return
         ok, why = await deferToThreadPool(
-            self.reactor, self.pool, run_command, self.config.backup.post_command, env)
+            self.reactor, self.pool, run_command, self.backup.post_command, env)
         if ok:
             return
         self.log.warn("post_command failed after {id}: {why}", id=snapshot_id, why=why)
@@ -191,23 +195,23 @@ class BackupJobs:
         self.current_kind = kind
         progress.current = b""
         os.makedirs(self.logs_dir, exist_ok=True)
-        log_path = os.path.join(self.logs_dir, snapshot_id + ".log")
+        log_path = self.statedir.log_path(snapshot_id)
         options = ScanOptions(
-            roots=self.config.backup.paths,
-            exclude=self.config.backup.exclude,
-            excluded_dirs=(self.config.state_dir,),
-            exclude_if_present=self.config.backup.exclude_if_present,
-            exclude_caches=self.config.backup.exclude_caches,
-            one_file_system=self.config.backup.one_file_system,
+            roots=self.backup.paths,
+            exclude=self.backup.exclude,
+            excluded_dirs=(self.statedir.root,),
+            exclude_if_present=self.backup.exclude_if_present,
+            exclude_caches=self.backup.exclude_caches,
+            one_file_system=self.backup.one_file_system,
             # The uploader reads (and, once committed, deletes) blobs kept here.
-            spool_dir=os.path.join(self.config.state_dir, "spool"),
-            tiny_max=self.config.backup.tiny_max,
-            chunk_threshold=self.config.backup.chunk_threshold,
+            spool_dir=self.statedir.spool,
+            tiny_max=self.backup.tiny_max,
+            chunk_threshold=self.backup.chunk_threshold,
         )
         header = LogHeader(
-            snapshot=snapshot_id, kind=kind, host=self.config.hostname,
+            snapshot=snapshot_id, kind=kind, host=self.hostname,
             parent=parent if kind == "incremental" else None,
-            paths=tuple(dict.fromkeys(os.fsencode(os.path.normpath(p)) for p in self.config.backup.paths)),
+            paths=tuple(dict.fromkeys(os.fsencode(os.path.normpath(p)) for p in self.backup.paths)),
             tags=self._tags(snapshot_id),
             started=started,
         )

@@ -11,10 +11,36 @@ recover interrupted rows and how to ask the running item to stop.
 """
 
 from twisted.application.service import Service
-from twisted.internet.defer import succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 
-from gridbackupd.waiters import SerialRunner, Waiters
+from gridbackupd.waiters import Waiters
+
+
+class SerialRunner:
+    """
+    Runs an async function at most once at a time: ``kick()`` starts it if it
+    is idle, and a kick while it runs is a no-op (the function drains its
+    queue from the database before it returns).
+    """
+
+    def __init__(self, work, log, what):
+        self._work = work
+        self._log = log
+        self._what = what
+        self.running = None  # the Deferred of the run in progress, or None
+
+    def kick(self):
+        if self.running is not None:
+            return
+        self.running = Deferred.fromCoroutine(self._work())
+        self.running.addErrback(lambda f: self._log.failure("{what} failed", f, what=self._what))
+
+        def finished(result):
+            self.running = None
+            return result
+
+        self.running.addBoth(finished)
 
 
 class QueuedRunner(Service):
@@ -27,7 +53,7 @@ class QueuedRunner(Service):
 
     log = Logger()
     what = "job"  # named in the log when a run fails unexpectedly
-    # How ``wait`` and ``end_state`` name the row's final states.
+    # The states that end a row: ``wait`` fires at once for a row in one of them.
     final_states: tuple[str, ...] = ()
 
     def __init__(self, waiters=None):
@@ -75,11 +101,6 @@ class QueuedRunner(Service):
         self.stopping = True
         self.interrupt()
         return self._serial.running if self._serial.running is not None else succeed(None)
-
-    @property
-    def busy(self):
-        """Whether a run of the queue is in progress."""
-        return self._serial.running is not None
 
     def wait(self, key):
         """Fires with the row's end state; at once if it has ended already."""

@@ -1,7 +1,7 @@
 """
 Deferreds that wait for something to end: a snapshot or a restore
-(``Waiters``, by key), a run of queued work (``SerialRunner``), a start or
-a computation that many wait for (``OneShot``).
+(``Waiters``, by key), a start or a computation that many wait for
+(``OneShot``).
 """
 
 from twisted.internet.defer import Deferred
@@ -22,32 +22,6 @@ class Waiters:
     def fire(self, key, value=None):
         for d in self._waiting.pop(key, []):
             d.callback(value)
-
-
-class SerialRunner:
-    """
-    Runs an async function at most once at a time: ``kick()`` starts it if it
-    is idle, and a kick while it runs is a no-op (the function drains its
-    queue from the database before it returns).
-    """
-
-    def __init__(self, work, log, what):
-        self._work = work
-        self._log = log
-        self._what = what
-        self.running = None  # the Deferred of the run in progress, or None
-
-    def kick(self):
-        if self.running is not None:
-            return
-        self.running = Deferred.fromCoroutine(self._work())
-        self.running.addErrback(lambda f: self._log.failure("{what} failed", f, what=self._what))
-
-        def finished(result):
-            self.running = None
-            return result
-
-        self.running.addBoth(finished)
 
 
 class OneShot:

@@ -70,22 +70,6 @@ class FormatError(GridBackupError):
     """
 
 
-class APIError(GridBackupError):
-    """
-    An error the control API answers with: HTTP ``status``, a stable
-    machine-readable ``code`` and a human ``message``.
-    """
-
-    def __init__(self, status, code, message):
-        super().__init__(status, code, message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-    def __str__(self):
-        return f"{self.status} {self.code}: {self.message}"
-
-
 class TahoeError(GridBackupError):
     """
     A call to the Tahoe node failed.

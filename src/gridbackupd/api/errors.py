@@ -14,7 +14,6 @@ internal error, logged with their traceback.
 """
 
 from gridbackupd import errors
-from gridbackupd.format.logfields import LogFormatError
 
 
 class APIError(Exception):
@@ -40,7 +39,6 @@ STATUS = {
 
 # (status, code, what the message says before the error's own words)
 FAILURES = {
-    LogFormatError: (500, "log_unreadable", "a backup log cannot be read"),
     errors.FormatError: (500, "log_unreadable", "a backup log cannot be read"),
     errors.TahoeError: (502, "grid_error", "cannot fetch the content from the grid"),
 }
@@ -62,8 +60,4 @@ def answer(error):
         for cls in type(error).__mro__:
             if cls in STATUS:
                 return APIError(STATUS[cls], error.code, error.message)
-    # The old HTTP-shaped error of errors.py, while parts outside api/ still raise it.
-    legacy = getattr(errors, "APIError", None)
-    if legacy is not None and isinstance(error, legacy):
-        return APIError(error.status, error.code, error.message)
     return None

@@ -42,7 +42,7 @@ def _point(name, scenario, doc):
 # Scenario "backup": a backup of a tree, from the request to a complete snapshot.
 _point("scan.checkpoint_written", "backup", "a scan checkpoint is on disk")
 _point("scan.log_finished", "backup", "the scan's log is written and its snapshot row is uploading")
-_point("packer.pack_built", "backup", "a pack file is complete in the spool")
+_point("packer.pack_built", "backup", "a pack file is complete in the packs directory (wiped at start)")
 _point("uploader.pack_uploaded", "backup", "a pack is on the grid, its row not yet updated")
 _point("uploader.pack_recorded", "backup", "a pack's row holds its cap and its blobs are uploaded")
 _point("publisher.index_uploaded", "backup", "a commit's index segment is on the grid")
@@ -54,9 +54,10 @@ _point("publisher.log_uploaded", "backup", "a snapshot's log is on the grid, not
 _point("publisher.log_linked", "backup", "a snapshot's log is linked under snapshots/")
 _point("publisher.snapshot_complete", "backup", "the snapshot row is complete")
 # Scenario "start": a restart of a daemon with work left over.
-_point("start.grid_started", "start", "the embedded grid answers")
+_point("start.grid_started", "start", "the grid answers with enough storage servers connected")
 _point("start.leftovers_taken_over", "start", "leftover tahoe nodes were stopped or adopted")
-_point("start.recovery_halfway", "start", "the recovery pass has finished part of its steps")
+_point("start.recovery_halfway", "start",
+       "the start's recovery pass has linked the recorded commits, not yet committed or published")
 # Scenario "forget": a forget by policy followed by a prune.
 _point("forget.full_log_written", "forget", "a kept snapshot's full log is on the grid")
 _point("forget.full_log_linked", "forget", "the full log is linked in place of the incremental one")

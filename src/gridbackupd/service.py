@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gridbackupd import crashpoints
 from gridbackupd.api.http import endpoint_description, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
@@ -292,6 +293,7 @@ class GridBackupDaemon(OrderedServices):
         client = self.client = TahoeClient(node_url, clock=self.reactor,
                                            min_servers=self.config.tahoe.shares_happy)
         await self._wait_for_grid(client)
+        crashpoints.reached("start.grid_started")
         rootcap = self.rootcap = await self._root_cap(client)
         if self.recovering:
             self.state = "recovering"

@@ -42,6 +42,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gridbackupd import crashpoints
 from gridbackupd.grid import nodes, processes
 from gridbackupd.grid.answers import connected_count
 from gridbackupd.grid.client import QuietPool, pooled_client
@@ -226,6 +227,7 @@ class LocalGrid(Service):
     async def _start_nodes(self) -> str:
         existing = await self._in_thread(nodes.existing_nodes, self.basedir)
         await self._take_over_leftovers(existing)
+        crashpoints.reached("start.leftovers_taken_over")
 
         ports = {}
         for name in existing:

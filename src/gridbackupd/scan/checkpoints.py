@@ -12,6 +12,7 @@ import time
 
 import attr
 
+from gridbackupd import crashpoints
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logreader import read_partial
 from gridbackupd.scan.metadata import display_path
@@ -98,6 +99,7 @@ class Checkpoints:
             if batch:
                 queue.add_uncommitted(self.conn, self.snapshot_id, batch)
             stored.save(self.conn, self.snapshot_id, state)
+        crashpoints.reached("scan.checkpoint_written")
         batch.clear()
         self.last = time.monotonic()
 

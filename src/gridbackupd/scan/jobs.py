@@ -22,6 +22,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from gridbackupd import crashpoints
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import LogHeader
@@ -238,6 +239,7 @@ class BackupJobs(QueuedRunner):
             finished=time.time(), files=counts["files"], bytes=counts["bytes"],
             errors=progress.error_list(), log_path=log_path,
         )
+        crashpoints.reached("scan.log_finished")
         self.log.info(
             "scanned {id} ({kind}): {files} files, {bytes} bytes, {records} records, "
             "{errors} errors",

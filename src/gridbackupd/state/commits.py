@@ -41,6 +41,24 @@ def mark_linked(conn, names):
             blobsmod.mark_committed(conn, name)
 
 
+def settle_linked(conn):
+    """
+    Every ``uploaded`` blob in a linked commit (in one of its packs, or
+    inline in its index) is ``committed``; returns how many moved.  Such a
+    blob is one packed again into a pack of the same bytes after its commit.
+    """
+    with dbmod.transaction(conn):
+        moved = conn.execute(
+            "UPDATE blobs SET state = 'committed' WHERE state = 'uploaded' AND pack_id IN "
+            "(SELECT p.id FROM packs p JOIN commits c ON c.name = p.commit_name WHERE c.linked = 1)"
+        ).rowcount
+        moved += conn.execute(
+            "UPDATE blobs SET state = 'committed' WHERE state = 'uploaded' AND pack_id IS NULL "
+            "AND commit_name IN (SELECT name FROM commits WHERE linked = 1)"
+        ).rowcount
+    return moved
+
+
 def retired(conn):
     """The names of the commits a prune replaced (``linked = -1``), still linked on the grid."""
     return [r[0] for r in conn.execute("SELECT name FROM commits WHERE linked = -1")]

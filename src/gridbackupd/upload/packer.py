@@ -14,6 +14,7 @@ import os
 
 import attr
 
+from gridbackupd import crashpoints
 from gridbackupd.format.pack import PackedBlob, encode_blob, encode_trailer
 
 
@@ -64,7 +65,9 @@ def build_pack(blobs, directory):
                 continue
             yield (blob.hash, *encode_blob(data), blob.size)
 
-    return _write_pack(stored_blobs(), directory, stale)
+    built = _write_pack(stored_blobs(), directory, stale)
+    crashpoints.reached("packer.pack_built")
+    return built
 
 
 def write_stored_pack(stored, directory):

@@ -23,6 +23,7 @@ import attr
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
+from gridbackupd import crashpoints
 from gridbackupd.errors import GridBackupError, TahoeNotFound
 from gridbackupd.format.index import (
     IndexFormatError,
@@ -58,6 +59,20 @@ class Layout:
     root: str = attr.field(repr=False)
     snapshots: str = attr.field(repr=False)
     commits: str = attr.field(repr=False)
+
+
+@attr.frozen
+class Recovered:
+    """What one recovery pass finished: false when it found nothing to do."""
+
+    linked: int = 0  # commits linked
+    unlinked: int = 0  # commits a prune retired, unlinked
+    settled: int = 0  # blobs of linked commits marked committed
+    committed: str | None = None  # the name of the commit made
+    published: list = attr.field(factory=list)  # snapshot ids
+
+    def __bool__(self):
+        return bool(self.linked or self.unlinked or self.settled or self.committed or self.published)
 
 
 class Publisher:
@@ -204,23 +219,28 @@ class Publisher:
             segment = encode_index_segment(rows, inline)
             name = commit_name(segment)
             index_cap = await self.client.upload_bytes(segment)
+            crashpoints.reached("publisher.index_uploaded")
             children = {p[1]: p[2] for p in packs}
             children[INDEX] = index_cap
             cap = await self.client.mkdir_immutable(children)
+            crashpoints.reached("publisher.commit_made")
             commits.record(self.conn, name, cap, ids, [h for h, _ in inline])
+            crashpoints.reached("publisher.commit_recorded")
             await self._link_unlinked_commits()
             self.log.info("committed {packs} packs and {inline} inline blobs as {name}",
                           packs=len(packs), inline=len(inline), name=name)
             return name
 
     async def _link_unlinked_commits(self):
+        """Link the recorded commits not yet in ``commits/``, then unlink retired ones; how many were linked."""
         rows = commits.unlinked(self.conn)
-        if not rows:
-            await self._unlink_retired_commits()
-            return
-        await self.client.set_children(self._layout().commits, dict(rows))
-        commits.mark_linked(self.conn, [name for name, _ in rows])
+        if rows:
+            await self.client.set_children(self._layout().commits, dict(rows))
+            crashpoints.reached("publisher.commit_linked")
+            commits.mark_linked(self.conn, [name for name, _ in rows])
+            crashpoints.reached("publisher.blobs_committed")
         await self._unlink_retired_commits()
+        return len(rows)
 
     async def _unlink_retired_commits(self):
         """
@@ -237,6 +257,29 @@ class Publisher:
             commits.drop_retired(self.conn, name)
         if names:
             self.log.info("unlinked {n} commits replaced by a prune", n=len(names))
+
+    async def recover(self, at_start=False):
+        """
+        The recovery pass, at start and after every upload round: finish
+        every durable step a crash (or anything else) left half-done, from
+        the database alone, so that none waits for new work to come along.
+        Links the commits recorded but not linked (and marks their blobs
+        committed), unlinks the commits a prune retired, marks committed the
+        blobs that sit in an already linked commit but are not marked,
+        commits the uploaded packs and inline blobs no commit holds yet, and
+        publishes every snapshot whose blobs are all committed.
+        """
+        async with self.writing():
+            retired = len(commits.retired(self.conn))
+            linked = await self._link_unlinked_commits()
+            settled = commits.settle_linked(self.conn)
+        if settled:
+            self.log.info("{n} blobs of linked commits were not marked committed; now they are", n=settled)
+        if at_start:
+            crashpoints.reached("start.recovery_halfway")
+        committed = await self.commit() if packsmod.anything_uncommitted(self.conn) else None
+        published = await self.publish_snapshots()
+        return Recovered(linked, retired, settled, committed, published)
 
     async def replace_commits(self):
         """Link the commits a prune wrote and unlink those they replace."""
@@ -264,9 +307,12 @@ class Publisher:
         for snapshot_id, log_path in ready:
             async with self.writing():
                 cap = await self.client.upload_file(log_path)
+                crashpoints.reached("publisher.log_uploaded")
                 await self.client.set_children(self._layout().snapshots, {snapshot_id: cap})
+                crashpoints.reached("publisher.log_linked")
                 stale = snapshots.stale_blob_count(self.conn, snapshot_id)
                 snapshots.mark_complete(self.conn, snapshot_id, cap, complete=not stale)
+                crashpoints.reached("publisher.snapshot_complete")
                 self.log.info(
                     "published snapshot {id} (log {cap})", id=snapshot_id, cap=short_cap(cap)
                 )

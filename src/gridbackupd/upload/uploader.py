@@ -27,6 +27,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gridbackupd import crashpoints
 from gridbackupd.errors import TahoeError
 from gridbackupd.grid.retry import Backoff
 from gridbackupd.model import short_cap
@@ -76,6 +77,7 @@ class Uploader:
         self._stopping = False
         self._running = None
         self._last_commit = reactor.seconds()
+        self._recovered_at_start = False
 
     # -- control -----------------------------------------------------------
 
@@ -146,17 +148,27 @@ class Uploader:
         return self._wakeup
 
     async def run_once(self):
-        """Upload everything pending, commit, publish ready snapshots; True if anything was done."""
+        """
+        One round: the recovery pass first if this is the first round since
+        the start, then upload everything pending, and then the recovery
+        pass, which commits, links and publishes whatever is ready (see
+        ``Publisher.recover``).  True if anything was done.
+        """
         await self.publisher.check_writer()
+        recovered_at_start = None
+        if not self._recovered_at_start:
+            recovered_at_start = await self.publisher.recover(at_start=True)
+            self._recovered_at_start = True
+            self._after_commit(recovered_at_start)
         uploaded = await self.upload_pending()
-        committed = None
-        if uploaded or self._has_uncommitted():
-            committed = await self.publisher.commit()
+        recovered = await self.publisher.recover()
+        self._after_commit(recovered)
+        return bool(uploaded or recovered or recovered_at_start)
+
+    def _after_commit(self, recovered):
+        if recovered.committed:
             self._last_commit = self.reactor.seconds()
-        if committed:
             self._clean_spool()
-        published = await self.publisher.publish_snapshots()
-        return bool(uploaded or committed or published)
 
     def _clean_spool(self, everything=False):
         """
@@ -177,9 +189,6 @@ class Uploader:
             except FileNotFoundError:
                 pass
         blobs.forget_sources(self.conn, [h for h, _ in rows])
-
-    def _has_uncommitted(self):
-        return packs.anything_uncommitted(self.conn)
 
     async def upload_pending(self):
         """Pack and upload pending blobs, up to ``parallel`` packs at a time, until none is left."""
@@ -257,10 +266,12 @@ class Uploader:
                 self.consecutive_failures += 1
                 self.allowed_parallel = max(1, self.allowed_parallel // 2)
                 raise
+            crashpoints.reached("uploader.pack_uploaded")
             self.consecutive_failures = 0
             self.allowed_parallel = min(self.parallel, self.allowed_parallel + 1)
             self._count(built.size)
             self._record(built, cap)
+            crashpoints.reached("uploader.pack_recorded")
             self.log.info(
                 "uploaded {name} ({blobs} blobs, {size} bytes) as {cap}",
                 name=built.name[:16], blobs=len(built.blobs), size=built.size, cap=short_cap(cap),

@@ -108,23 +108,38 @@ async def forget(ctx, plan):
 
 
 async def _rewrite_full(ctx, snapshot_id):
+    """
+    Rewrite a kept snapshot's log as a full log, on the grid too if it is there.
+
+    Whether the log is on the grid is read only under the publisher's
+    writing lock, after every await: the publisher uploads and links a log
+    under that lock, so a log still unpublished is replaced here before the
+    publisher reads it (it then publishes the full log), and one published
+    meanwhile is uploaded again as a full log and relinked.  A value read
+    before an await is never written back.
+    """
     row = snapshots.log_of(ctx.conn, snapshot_id)
     if row is None or row[0] == "full" or not row[1]:
         return False
-    _, log_path, log_cap = row
+    log_path = row[1]
     tmp = log_path + ".full"
     await ctx.in_thread(write_full_log, ctx.db_path, snapshot_id, tmp)
-    cap = log_cap
     try:
-        if log_cap:
+        async with ctx.publisher.writing():
+            now = snapshots.log_of(ctx.conn, snapshot_id)
+            on_grid = now is not None and now[2] is not None
+            if not on_grid:
+                os.replace(tmp, log_path)
+                snapshots.mark_full(ctx.conn, snapshot_id)
+        if on_grid:
             cap = await ctx.client.upload_file(tmp)
             await ctx.publisher.link_snapshot_log(snapshot_id, cap)
+            os.replace(tmp, log_path)
+            snapshots.mark_full(ctx.conn, snapshot_id, cap)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    os.replace(tmp, log_path)
-    snapshots.mark_full(ctx.conn, snapshot_id, cap)
     log.info("rewrote the log of {id} as a full log: its parent is forgotten", id=snapshot_id)
     return True
 

@@ -240,12 +240,16 @@ def log_of(conn, snapshot_id):
         "SELECT kind, log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
 
 
-def mark_full(conn, snapshot_id, log_cap):
-    """The snapshot's log was rewritten as a full log: no parent, and ``log_cap`` is the new log's cap."""
+def mark_full(conn, snapshot_id, log_cap=None):
+    """
+    The snapshot's log was rewritten as a full log: no parent; its
+    ``log_cap`` becomes the new log's cap if one is given, else it stays as
+    it is (the publisher owns it until the log is on the grid).
+    """
     with dbmod.transaction(conn):
-        conn.execute(
-            "UPDATE snapshots SET kind = 'full', parent = NULL, log_cap = ? WHERE id = ?",
-            (log_cap, snapshot_id))
+        conn.execute("UPDATE snapshots SET kind = 'full', parent = NULL WHERE id = ?", (snapshot_id,))
+        if log_cap is not None:
+            conn.execute("UPDATE snapshots SET log_cap = ? WHERE id = ?", (log_cap, snapshot_id))
 
 
 def forget(conn, snapshot_id):

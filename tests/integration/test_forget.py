@@ -5,11 +5,21 @@ kept increment on a forgotten full log becomes a full log itself.
 """
 
 import io
+import itertools
 import os
 import shutil
 
+from twisted.trial.unittest import SynchronousTestCase
+
 from gridbackupd.format import chain
-from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.logreader import LogReader, read_log
+from gridbackupd.maintenance import prune
+from gridbackupd.model import LogHeader
+from gridbackupd.scan.tolog import LogScan, scan_to_log
+from gridbackupd.scan.values import ScanOptions, ScanProgress
+from gridbackupd.state import checkpoints as stored_checkpoints
+from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
 from gridbackupd.state.blobs import locate
 from gridbackupd.state.snapshots import log_resolver
 from gridbackupd.upload import publisher
@@ -195,3 +205,79 @@ class ForgetAndPruneTests(DaemonTestCase):
         code, listing = await self.api.call("GET", "/v1/snapshots")
         self.assertEqual([s["id"] for s in listing["snapshots"]], [first, second])
         self.flushLoggedErrors()
+
+
+class PruneAgainstInterruptedScanTests(SynchronousTestCase):
+    """
+    A scan stopped at a checkpoint copies its records as they are when it
+    resumes, and the committed blobs they use are in no ``snapshot_blobs``:
+    a prune in between must keep them, or the resumed snapshot names blobs
+    that are gone.
+    """
+
+    def setUp(self):
+        self.base = os.path.abspath(self.mktemp())
+        self.tree = os.path.join(self.base, "tree")
+        self.logs = os.path.join(self.base, "logs")
+        os.makedirs(self.logs)
+        for d in range(4):
+            for i in range(200):
+                write(os.path.join(self.tree, f"d{d}", f"f{i:03d}"), b"%d-%d;" % (d, i) * 80)
+        self.db_path = os.path.join(self.base, "state.sqlite")
+        self.conn = dbmod.open_database(self.db_path)
+        self.addCleanup(self.conn.close)
+
+    def scan(self, snapshot_id, **kw):
+        header = LogHeader(snapshot=snapshot_id, kind="full", paths=(os.fsencode(self.tree),), started=1.0)
+        return scan_to_log(LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
+                                   options=ScanOptions(roots=(self.tree,)),
+                                   log_path=os.path.join(self.logs, snapshot_id + ".log"), **kw),
+                           ScanProgress())
+
+    def test_checkpointed_blobs_stay_live(self):
+        # An old snapshot's blobs, all committed in one linked commit; the
+        # snapshot itself is forgotten since, so no log names them.
+        self.scan("0-old")
+        with dbmod.transaction(self.conn):
+            self.conn.execute("INSERT INTO commits (name, cap, linked) VALUES ('c1', 'URI:DIR2-CHK:c', 1)")
+            self.conn.execute("INSERT INTO packs (id, name, cap, size, commit_name) "
+                              "VALUES (1, 'pack-a', 'URI:CHK:a', 1000000, 'c1')")
+            self.conn.execute("UPDATE blobs SET state = 'committed', pack_id = 1, offset = 0, "
+                              "length = size, commit_name = 'c1'")
+            self.conn.execute("DELETE FROM snapshot_blobs")
+            self.conn.execute("INSERT INTO snapshots (id, state, host, requested) "
+                              "VALUES ('1-new', 'scanning', 'h', 1)")
+        os.unlink(os.path.join(self.logs, "0-old.log"))
+        committed = {h for (h,) in self.conn.execute("SELECT hash FROM blobs")}
+        # A new scan of the same files, killed after a checkpoint half-way;
+        # the start requeues it.
+        real_open = os.open
+
+        def crash(path, flags, *args, **kwargs):
+            if os.fsencode(path).endswith(b"/d2/f100"):
+                raise KeyboardInterrupt("killed")
+            return real_open(path, flags, *args, **kwargs)
+
+        self.patch(os, "open", crash)
+        self.assertRaises(KeyboardInterrupt, self.scan, "1-new", checkpoint_every=0)
+        self.patch(os, "open", real_open)
+        snapshots.requeue(self.conn, "1-new", keep_blobs=True)
+        self.assertEqual(self.conn.execute("SELECT count(*) FROM snapshot_blobs").fetchone()[0], 0)
+
+        # A forget and prune run before the scan resumes.
+        session = prune._Session(self.db_path, self.logs)
+        self.addCleanup(session.close)
+        plan = session.plan(0.5)
+        live = {h for (h,) in session.conn.execute("SELECT hash FROM live")}
+
+        # What the resumed snapshot copies from its checkpoint (its first
+        # records) was kept.
+        copied = stored_checkpoints.load(self.conn, "1-new")["records"]
+        self.scan("1-new")
+        with open(os.path.join(self.logs, "1-new.log"), "rb") as f:
+            _, records = read_log(f)
+            named = {h for r in itertools.islice(records, copied) for h, _ in r.blobs}
+        self.assertGreater(len(named), 200)
+        self.assertTrue(named <= committed)
+        self.assertEqual(named - live, set())
+        self.assertLessEqual(plan.dead_blobs, len(committed) - len(named))

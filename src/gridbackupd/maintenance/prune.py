@@ -3,12 +3,13 @@ Pruning: giving the grid back what no kept snapshot needs.
 
 A blob is live when a snapshot still here uses it (every entry of every
 published or uploading snapshot, streamed from the local logs, plus the
-queue of unpublished ones).  A committed blob that is not live is dead.
-A linked commit holding a dead blob is replaced by one without it: its
-packs with live blobs stay (same caps), a pack with none is left out, and a
-pack mostly dead (``repack_threshold`` of its bytes) is left out too after
-its live blobs are copied, checked against their hashes, into new packs of
-a new commit.
+queue of unpublished ones), or when an interrupted scan's checkpoint does
+(the scan copies its records as they are when it resumes).  A committed
+blob that is not live is dead.  A linked commit holding a dead blob is
+replaced by one without it: its packs with live blobs stay (same caps), a
+pack with none is left out, and a pack mostly dead (``repack_threshold``
+of its bytes) is left out too after its live blobs are copied, checked
+against their hashes, into new packs of a new commit.
 
 Order, so that a crash at any point loses nothing: new packs and commits
 are uploaded first; then one database transaction points every live blob
@@ -33,6 +34,8 @@ from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.pack import decode_blob
 from gridbackupd.grid.layout import INDEX
 from gridbackupd.restore import plan as restoreplan
+from gridbackupd.scan import checkpoints as scancheckpoints
+from gridbackupd.state import checkpoints as stored_checkpoints
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import liveset, snapshots
 from gridbackupd.upload import packer
@@ -105,19 +108,33 @@ class _Session:
         for snapshot_id in snapshots.ids_using_blobs(conn):
             if snapshot_id in exclude:
                 continue
-            batch: list[str] = []
             try:
-                for entry in chain.snapshot_entries(snapshot_id, snapshots.log_resolver(conn, self.logs_dir)):
-                    batch.extend(h for h, _ in entry.blobs)
-                    if len(batch) >= 10000:
-                        liveset.add(conn, batch)
-                        batch = []
+                self._add_all((h for entry in chain.snapshot_entries(
+                    snapshot_id, snapshots.log_resolver(conn, self.logs_dir)) for h, _ in entry.blobs))
             except (OSError, LogFormatError) as e:
                 raise PruneError(
                     f"cannot read snapshot {snapshot_id} to know which blobs it uses, "
                     f"so nothing is pruned: {e}") from None
-            liveset.add(conn, batch)
+        # An interrupted scan resumes by copying its checkpoint's records:
+        # the blobs they use stay live until its log is written.
+        for snapshot_id, state in stored_checkpoints.of_interrupted_scans(conn):
+            try:
+                self._add_all(scancheckpoints.blob_hashes(state, self.logs_dir))
+            except (OSError, ValueError, KeyError) as e:
+                raise PruneError(
+                    f"cannot read the checkpoint of the interrupted scan of {snapshot_id} "
+                    f"to know which blobs it uses, so nothing is pruned: {e}") from None
         liveset.add_held(conn)
+
+    def _add_all(self, hashes):
+        """Add ``hashes`` (any iterable) to the live set, in batches."""
+        batch: list[str] = []
+        for h in hashes:
+            batch.append(h)
+            if len(batch) >= 10000:
+                liveset.add(self.conn, batch)
+                batch = []
+        liveset.add(self.conn, batch)
 
     def plan(self, repack_threshold, exclude=()):
         self.find_live(set(exclude))

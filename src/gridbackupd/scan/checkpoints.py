@@ -105,6 +105,21 @@ class Checkpoints:
 
 
 
+def blob_hashes(state, logs_dir):
+    """
+    The hashes of the blobs a checkpoint's records use, in record order.
+    A resumed scan copies these records as they are, and the committed
+    blobs among them are listed nowhere else (``snapshot_blobs`` leaves them
+    out), so until its log is written they are live for a prune.
+    Raises OSError or LogFormatError if the checkpoint cannot be read.
+    """
+    with open(os.path.join(logs_dir, state["file"]), "rb") as f:
+        _, records = read_partial(f, state["offset"])
+        for record in records:
+            for h, _ in getattr(record, "blobs", ()):
+                yield h
+
+
 def restore(state, logs_dir, writer, links_out, progress):
     """
     Copy a checkpoint's records into ``writer`` and its hard links into

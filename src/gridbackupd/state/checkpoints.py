@@ -31,3 +31,16 @@ def drop(conn, snapshot_id):
     """A snapshot's scan has no checkpoint (none already is fine)."""
     with dbmod.transaction(conn):
         dbmod.delete_meta(conn, KEY + snapshot_id)
+
+
+def of_interrupted_scans(conn):
+    """
+    ``[(snapshot id, checkpoint)]`` of the scans that may still resume from
+    a checkpoint: their snapshot is ``queued`` (a stopped or killed scan is
+    requeued) or ``scanning``.  A failed snapshot's leftover checkpoint is
+    never resumed, so it is not listed.
+    """
+    rows = conn.execute(
+        "SELECT s.id, m.value FROM snapshots s JOIN meta m ON m.key = ? || s.id "
+        "WHERE s.state IN ('queued', 'scanning') ORDER BY s.id", (KEY,)).fetchall()
+    return [(snapshot_id, json.loads(value)) for snapshot_id, value in rows]

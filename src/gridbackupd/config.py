@@ -17,6 +17,7 @@ import attr
 
 from gridbackupd.errors import ConfigError
 from gridbackupd.format.index import INLINE_MAX
+from gridbackupd.format.pack import MAX_BLOB
 
 DEFAULT_LISTEN = "tcp:7234:interface=127.0.0.1"
 
@@ -64,6 +65,9 @@ class TahoeConfig:
     shares_needed: int = option(2, "integer", minimum=1, maximum=256)
     shares_happy: int = option(3, "integer", minimum=1, maximum=256)
     shares_total: int = option(3, "integer", minimum=1, maximum=256)
+    # How long a restore waits for a grid that is not connected (at start, or
+    # a client node restarting) before it fails; 0 = fail at once.
+    grid_wait: float = option(900.0, "duration")
 
     @property
     def embedded(self):
@@ -76,7 +80,8 @@ class BackupConfig:
     exclude: tuple = option((), "lines")
     scan_interval: float = option(3600.0, "duration")
     tiny_max: int = option(128, "size", minimum=0)
-    chunk_threshold: int = option(1024**2, "size", minimum=64 * 1024)
+    # A file below it is one blob, and a blob is at most MAX_BLOB (docs/FORMAT.md).
+    chunk_threshold: int = option(1024**2, "size", minimum=64 * 1024, maximum=MAX_BLOB)
     full_every: int = option(10, "integer", minimum=1)
     exclude_if_present: tuple = option((), "marker_names")  # marker file names
     # Leave out directories with a valid CACHEDIR.TAG.
@@ -224,7 +229,7 @@ class _Reader:
             self.fail(section, key, value, f"expected {allowed}")
         return number
 
-    def size(self, section, key, default, minimum):
+    def size(self, section, key, default, minimum, maximum=None):
         value = self.raw(section, key)
         if value is None or value == "":
             return default
@@ -235,6 +240,8 @@ class _Reader:
         number = int(m.group(1)) * _SIZE_UNITS[unit]
         if number < minimum:
             self.fail(section, key, value, f"expected at least {minimum} bytes")
+        if maximum is not None and number > maximum:
+            self.fail(section, key, value, f"expected at most {maximum} bytes")
         return number
 
     def duration(self, section, key, default):

@@ -202,6 +202,49 @@ class RecoverFakeGridTests(TestCase):
         with open(os.path.join(self.base, "r", "data", "one"), "rb") as f:
             self.assertEqual(f.read(), self.data["one"])
 
+    async def test_hostile_pack_trailer_is_reported_and_the_rest_recovered(self):
+        """A trailer with a size of 2**70 (and no readable segment) is one damaged pack, not a stopped recovery."""
+        import json
+
+        from gridbackupd.format.pack import FOOTER, MAGIC
+
+        await self.build()
+        body = json.dumps({"format": "gridbackup-pack", "version": 1,
+                           "blobs": [[sha(b"x"), 0, 10, 2**70, "zstd"]]}, separators=(",", ":")).encode()
+        pack = b"y" * 10 + body + FOOTER.pack(len(body), MAGIC)
+        name = "pack-" + sha(pack)
+        pack_cap = await self.client.upload_bytes(pack)
+        index_cap = await self.client.upload_bytes(b"{not an index")
+        commit = await self.client.mkdir_immutable({name: pack_cap, "index": index_cap})
+        await self.client.set_children(self.grid.commits, {"commit-" + "e" * 32: commit})
+
+        report = await self.recover(self.grid.root)
+        self.assertEqual([e["what"] for e in report.errors], ["commit-" + "e" * 32 + "/" + name[:17]])
+        self.assertIn("bad trailer record", report.errors[0]["reason"])
+        self.assertEqual((report.commits, report.blobs, report.snapshots), (3, 3, 2))
+        rows = dict(self.conn.execute("SELECT id, state FROM snapshots").fetchall())
+        self.assertEqual(set(rows.values()), {"complete"})
+        self.assertEqual(self.conn.execute("SELECT value FROM meta WHERE key = 'recovery'").fetchone()[0], "done")
+
+    async def test_hostile_index_segment_falls_back_to_the_trailers(self):
+        """A segment that gives a blob 2**70 bytes is refused like any unreadable one."""
+        from gridbackupd.format.index import encode_index_segment
+
+        await self.grid.create()
+        data = os.urandom(5000)
+        stored, compression = encode_blob(data)
+        pack = stored + encode_trailer([PackedBlob(sha(data), 0, len(stored), len(data), compression)])
+        name = "pack-" + sha(pack)
+        pack_cap = await self.client.upload_bytes(pack)
+        hostile = encode_index_segment([(sha(data), name, 0, len(stored), 2**70, "zstd")])
+        index_cap = await self.client.upload_bytes(hostile)
+        commit = await self.client.mkdir_immutable({name: pack_cap, "index": index_cap})
+        await self.client.set_children(self.grid.commits, {"commit-" + sha(hostile)[:32]: commit})
+        report = await self.recover(self.grid.root)
+        self.assertEqual((report.commits, report.blobs, report.errors), (1, 1, []))
+        self.assertEqual(len(report.from_trailers), 1)
+        self.assertEqual(self.conn.execute("SELECT size FROM blobs").fetchall(), [(5000,)])
+
     async def test_read_only_cap(self):
         await self.build()
         ro = await read_only_cap(self.client, self.grid.root)

@@ -102,6 +102,44 @@ class PackTests(SynchronousTestCase):
             data = pack(doc, n)
             self.assertRaises(PackFormatError, parse_trailer, data, len(data))
 
+    def test_trailer_bounds(self):
+        """Sizes past the documented bounds are refused, whatever else the trailer says."""
+        import json
+
+        from gridbackupd.format.pack import FOOTER, MAGIC, MAX_BLOB, MAX_PACK, check_pack_size
+
+        def pack(blobs, data_len):
+            body = json.dumps({"format": "gridbackup-pack", "version": 1, "blobs": blobs},
+                              separators=(",", ":")).encode()
+            return b"x" * data_len + body + FOOTER.pack(len(body), MAGIC)
+
+        h = "1" * 64
+        data = pack([[h, 0, 10, MAX_BLOB, "zstd"]], 10)
+        self.assertEqual(parse_trailer(data, len(data))[0].size, MAX_BLOB)
+        for record in ([h, 0, 10, 2**70, "zstd"], [h, 0, 10, MAX_BLOB + 1, "zstd"]):
+            data = pack([record], 10)
+            with self.assertRaises(PackFormatError) as caught:
+                parse_trailer(data, len(data))
+            self.assertIn("bad trailer record", str(caught.exception))
+        # A pack size (from a directory listing or a cap) out of bounds.
+        data = pack([[h, 0, 10, 10, "none"]], 10)
+        for size in (2**70, MAX_PACK + 1, 11, "12", None):
+            self.assertRaises(PackFormatError, parse_trailer, data, size)
+            self.assertRaises(PackFormatError, check_pack_size, size)
+        self.assertEqual(check_pack_size(MAX_PACK), MAX_PACK)
+
+    def test_index_segment_bounds(self):
+        from gridbackupd.format.index import IndexFormatError, encode_index_segment, parse_index_segment
+        from gridbackupd.format.pack import MAX_BLOB, MAX_PACK
+
+        h, name = "1" * 64, "pack-" + "2" * 64
+        good = encode_index_segment([(h, name, MAX_PACK - 10, 10, MAX_BLOB, "zstd")])
+        self.assertEqual(parse_index_segment(good, {name}).blobs[0].size, MAX_BLOB)
+        for row in ((h, name, 0, 10, 2**70, "zstd"), (h, name, 0, 2**70, 10, "zstd"),
+                    (h, name, 2**70, 10, 10, "none"), (h, name, MAX_PACK - 9, 10, 10, "none"),
+                    (h, name, 0, 10, MAX_BLOB + 1, "zstd")):
+            self.assertRaises(IndexFormatError, parse_index_segment, encode_index_segment([row]), {name})
+
     def test_read_verified(self):
         from gridbackupd.upload.packer import read_verified
 

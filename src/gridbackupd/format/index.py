@@ -20,6 +20,7 @@ import attr
 
 from gridbackupd.errors import FormatError
 from gridbackupd.format import strictjson
+from gridbackupd.format.pack import MAX_BLOB, MAX_PACK
 
 INDEX_FORMAT = "gridbackup-index"
 INDEX_VERSION = 1
@@ -147,9 +148,11 @@ def parse_index_segment(data, pack_names=None):
             raise IndexFormatError(f"{what} pack must be pack-<64 hex>, got {pack!r:.80}")
         if pack_names is not None and pack not in pack_names:
             raise IndexFormatError(f"{what} names {pack[:17]}, which is not in the commit")
-        offset = _int(item[2], what + " offset")
-        length = _int(item[3], what + " length", 1)
-        size = _int(item[4], what + " size", 1)
+        offset = _int(item[2], what + " offset", 0, MAX_PACK)
+        length = _int(item[3], what + " length", 1, MAX_BLOB)
+        size = _int(item[4], what + " size", 1, MAX_BLOB)
+        if offset + length > MAX_PACK:
+            raise IndexFormatError(f"{what} ends past {MAX_PACK}, the largest pack size")
         compression = item[5]
         if compression not in COMPRESSIONS or type(compression) is not str:
             raise IndexFormatError(f"{what} compression must be one of {COMPRESSIONS}")
@@ -237,16 +240,16 @@ def parse_settings(data):
         raise IndexFormatError(f"gridbackup.json: chunking must have exactly the keys {list(_CHUNKING_KEYS)}")
     if chunking["algorithm"] != "fastcdc":
         raise IndexFormatError("gridbackup.json: chunking algorithm must be 'fastcdc'")
-    lo = _int(chunking["min_size"], "gridbackup.json: chunking min_size", 1)
-    avg = _int(chunking["avg_size"], "gridbackup.json: chunking avg_size", 1)
-    hi = _int(chunking["max_size"], "gridbackup.json: chunking max_size", 1)
+    lo = _int(chunking["min_size"], "gridbackup.json: chunking min_size", 1, MAX_BLOB)
+    avg = _int(chunking["avg_size"], "gridbackup.json: chunking avg_size", 1, MAX_BLOB)
+    hi = _int(chunking["max_size"], "gridbackup.json: chunking max_size", 1, MAX_BLOB)
     if not lo <= avg <= hi:
         raise IndexFormatError("gridbackup.json: chunking sizes must satisfy min <= avg <= max")
     if type(tiers) is not dict or set(tiers) != set(_TIER_KEYS):
         raise IndexFormatError(f"gridbackup.json: tiers must have exactly the keys {list(_TIER_KEYS)}")
     _int(tiers["tiny_max"], "gridbackup.json: tiers tiny_max")
     _int(tiers["inline_max"], "gridbackup.json: tiers inline_max", 0, MAX_INLINE)
-    _int(tiers["chunk_threshold"], "gridbackup.json: tiers chunk_threshold", 1)
+    _int(tiers["chunk_threshold"], "gridbackup.json: tiers chunk_threshold", 1, MAX_BLOB)
     return doc
 
 

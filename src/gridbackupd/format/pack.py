@@ -19,9 +19,12 @@ __all__ = [
     "FOOTER",
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_BLOB",
+    "MAX_PACK",
     "MAX_TRAILER",
     "PackFormatError",
     "PackedBlob",
+    "check_pack_size",
     "decode_blob",
     "encode_blob",
     "encode_trailer",
@@ -36,6 +39,12 @@ ZSTD_LEVEL = 3
 MIN_SAVING = 0.05
 # A reader refuses a longer trailer, so hostile input is bounded.
 MAX_TRAILER = 64 * 1024 * 1024
+# Upper bounds on the numbers a trailer (or an index segment, or a directory
+# listing) gives, so a hostile one cannot make a reader allocate, seek or
+# store beyond them: a blob's stored and plain sizes, a pack's size (and so
+# every offset in it).  docs/FORMAT.md states them.
+MAX_BLOB = 2**32
+MAX_PACK = 2**40
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -90,13 +99,21 @@ def encode_trailer(packed):
     return body + FOOTER.pack(len(body), MAGIC)
 
 
+def check_pack_size(size):
+    """``size`` if it is a pack size this reader accepts (an integer from the footer's 12 bytes to MAX_PACK)."""
+    if type(size) is not int or not FOOTER.size <= size <= MAX_PACK:
+        raise PackFormatError(f"a pack size must be an integer from {FOOTER.size} to {MAX_PACK}, got {size!r:.40}")
+    return size
+
+
 def parse_trailer(tail, pack_size):
     """
     Read the blob list from the last bytes of a pack (``tail`` must hold the
     whole trailer and footer; ``pack_size`` is the size of the whole pack).
     Strict: anything docs/FORMAT.md does not allow is refused.
     """
-    if len(tail) < FOOTER.size or pack_size < FOOTER.size:
+    check_pack_size(pack_size)
+    if len(tail) < FOOTER.size:
         raise PackFormatError("pack too short for its footer")
     length, magic = FOOTER.unpack(tail[-FOOTER.size:])
     if magic != MAGIC:
@@ -123,7 +140,7 @@ def parse_trailer(tail, pack_size):
             type(item) is not list or len(item) != 5
             or type(item[0]) is not str or not _HEX64.match(item[0])
             or not all(type(v) is int for v in item[1:4])
-            or item[2] < 1 or item[3] < 1
+            or not 1 <= item[2] <= MAX_BLOB or not 1 <= item[3] <= MAX_BLOB
             or type(item[4]) is not str or item[4] not in ("none", "zstd")
             or (item[4] == "none" and item[2] != item[3])
         ):

@@ -36,12 +36,12 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from gridbackupd.errors import GridBackupError, TahoeError
+from gridbackupd.errors import FormatError, GridBackupError, TahoeError
 from gridbackupd.format import chain
 from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
 from gridbackupd.format.logfields import LogFormatError, check_id
 from gridbackupd.format.logreader import LogReader
-from gridbackupd.format.pack import FOOTER, PackFormatError, parse_trailer
+from gridbackupd.format.pack import FOOTER, PackFormatError, check_pack_size, parse_trailer
 from gridbackupd.grid.caps import expected_size
 from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SETTINGS, SNAPSHOTS
 from gridbackupd.model import FILE
@@ -51,6 +51,8 @@ from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots
 
 PARALLEL = 4
+# A snapshot's byte count must fit an SQLite integer, whatever its log says.
+MAX_SNAPSHOT_BYTES = 2**63 - 1
 # The first ranged GET of a pack's tail; a longer trailer costs one more GET.
 TAIL = 64 * 1024
 META_KEY = "recovery"
@@ -155,19 +157,33 @@ def _finish(conn, report):
 
 
 async def _recover_commit(client, conn, name, cap, report):
+    """One commit into the database; a commit that cannot be read is reported and left out."""
     try:
-        children = await client.list_dir(cap)
-    except TahoeError as e:
+        await _read_commit(client, conn, name, cap, report)
+    except (TahoeError, FormatError) as e:
         report.errors.append({"what": f"commit {name}", "reason": str(e)})
-        log.warn("commit {name} cannot be listed: {e}", name=name, e=e)
-        return
-    packs = {n: c for n, c in children.items() if n.startswith(PACK_PREFIX)}
+        log.warn("commit {name} cannot be recovered: {e}", name=name, e=e)
+
+
+async def _read_commit(client, conn, name, cap, report):
+    children = await client.list_dir(cap)
+    packs = {}
+    for pack_name, child in children.items():
+        if not pack_name.startswith(PACK_PREFIX):
+            continue
+        try:
+            packs[pack_name] = (child, _pack_size(child))
+        except PackFormatError as e:
+            # Its blobs are left out (those of the segment with them): the
+            # snapshots that need them are then incomplete, and say so.
+            report.errors.append({"what": f"{name}/{pack_name[:17]}", "reason": str(e)})
     blobs, inline = None, ()
     index = children.get(INDEX)
     if index is not None:
         try:
-            segment = parse_index_segment(await client.download(index.cap), set(packs))
-            blobs = [(b.hash, b.pack, b.offset, b.length, b.size, b.compression) for b in segment.blobs]
+            segment = parse_index_segment(await client.download(index.cap), set(children))
+            blobs = [(b.hash, b.pack, b.offset, b.length, b.size, b.compression)
+                     for b in segment.blobs if b.pack in packs]
             inline = segment.inline
         except (TahoeError, IndexFormatError) as e:
             log.warn("the index segment of {name} is unusable ({e}); reading its pack trailers",
@@ -175,17 +191,13 @@ async def _recover_commit(client, conn, name, cap, report):
     if blobs is None:
         report.from_trailers.append(name)
         blobs = []
-        for pack_name, child in sorted(packs.items()):
+        for pack_name, (child, size) in sorted(packs.items()):
             try:
-                for b in await _pack_trailer(client, child):
+                for b in await _pack_trailer(client, child, size):
                     blobs.append((b.hash, pack_name, b.offset, b.length, b.size, b.compression))
             except (TahoeError, PackFormatError) as e:
                 report.errors.append({"what": f"{name}/{pack_name[:17]}", "reason": str(e)})
-    pack_rows = [
-        (pack_name, child.ro_uri or child.cap,
-         child.size if child.size is not None else (expected_size(child.cap) or 0))
-        for pack_name, child in packs.items()
-    ]
+    pack_rows = [(pack_name, child.ro_uri or child.cap, size) for pack_name, (child, size) in packs.items()]
     commitstate.record_recovered(conn, name, cap, pack_rows, blobs, inline)
     report.commits += 1
     report.packs += len(packs)
@@ -193,11 +205,16 @@ async def _recover_commit(client, conn, name, cap, report):
     report.inline_blobs += len(inline)
 
 
-async def _pack_trailer(client, child):
-    """The blob list of a pack, from its trailer: one ranged GET of its tail (two if long)."""
+def _pack_size(child):
+    """A pack's size as its directory entry (else its cap) gives it, checked against the format's bounds."""
     size = child.size if child.size is not None else expected_size(child.cap)
     if size is None:
         raise PackFormatError("the pack's size is not known")
+    return check_pack_size(size)
+
+
+async def _pack_trailer(client, child, size):
+    """The blob list of a pack, from its trailer: one ranged GET of its tail (two if long)."""
     start = max(0, size - TAIL)
     tail = await client.download(child.cap, start, size - start)
     if len(tail) >= FOOTER.size:
@@ -264,6 +281,8 @@ def _describe(conn, snapshot_id, path, cap, known):
             for h, _ in entry.blobs:
                 if not blobstate.known(conn, h):
                     missing += 1
+    if nbytes > MAX_SNAPSHOT_BYTES:
+        raise LogFormatError(f"its files add up to {nbytes} bytes, more than {MAX_SNAPSHOT_BYTES}")
     return {
         "id": snapshot_id,
         "state": "complete" if not missing else "incomplete",

@@ -301,6 +301,46 @@ class RestoreTests(TestCase):
         self.assertEqual(state, "done", status["errors"])
         self.assertEqual(status["files_done"], status["files_total"])
 
+    async def test_files_and_directories_synced_before_done(self):
+        """Every restored file is fsynced, and every directory after the renames into it, before the state is done."""
+        self.standard_set()
+        real_fsync = os.fsync
+        synced = []  # (st_dev, st_ino) in call order
+
+        def fsync(fd):
+            st = os.fstat(fd)
+            synced.append((st.st_dev, st.st_ino))
+            return real_fsync(fd)
+
+        self.patch(os, "fsync", fsync)
+        restorer = self.restorer()
+        restore_id = restorer.request("s1", [], self.target)
+        at_done = []
+        d = restorer.wait(restore_id)
+        d.addCallback(lambda state: at_done.append((state, list(synced))) or state)
+        await d
+        [(state, calls)] = at_done
+        self.assertEqual(state, "done", restorer.status(restore_id)["errors"])
+
+        def last(path):
+            st = os.lstat(path)
+            key = (st.st_dev, st.st_ino)
+            self.assertIn(key, calls, f"{path!r} was not synced")
+            return max(i for i, k in enumerate(calls) if k == key)
+
+        files = 0
+        for top, dirs, names in os.walk(os.fsencode(self.target)):
+            synced_dir = last(top)
+            for name in names:
+                path = os.path.join(top, name)
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    files += 1
+                    self.assertLess(last(path), synced_dir, f"{path!r} synced after its directory")
+            for name in dirs:
+                self.assertLess(last(os.path.join(top, name)), synced_dir)
+        self.assertEqual(files, 8)  # 7 files and a hard link to one of them
+        last(os.path.dirname(self.target))  # the target was made by the restore: its parent too
+
     async def test_as_of(self):
         self.set.add_snapshot("s1", [file_entry(b"/f", b"one")], started=parse_time("2026-01-01T00:00:00Z"))
         self.set.add_snapshot("s2", [file_entry(b"/f", b"two")], started=parse_time("2026-02-01T00:00:00Z"))

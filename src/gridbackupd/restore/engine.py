@@ -156,6 +156,8 @@ class RestoreEngine:
             # Directory metadata last, deepest first, so writing into them
             # does not change their times again.
             await self._each(progress, dirs[::-1], writer.finish_dir)
+            # Nothing is reported restored before it is on the disk.
+            await deferToThreadPool(self.reactor, self.pool, writer.sync)
             if verify:
                 await self._verify(writer, jobs, progress)
         finally:

@@ -4,9 +4,11 @@ Writing restored entries under a target directory, safely.
 Snapshot data is untrusted: every path is checked, and every directory on
 the way is opened relative to its parent with ``O_NOFOLLOW``, so neither a
 hostile log nor a symlink already in the target can make a write land
-outside the target.  Files are written to a temporary name and renamed
-into place.  Metadata goes on in the order that keeps it: lchown (root's
-chown clears set-uid bits), chmod, extended attributes (ACLs are the
+outside the target.  Files are written to a temporary name, synced, and
+renamed into place; ``sync`` then syncs every directory the restore
+changed, so that what a finished restore reports is on the disk.
+Metadata goes on in the order that keeps it: lchown (root's chown clears
+set-uid bits), chmod, extended attributes (ACLs are the
 ``system.posix_acl_*`` ones), utime; directories last.  Regular files and
 directories get their metadata through an open descriptor, so nothing is
 looked up by name again once the object is open.
@@ -115,6 +117,7 @@ class TargetWriter:
     """Creates entries under one target directory. Used from worker threads."""
 
     def __init__(self, target, overwrite=False):
+        self._created_target = not os.path.isdir(target)
         os.makedirs(target, exist_ok=True)
         self.target = target
         self.overwrite = overwrite
@@ -127,6 +130,42 @@ class TargetWriter:
         self._dir_lock = threading.Lock()
         self._swept = set()
         self._sweep_lock = threading.Lock()
+        # The directories (component tuples) whose entries or metadata this
+        # writer changed: ``sync`` makes them durable.
+        self._touched = set()
+        self._touched_lock = threading.Lock()
+
+    def _touch(self, dirs):
+        with self._touched_lock:
+            self._touched.add(tuple(dirs))
+
+    def _touch_parent(self, path):
+        self._touch(components(path)[:-1])
+
+    def sync(self):
+        """
+        fsync every directory this writer made or changed, deepest first, the
+        target last (and the directory above it, if the target was made
+        here): the renames and new entries in them survive a crash.
+        """
+        with self._touched_lock:
+            touched = sorted(self._touched, key=len, reverse=True)
+        for dirs in touched:
+            if not dirs:
+                continue
+            with self.parent(b"/" + b"/".join(dirs), create=False) as (fd, name):
+                dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+        os.fsync(self.root_fd)
+        if self._created_target:
+            above = os.open(os.path.dirname(os.path.abspath(self.target)), os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(above)
+            finally:
+                os.close(above)
 
     def _warn(self, entry, reason):
         with self._warn_lock:
@@ -153,6 +192,7 @@ class TargetWriter:
                 if create:
                     try:
                         os.mkdir(part, 0o755, dir_fd=fd)
+                        self._touch(dirs[:n])
                     except FileExistsError:
                         pass
                 try:
@@ -268,6 +308,7 @@ class TargetWriter:
         with self.parent(entry.path) as (fd, name):
             try:
                 os.mkdir(name, 0o700, dir_fd=fd)
+                self._touch_parent(entry.path)
             except FileExistsError:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
@@ -281,6 +322,7 @@ class TargetWriter:
                           dir_fd=fd)
             try:
                 self._set_metadata_fd(dfd, entry)
+                self._touch(components(entry.path))
             finally:
                 os.close(dfd)
 
@@ -341,6 +383,7 @@ class TargetWriter:
                     return False
                 os.unlink(name, dir_fd=fd)
             os.symlink(entry.target, name, dir_fd=fd)
+            self._touch_parent(entry.path)
             self._set_metadata(fd, name, entry, is_link=True)
             return True
 
@@ -352,6 +395,7 @@ class TargetWriter:
                         return False
                     os.unlink(name, dir_fd=fd)
                 os.link(src_name, name, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+                self._touch_parent(entry.path)
                 return True
 
     def make_special(self, entry):
@@ -371,6 +415,7 @@ class TargetWriter:
                 os.mkfifo(name, stat.S_IMODE(entry.mode), dir_fd=fd)
             else:
                 os.mknod(name, kinds[entry.kind] | stat.S_IMODE(entry.mode), entry.rdev, dir_fd=fd)
+            self._touch_parent(entry.path)
             self._set_metadata(fd, name, entry)
             return True
 
@@ -419,9 +464,13 @@ class _OpenFile:
         try:
             os.ftruncate(self.fd, self.entry.size)
             self.writer._set_metadata_fd(self.fd, self.entry)
+            # Its content and metadata on the disk before its name points
+            # at it; the directory is synced with the others (``sync``).
+            os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
             os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
+            self.writer._touch_parent(self.entry.path)
         finally:
             self._close()
 

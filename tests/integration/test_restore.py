@@ -341,6 +341,34 @@ class RestoreTests(TestCase):
         self.assertEqual(files, 8)  # 7 files and a hard link to one of them
         last(os.path.dirname(self.target))  # the target was made by the restore: its parent too
 
+    async def test_resumed_restore_checks_content_not_just_size_and_time(self):
+        """A file in place with the right size and time but other bytes (torn by a crash) is not taken as restored."""
+        data = self.standard_set()
+        state, status = await self.restore()
+        self.assertEqual(state, "done", status["errors"])
+        gets_before = len([r for r in self.set.fake.requests if "range" in r.headers])
+        # Again: everything is in place, checked by content; nothing is fetched.
+        state, status = await self.restore()
+        self.assertEqual(state, "done", status["errors"])
+        self.assertEqual(status["files_done"], status["files_total"])
+        self.assertEqual(len([r for r in self.set.fake.requests if "range" in r.headers]), gets_before)
+        # A torn file: same size, same mtime, zeros where its content was.
+        big = self.out(b"/home/big")
+        with open(big, "r+b") as f:
+            f.seek(100_000)
+            f.write(b"\0" * 4096)
+        os.utime(big, ns=(T0, T0))
+        state, status = await self.restore()
+        self.assertEqual(state, "failed")
+        self.assertEqual([(e["path"], e["reason"]) for e in status["errors"]],
+                         [("/home/big", "exists in the target (overwrite is off)")])
+        with open(big, "rb") as f:
+            self.assertNotEqual(f.read(), data["big"])  # kept: overwrite is off
+        state, status = await self.restore(overwrite=True)
+        self.assertEqual(state, "done", status["errors"])
+        with open(big, "rb") as f:
+            self.assertEqual(f.read(), data["big"])
+
     async def test_as_of(self):
         self.set.add_snapshot("s1", [file_entry(b"/f", b"one")], started=parse_time("2026-01-01T00:00:00Z"))
         self.set.add_snapshot("s2", [file_entry(b"/f", b"two")], started=parse_time("2026-02-01T00:00:00Z"))

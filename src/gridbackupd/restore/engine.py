@@ -139,6 +139,8 @@ class RestoreEngine:
         try:
             dirs = [e for e in entries if e.kind == DIR]
             await self._each(progress, dirs, writer.make_dir)
+            if not overwrite:
+                files = await self._skip_restored(writer, files, progress)
             jobs = await self._restore_files(writer, files, progress)
             if self.stopping:
                 return
@@ -164,6 +166,24 @@ class RestoreEngine:
             for path, reason in writer.warnings:
                 progress.errors.append({"path": os.fsdecode(path), "reason": reason})
             writer.close()
+
+    async def _skip_restored(self, writer, files, progress):
+        """
+        The files the target does not already hold as the snapshot has them
+        (a restore resumed after a restart, or run twice): those are counted
+        done, checked by their content, and nothing is fetched for them.
+        """
+        keep = []
+
+        def check(entry):
+            if (entry.inline is not None or entry.blobs) and writer.matches(entry):
+                progress.files_done += 1
+                progress.bytes_done += entry.size
+            else:
+                keep.append(entry)
+
+        await self._each(progress, files, check)
+        return keep
 
     async def _plan_summary(self, entries, files, progress):
         jobs, spans, pending = await self._plan(files)

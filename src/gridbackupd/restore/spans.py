@@ -47,8 +47,8 @@ class SpanWriter:
             if job.out is None:
                 job.skipped = True
                 if self.writer.matches(job.entry):
-                    # Already there, same size and time: a restore resumed
-                    # after a restart, or run twice.  Not an error.
+                    # Already there as the snapshot has it (size, time and
+                    # content): a restore resumed or run twice.  Not an error.
                     self.progress.files_done += 1
                     self.progress.bytes_done += job.entry.size
                     return None

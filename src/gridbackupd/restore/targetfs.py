@@ -80,6 +80,26 @@ class VerifyFailed(ValueError):
     """What was written does not read back as the snapshot's content."""
 
 
+def _check_content(fd, entry):
+    """Raise VerifyFailed unless the open file ``fd`` holds the entry's content, checked by its SHA-256s."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise VerifyFailed("is not a regular file")
+    if entry.inline is not None:
+        pieces = [(hashlib.sha256(entry.inline).hexdigest(), len(entry.inline))]
+    else:
+        pieces = entry.blobs
+    size, whole, bad = hash_file(fd, pieces)
+    expected = sum(n for _, n in pieces)
+    if bad is not None and bad[0] + bad[1] <= size:
+        raise VerifyFailed(f"bytes {bad[0]}-{bad[0] + bad[1]} do not match their SHA-256")
+    if size < expected:
+        raise VerifyFailed(f"is shorter than {entry.size} bytes")
+    if size > expected:
+        raise VerifyFailed(f"is longer than {entry.size} bytes")
+    if entry.sha256 and whole != entry.sha256:
+        raise VerifyFailed("does not match the SHA-256 of the whole file")
+
+
 def components(path):
     """The components of an absolute snapshot path, refusing anything hostile."""
     if not isinstance(path, bytes) or not path.startswith(b"/") or b"\0" in path:
@@ -254,13 +274,26 @@ class TargetWriter:
             self._dir_fds[dirs] = os.dup(fd)
 
     def matches(self, entry):
-        """Whether the target already holds this regular file: same size and mtime."""
+        """
+        Whether the target already holds this regular file as the snapshot
+        has it: same size and mtime, and content that matches its SHA-256s.
+        Size and time alone would take a file a crash left torn (or one
+        changed since, its time put back) for restored.
+        """
         try:
             with self.parent(entry.path, create=False) as (fd, name):
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
-        except (OSError, UnsafePath):
+                if not (stat.S_ISREG(st.st_mode) and st.st_size == entry.size
+                        and st.st_mtime_ns == entry.mtime_ns):
+                    return False
+                ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    _check_content(ffd, entry)
+                finally:
+                    os.close(ffd)
+        except (OSError, UnsafePath, VerifyFailed):
             return False
-        return stat.S_ISREG(st.st_mode) and st.st_size == entry.size and st.st_mtime_ns == entry.mtime_ns
+        return True
 
     def _exists(self, fd, name):
         try:
@@ -336,24 +369,9 @@ class TargetWriter:
             ffd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                           dir_fd=fd)
             try:
-                if not stat.S_ISREG(os.fstat(ffd).st_mode):
-                    raise VerifyFailed("is not a regular file")
-                if entry.inline is not None:
-                    pieces = [(hashlib.sha256(entry.inline).hexdigest(), len(entry.inline))]
-                else:
-                    pieces = entry.blobs
-                size, whole, bad = hash_file(ffd, pieces)
+                _check_content(ffd, entry)
             finally:
                 os.close(ffd)
-        expected = sum(n for _, n in pieces)
-        if bad is not None and bad[0] + bad[1] <= size:
-            raise VerifyFailed(f"bytes {bad[0]}-{bad[0] + bad[1]} do not match their SHA-256")
-        if size < expected:
-            raise VerifyFailed(f"is shorter than {entry.size} bytes")
-        if size > expected:
-            raise VerifyFailed(f"is longer than {entry.size} bytes")
-        if entry.sha256 and whole != entry.sha256:
-            raise VerifyFailed("does not match the SHA-256 of the whole file")
 
     def open_file(self, entry):
         """

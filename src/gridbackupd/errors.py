@@ -169,3 +169,29 @@ class TahoeBadResponse(TahoeError):
     web API promises: a body of the wrong length, a range that is not the
     one asked for, JSON of the wrong shape, a cap that is not a cap.
     """
+
+
+def one_line(error):
+    """
+    The reason a person reads for ``error`` (an exception or a Twisted
+    Failure): its own message, on one line.  A ``FirstError`` of a gathered
+    Deferred is unwrapped to the error inside it; never a repr, a traceback
+    or a path of the installation.
+    """
+    # Imported here so that this module stays a plain list of classes.
+    import os
+
+    from twisted.internet.defer import FirstError
+    from twisted.python.failure import Failure
+
+    while True:
+        if isinstance(error, Failure):
+            error = error.value
+        elif isinstance(error, FirstError):
+            error = error.subFailure
+        else:
+            break
+    text = error.message if isinstance(error, DomainError) else str(error)
+    text = " ".join(text.split()) or type(error).__name__
+    installed = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return text.replace(installed + os.sep, "")

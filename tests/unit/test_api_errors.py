@@ -29,3 +29,32 @@ class AnswerTests(SynchronousTestCase):
         self.assertEqual((got.status, got.code), (502, "grid_error"))
         self.assertTrue(got.message.startswith("cannot fetch the content from the grid: download"), got.message)
         self.assertRaises(TypeError, failure_answer, RuntimeError("x"))
+
+
+class OneLineTests(SynchronousTestCase):
+    """errors.one_line: what an API answer says of an error, one line for a person."""
+
+    def test_first_error_unwrapped(self):
+        from twisted.internet.defer import FirstError
+        from twisted.python.failure import Failure
+
+        try:
+            raise errors.Unavailable("grid_unavailable", "the grid is not connected yet")
+        except errors.Unavailable:
+            failure = Failure()
+        wrapped = FirstError(failure, 0)
+        self.assertIn("Traceback", str(wrapped))
+        self.assertEqual(errors.one_line(wrapped), "the grid is not connected yet")
+        self.assertEqual(errors.one_line(failure), "the grid is not connected yet")
+
+    def test_own_message_on_one_line_without_the_installation(self):
+        import os
+
+        import gridbackupd
+
+        installed = os.path.dirname(os.path.dirname(os.path.abspath(gridbackupd.__file__)))
+        error = RuntimeError(f"went wrong\n  in {installed}{os.sep}gridbackupd/restore/engine.py")
+        self.assertEqual(errors.one_line(error), "went wrong in gridbackupd/restore/engine.py")
+        self.assertEqual(errors.one_line(RuntimeError()), "RuntimeError")
+        self.assertEqual(errors.one_line(errors.TahoeUnavailable("download", detail="refused")),
+                         "download: refused")

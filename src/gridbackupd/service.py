@@ -144,8 +144,9 @@ def backup_jobs(reactor, conn, statedir, pool, config, on_scanned, waiters):
     return BackupJobs(reactor, conn, statedir, pool, config.backup, config.hostname, on_scanned, waiters)
 
 
-def restorer(reactor, conn, statedir, pool, client_getter, hostname):
-    return Restorer(reactor, conn, client_getter, pool, statedir.tmp, hostname=hostname)
+def restorer(reactor, conn, statedir, pool, client_getter, hostname, config):
+    return Restorer(reactor, conn, client_getter, pool, statedir.tmp, hostname=hostname,
+                    grid_wait=config.tahoe.grid_wait)
 
 
 def publisher(conn, client, backup, upload, waiters, hostname):
@@ -250,7 +251,7 @@ class GridBackupDaemon(OrderedServices):
         jobs = self.jobs = backup_jobs(self.reactor, self.conn, self.statedir, self.pool, self.config,
                                        self._scanned, self.snapshot_waiters)
         restores = self.restorer = restorer(self.reactor, self.conn, self.statedir, self.pool, self._client,
-                                            self.config.hostname)
+                                            self.config.hostname, self.config)
         super().startService()
         # Each recovers its interrupted rows as it starts, before the API answers.
         jobs.setServiceParent(self)

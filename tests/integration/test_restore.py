@@ -21,7 +21,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.api.errors import answer
-from gridbackupd.errors import Conflict, NotFound
+from gridbackupd.errors import Conflict, NotFound, TahoeUnavailable, Unavailable
 from gridbackupd.format.logpaths import path_key
 from gridbackupd.format.logwriter import write_log
 from gridbackupd.format.pack import PackedBlob, encode_blob, encode_trailer
@@ -583,6 +583,107 @@ def metadata_listing(root):
                 row.append(st.st_rdev)
             result.append(tuple(row))
     return sorted(result, key=repr)
+
+
+class _GridAway:
+    """A client getter that says the grid is not connected yet (as the daemon does at start) until ``back``."""
+
+    def __init__(self, client):
+        self.client = client
+        self.back = False
+        self.refused = 0
+
+    def __call__(self):
+        if not self.back:
+            self.refused += 1
+            raise Unavailable("grid_unavailable", "the grid is not connected yet")
+        return self.client
+
+
+class _NodeDown:
+    """A client whose downloads fail as a restarting client node does (connection refused), ``times`` times."""
+
+    def __init__(self, client, times):
+        self.client = client
+        self.times = times
+
+    def download(self, cap, offset=None, length=None):
+        if self.times > 0:
+            self.times -= 1
+            raise TahoeUnavailable("download", detail="connection refused", cap=cap)
+        return self.client.download(cap, offset, length)
+
+
+class WaitForGridTests(TestCase):
+    """A restore asked for while the grid is away waits for it, says so, and gives up with one line."""
+
+    timeout = 60
+
+    def setUp(self):
+        from gridbackupd.grid.retry import Backoff
+        from gridbackupd.restore import gridwait
+
+        self.patch(gridwait, "RETRY", Backoff(base=0.01, cap=0.05))
+        self.set = BackupSet(self)
+        self.target = os.path.join(self.set.base, "target")
+        self.data = os.urandom(50_000)
+        self.set.add_pack([self.data])
+        self.set.add_snapshot("s1", [dir_entry(b"/"), file_entry(b"/f", self.data)])
+
+    def restorer(self, getter, grid_wait=30.0):
+        restorer = Restorer(reactor, self.set.conn, getter, self.set.pool,
+                            os.path.join(self.set.base, "tmp"), grid_wait=grid_wait)
+        self.addCleanup(restorer.stop)
+        return restorer
+
+    async def until(self, predicate):
+        for _ in range(500):
+            if predicate():
+                return
+            await deferLater(0.01)
+        self.fail("condition not reached")
+
+    async def test_waits_while_the_grid_is_connecting(self):
+        getter = _GridAway(self.set.client)
+        restorer = self.restorer(getter)
+        before = time.time()
+        restore_id = restorer.request("s1", [], self.target)
+        await self.until(lambda: getter.refused >= 2)
+        status = restorer.status(restore_id)
+        self.assertEqual((status["state"], status["waiting_for"]), ("running", "grid"))
+        self.assertGreaterEqual(status["waiting_since"], before)
+        self.assertEqual(status["errors"], [])
+        getter.back = True
+        self.assertEqual(await restorer.wait(restore_id), "done", restorer.status(restore_id)["errors"])
+        status = restorer.status(restore_id)
+        self.assertEqual((status["waiting_for"], status["waiting_since"]), (None, None))
+        with open(os.path.join(self.target, "f"), "rb") as f:
+            self.assertEqual(f.read(), self.data)
+
+    async def test_gives_up_after_the_time_out_with_one_line(self):
+        restorer = self.restorer(_GridAway(self.set.client), grid_wait=0.3)
+        restore_id = restorer.request("s1", [], self.target)
+        self.assertEqual(await restorer.wait(restore_id), "failed")
+        status = restorer.status(restore_id)
+        [error] = status["errors"]
+        self.assertEqual(error, {"path": None, "reason": "gave up after waiting 0.3 s for the grid "
+                                 "([tahoe] grid_wait): the grid is not connected yet"})
+        self.assertEqual(status["waiting_for"], None)
+
+    async def test_waits_for_a_client_node_that_restarts(self):
+        client = _NodeDown(self.set.client, times=3)
+        restorer = self.restorer(lambda: client)
+        restore_id = restorer.request("s1", [], self.target)
+        self.assertEqual(await restorer.wait(restore_id), "done", restorer.status(restore_id)["errors"])
+        self.assertEqual(client.times, 0)
+
+    async def test_cancel_while_waiting(self):
+        getter = _GridAway(self.set.client)
+        restorer = self.restorer(getter)
+        restore_id = restorer.request("s1", [], self.target)
+        await self.until(lambda: getter.refused >= 1)
+        restorer.cancel(restore_id)
+        self.assertEqual(await restorer.wait(restore_id), "cancelled")
 
 
 class RealGridRoundTripTests(TestCase):

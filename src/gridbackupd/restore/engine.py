@@ -13,12 +13,13 @@ import os
 import tempfile
 
 import attr
-from twisted.internet.defer import DeferredSemaphore, gatherResults
+from twisted.internet.defer import DeferredList, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 
-from gridbackupd.errors import NotFound, TahoeError
+from gridbackupd.errors import NotFound, TahoeError, Unavailable
 from gridbackupd.model import DIR, FILE, HARDLINK, SYMLINK
 from gridbackupd.restore import plan as restoreplan
+from gridbackupd.restore.gridwait import DEFAULT_TIMEOUT, GridWait
 from gridbackupd.restore.spans import SpanWriter
 from gridbackupd.restore.targetfs import TargetWriter, UnsafePath, VerifyFailed
 from gridbackupd.state import blobs as blobstate
@@ -41,6 +42,9 @@ class RestoreProgress:
     cancelled: bool = False
     plan: dict | None = None
     files_verified: int | None = None
+    # "grid" while the run waits for a grid that is away, and since when (epoch seconds).
+    waiting_for: str | None = None
+    waiting_since: float | None = None
 
 
 def within(path, wanted):
@@ -84,15 +88,25 @@ class RestoreEngine:
     ``stopping`` set makes it put down its work between batches and spans.
     """
 
-    def __init__(self, reactor, conn, client_getter, pool, tmpdir):
+    def __init__(self, reactor, conn, client_getter, pool, tmpdir, grid_wait=DEFAULT_TIMEOUT):
         self.reactor = reactor
         self.conn = conn
         self.client_getter = client_getter
         self.pool = pool
         self.tmpdir = tmpdir
+        self.grid_wait = grid_wait
         self.stopping = False
 
-    async def _log_file(self, snapshot_id):
+    def _grid(self, progress):
+        """The run's way to the grid: waits while the grid is away (``restore.gridwait``)."""
+        def check():
+            self._check_cancelled(progress)
+            if self.stopping:
+                raise Unavailable("stopping", "the daemon is stopping")
+
+        return GridWait(self.reactor, self.client_getter, self.grid_wait, progress, check)
+
+    async def _log_file(self, snapshot_id, grid):
         """A local path of the snapshot's log, downloading it if needed."""
         row = snapshots.with_log(self.conn, snapshot_id)
         if row is None:
@@ -106,7 +120,12 @@ class RestoreEngine:
         fd, path = tempfile.mkstemp(dir=self.tmpdir, suffix=".log")
         try:
             with os.fdopen(fd, "wb") as f:
-                await self.client_getter().download_to(log_cap, f)
+                async def download(client):
+                    f.seek(0)
+                    f.truncate()
+                    return await client.download_to(log_cap, f)
+
+                await grid.call(download)
         except BaseException:
             os.unlink(path)
             raise
@@ -118,7 +137,8 @@ class RestoreEngine:
 
     async def run(self, snapshot_id, paths, target, overwrite, progress, dry_run=False, verify=False):
         wanted = [os.fsencode(p) for p in (paths or [])]
-        log_path, temporary = await self._log_file(snapshot_id)
+        grid = self._grid(progress)
+        log_path, temporary = await self._log_file(snapshot_id, grid)
         try:
             _, entries = await deferToThreadPool(
                 self.reactor, self.pool, _load_entries, log_path, wanted
@@ -141,7 +161,7 @@ class RestoreEngine:
             await self._each(progress, dirs, writer.make_dir)
             if not overwrite:
                 files = await self._skip_restored(writer, files, progress)
-            jobs = await self._restore_files(writer, files, progress)
+            jobs = await self._restore_files(writer, files, progress, grid)
             if self.stopping:
                 return
             self._check_cancelled(progress)
@@ -247,7 +267,7 @@ class RestoreEngine:
         db_path = dbmod.database_path(self.conn)
         return deferToThreadPool(self.reactor, self.pool, _plan_with_own_connection, db_path, files)
 
-    async def _restore_files(self, writer, files, progress):
+    async def _restore_files(self, writer, files, progress, grid):
         """Regular files: inline ones directly, the rest pack by pack."""
         jobs, spans, pending = await self._plan(files)
         for entry in pending:
@@ -258,16 +278,22 @@ class RestoreEngine:
             await self._each(progress, [j for j in jobs if j.remaining == 0 or j.direct],
                              apply.write_direct, path_of=lambda j: j.entry.path)
             sem = DeferredSemaphore(PARALLEL_SPANS)
-            await gatherResults([sem.run(self._fetch_span, apply, span, progress) for span in spans])
+            # Every span ends (or gives up) before the unfinished files are
+            # aborted; then the first error, as itself, is the run's.
+            results = await DeferredList(
+                [sem.run(self._fetch_span, apply, span, progress, grid) for span in spans], consumeErrors=True)
+            for ok, failure in results:
+                if not ok:
+                    failure.raiseException()
         finally:
             await deferToThreadPool(self.reactor, self.pool, apply.abort_unfinished, jobs)
         return jobs
 
-    async def _fetch_span(self, apply, span, progress):
+    async def _fetch_span(self, apply, span, progress, grid):
         if self.stopping or progress.cancelled:
             return
         try:
-            data = await self.client_getter().download(span.cap, span.start, span.end - span.start)
+            data = await grid.call(lambda client: client.download(span.cap, span.start, span.end - span.start))
         except TahoeError as e:
             apply.fail_span(span, f"cannot fetch content from the grid: {e}")
             return

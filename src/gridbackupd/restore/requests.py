@@ -14,9 +14,10 @@ import time
 
 from twisted.logger import Logger
 
-from gridbackupd.errors import Conflict, DomainError, NotFound, TahoeError
+from gridbackupd.errors import Conflict, DomainError, NotFound, TahoeError, one_line
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.restore.engine import Cancelled, RestoreEngine, RestoreProgress
+from gridbackupd.restore.gridwait import DEFAULT_TIMEOUT
 from gridbackupd.restore.targetfs import UnsafePath
 from gridbackupd.runner import QueuedRunner
 from gridbackupd.state import restores, snapshots
@@ -31,12 +32,12 @@ class Restorer(QueuedRunner):
     what = "restore runner"
     final_states = FINAL_STATES
 
-    def __init__(self, reactor, conn, client_getter, pool, tmpdir, hostname=None):
+    def __init__(self, reactor, conn, client_getter, pool, tmpdir, hostname=None, grid_wait=DEFAULT_TIMEOUT):
         super().__init__()
         self.reactor = reactor
         self.conn = conn
         self.hostname = hostname
-        self.engine = RestoreEngine(reactor, conn, client_getter, pool, tmpdir)
+        self.engine = RestoreEngine(reactor, conn, client_getter, pool, tmpdir, grid_wait=grid_wait)
         self.progress = {}
 
     # -- requests ------------------------------------------------------------
@@ -102,12 +103,14 @@ class Restorer(QueuedRunner):
             result["plan"] = extra["plan"]
         if "files_verified" in extra:
             result["files_verified"] = extra["files_verified"]
+        result["waiting_for"] = result["waiting_since"] = None
         live = self.progress.get(restore_id)
         if live is not None:
             result.update(
                 files_done=live.files_done, files_total=live.files_total,
                 bytes_done=live.bytes_done, bytes_total=live.bytes_total,
                 errors=list(live.errors), pending=list(live.pending),
+                waiting_for=live.waiting_for, waiting_since=live.waiting_since,
             )
             if live.cancelled:
                 result["cancel_requested"] = True
@@ -144,14 +147,14 @@ class Restorer(QueuedRunner):
             # restore's errors say it; no traceback needed.
             if self.stopping:
                 return False
-            self.log.warn("restore {id} failed: {error}", id=restore_id, error=str(e))
-            progress.errors.append({"path": None, "reason": str(e)})
+            self.log.warn("restore {id} failed: {error}", id=restore_id, error=one_line(e))
+            progress.errors.append({"path": None, "reason": one_line(e)})
             state = "failed"
         except Exception as e:
             if self.stopping:
                 return False
             self.log.failure("restore {id} failed", id=restore_id)
-            progress.errors.append({"path": None, "reason": str(e)})
+            progress.errors.append({"path": None, "reason": one_line(e)})
             state = "failed"
         if self.stopping and state != "cancelled":
             return False

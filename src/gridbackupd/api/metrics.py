@@ -78,6 +78,9 @@ class DaemonCollector:
                      1.0 if upload.get("last_error") else 0.0)
         yield _gauge("gridbackup_upload_paused", "1 while uploads are paused",
                      1.0 if upload.get("paused") else 0.0)
+        yield _gauge("gridbackup_stalled",
+                     "1 while a snapshot stays uploading with nothing pending, in flight or retrying",
+                     1.0 if upload.get("stalled") else 0.0)
 
         grid = d.grid_status()
         yield _gauge("gridbackup_grid_servers_connected", "storage servers connected",

@@ -148,6 +148,21 @@ def ready_to_publish(conn):
     ).fetchall()
 
 
+def uploading_waits(conn):
+    """
+    What each ``uploading`` snapshot waits for, by id (reads only): ``[(id,
+    blobs pending or uploaded, parent whose log is not on the grid or None)]``.
+    """
+    return conn.execute(
+        "SELECT s.id, (SELECT count(*) FROM snapshot_blobs sb JOIN blobs b ON b.hash = sb.hash "
+        "  WHERE sb.snapshot = s.id AND b.state IN ('pending', 'uploaded')), "
+        "CASE WHEN s.parent IS NOT NULL AND NOT EXISTS ("
+        "  SELECT 1 FROM snapshots p WHERE p.id = s.parent AND p.log_cap IS NOT NULL"
+        ") THEN s.parent END "
+        "FROM snapshots s WHERE s.state = 'uploading' ORDER BY s.id"
+    ).fetchall()
+
+
 def stale_blob_count(conn, snapshot_id):
     """How many of a snapshot's blobs changed on disk before they could be uploaded."""
     return conn.execute(

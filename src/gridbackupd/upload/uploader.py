@@ -34,6 +34,7 @@ from gridbackupd.model import short_cap
 from gridbackupd.state import blobs, packs, queue
 from gridbackupd.upload import packer
 from gridbackupd.upload.publisher import WriterLockHeld
+from gridbackupd.upload.stall import StallWatch
 from gridbackupd.upload.throttle import TokenBucket
 
 COMMIT_INTERVAL = 300.0
@@ -78,6 +79,7 @@ class Uploader:
         self._running = None
         self._last_commit = reactor.seconds()
         self._recovered_at_start = False
+        self.stall = StallWatch(reactor, conn, lambda: self.paused)
 
     # -- control -----------------------------------------------------------
 
@@ -109,6 +111,7 @@ class Uploader:
 
     def stop(self):
         self._stopping = True
+        self.stall.stop()
         self.wake()
         return self._running
 
@@ -124,22 +127,31 @@ class Uploader:
             except WriterLockHeld as e:
                 self.last_error = str(e)
                 self.log.warn("not writing: {error}", error=e)
-                await self._sleep(next(delays))
+                await self._retry(next(delays))
                 continue
             except TahoeError as e:
                 self.last_error = str(e)
                 delay = next(delays)
                 self.log.warn("upload round failed, retrying in {delay}s: {error}", delay=delay, error=e)
-                await self._sleep(delay)
+                await self._retry(delay)
                 continue
             except Exception as e:
                 self.last_error = f"unexpected: {e}"
                 self.log.failure("upload round failed unexpectedly")
-                await self._sleep(next(delays))
+                await self._retry(next(delays))
                 continue
-            if not worked and not self._stopping:
+            if worked:
+                self.stall.reset()
+            elif not self._stopping:
                 self._wakeup = Deferred()
+                self.stall.idle()
                 await self._wakeup
+                self.stall.woken()
+
+    def _retry(self, delay):
+        """Wait on a retry: that is no stall, ``last_error`` says why."""
+        self.stall.reset()
+        return self._sleep(delay)
 
     def _sleep(self, seconds):
         self._wakeup = Deferred()
@@ -328,6 +340,7 @@ class Uploader:
             "consecutive_failures": self.consecutive_failures,
             "writer_lock": self.publisher.lock_error,
             "last_error": self.last_error,
+            "stalled": self.stall.stalled,
         }
 
 

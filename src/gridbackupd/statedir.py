@@ -6,12 +6,28 @@ the content of files waiting to be uploaded (packs, spool) and logs that
 name every backed-up file.  The daemon, its parts, the CLI and the tests ask
 a ``StateDir`` for a path instead of joining names themselves, so that a
 name changes in one place.
+
+One daemon at a time owns a state directory: ``StateDir.lock()`` takes an
+exclusive ``flock`` on ``daemon.lock`` before anything else in it is
+touched.  An flock belongs to the open file description, so it survives
+twistd's fork (the child holds the same description; fcntl locks would
+not), and the descriptor is close-on-exec, so the tahoe nodes never hold it.
 """
 
+import fcntl
 import os
 import secrets
 
 import attr
+
+from gridbackupd.errors import GridBackupError
+
+#: The lock file's content: the holder's pid, padded so that one write replaces it whole.
+PID_WIDTH = 12
+
+
+class StateDirBusy(GridBackupError):
+    """Another daemon holds the state directory's lock."""
 
 
 @attr.frozen
@@ -73,6 +89,32 @@ class StateDir:
         """Where the API listens, written by the daemon for the CLI."""
         return os.path.join(self.root, "api_endpoint")
 
+    @property
+    def lock_file(self):
+        """Held (flock) by the one daemon that uses this state directory; holds its pid."""
+        return os.path.join(self.root, "daemon.lock")
+
+    def lock(self):
+        """
+        Claim the state directory for this process: a ``StateLock`` holding
+        its pid, or ``StateDirBusy`` naming the pid of the daemon that has it.
+        """
+        self.make()
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {holder}" if holder is not None else "its pid not yet written"
+            raise StateDirBusy(f"another gridbackupd ({who}) is already running on state_dir {self.root}")
+        except BaseException:
+            os.close(fd)
+            raise
+        lock = StateLock(self.lock_file, fd)
+        lock.claim()
+        return lock
+
     def make(self):
         """The state directory itself, owner only."""
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -113,6 +155,35 @@ class StateDir:
     def protect_rootcap(self):
         """The root cap readable by its owner only, whoever wrote it there."""
         os.chmod(self.rootcap, 0o600)
+
+
+@attr.define
+class StateLock:
+    """A held lock on a state directory (``StateDir.lock``); released by ``release`` or at exit."""
+
+    path: str
+    fd: int | None
+
+    def claim(self):
+        """Write this process's pid (again after a fork) for a second daemon to name."""
+        if self.fd is None:
+            raise ValueError("the state directory lock was released")
+        os.pwrite(self.fd, f"{os.getpid()}\n".rjust(PID_WIDTH).encode("ascii"), 0)
+        os.ftruncate(self.fd, PID_WIDTH)
+
+    def release(self):
+        """Let another daemon have the state directory (closing the descriptor drops the flock)."""
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+
+def _read_pid(fd):
+    """The pid written in a lock file, or None."""
+    try:
+        return int(os.pread(fd, PID_WIDTH, 0).decode("ascii", "replace").strip())
+    except (OSError, ValueError):
+        return None
 
 
 def write_private(path, text):

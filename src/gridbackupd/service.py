@@ -40,8 +40,8 @@ from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_st
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.scan.jobs import BackupJobs
+from gridbackupd.state import backupset, snapshots
 from gridbackupd.state import db as dbmod
-from gridbackupd.state import snapshots
 from gridbackupd.state.queue import Weights
 from gridbackupd.statedir import StateDir
 from gridbackupd.upload.publisher import Publisher, settings_document
@@ -98,7 +98,11 @@ class Periodic(Service):
 
 
 class APIListener(Service):
-    """The API's listening port; where it listens is written to ``api_endpoint`` for the CLI."""
+    """
+    The API's listening port; where it listens is written to ``api_endpoint``
+    for the CLI.  ``bind`` listens before the daemon starts anything else, so
+    that a daemon that cannot listen stops having touched nothing.
+    """
 
     log = Logger()
 
@@ -109,11 +113,26 @@ class APIListener(Service):
         self.endpoint_file = endpoint_file
         self.on_failure = on_failure
         self.port = None
+        self._listening_d = None
+        self._binding = False
+        self._refused_now = None
+
+    def bind(self):
+        """Listen now; raise GridBackupError (one line) if the endpoint refuses at once."""
+        if self._listening_d is not None:
+            return
+        self._binding = True
+        try:
+            self._listening_d = api_listen(self.reactor, self.description, self.site)
+            self._listening_d.addCallbacks(self._listening, self._failed)
+        finally:
+            self._binding = False
+        if self._refused_now is not None:
+            raise GridBackupError(self._refused_now)
 
     def startService(self):
         super().startService()
-        d = api_listen(self.reactor, self.description, self.site)
-        d.addCallbacks(self._listening, self._failed)
+        self.bind()
 
     def _listening(self, port):
         self.port = port
@@ -123,8 +142,12 @@ class APIListener(Service):
         self.log.info("API listening on {where}", where=description)
 
     def _failed(self, f):
-        self.log.failure("cannot listen on {listen}", f, listen=self.description)
-        self.on_failure(f"cannot listen on {self.description}: {f.getErrorMessage()}")
+        why = f"cannot listen on {self.description}: {f.getErrorMessage()}"
+        if self._binding:
+            self._refused_now = why
+            return
+        self.log.error("{why}", why=why)
+        self.on_failure(why)
 
     async def _stop(self):
         if self.port is not None:
@@ -195,12 +218,16 @@ class _RunningPart(Service):
 class GridBackupDaemon(OrderedServices):
     log = Logger()
 
-    def __init__(self, reactor, config, statedir, grid=None):
+    def __init__(self, reactor, config, statedir, grid=None, lock=None):
         super().__init__()
         self.reactor = reactor
         self.config = config
         self.statedir = statedir
         self.grid = grid
+        # The state directory's lock (StateDir.lock): taken by twistd's
+        # makeService before its fork, else when this daemon starts.
+        self.lock = lock
+        self.api: APIListener | None = None
         self.state = "starting"
         self.error = None
         # Shared resources, opened at start and closed after the children stop.
@@ -231,13 +258,41 @@ class GridBackupDaemon(OrderedServices):
 
     @property
     def port(self):
-        return self.api.port
+        return self.api.port if self.api is not None else None
 
     # -- start and stop ----------------------------------------------------
 
-    def startService(self):
-        self.statedir.make()
+    def privilegedStartService(self):
+        """
+        Under twistd, after its fork: claim the state directory and bind the
+        API before any child starts, so that a daemon that can do neither
+        stops here (tap turns the error into one line and exit status 1).
+        """
+        self._claim_and_listen()
+        super().privilegedStartService()
+
+    def _claim_and_listen(self):
+        """The state directory's lock (with this pid), the API token and the bound API listener."""
+        if self.api is not None:
+            return self.api
+        if self.lock is None:
+            self.lock = self.statedir.lock()
+        self.lock.claim()
         self.token = self.statedir.ensure_api_token()
+        self.site = make_site(router, self, self.token)
+        api = APIListener(self.reactor, self.config.api_listen, self.site,
+                          self.statedir.api_endpoint, self._listen_failed)
+        try:
+            api.bind()
+        except GridBackupError:
+            self.lock.release()
+            self.lock = None
+            raise
+        self.api = api
+        return api
+
+    def startService(self):
+        api = self._claim_and_listen()
         fresh = not self.statedir.has_database()
         self.conn = dbmod.open_database(self.statedir.database)
         # A root cap without a database: this is a new machine (or a lost
@@ -256,10 +311,8 @@ class GridBackupDaemon(OrderedServices):
         # Each recovers its interrupted rows as it starts, before the API answers.
         jobs.setServiceParent(self)
         restores.setServiceParent(self)
-        self.site = make_site(router, self, self.token)
-        self.api = APIListener(self.reactor, self.config.api_listen, self.site,
-                               self.statedir.api_endpoint, self._listen_failed)
-        self.api.setServiceParent(self)
+        # Bound already; a child here so that it stops before the parts it serves.
+        api.setServiceParent(self)
         if not self.recovering and not self.read_only:
             self._start_schedule(jobs)
         self._ready = Deferred.fromCoroutine(self._start_grid_side(jobs, restores))
@@ -351,6 +404,7 @@ class GridBackupDaemon(OrderedServices):
     async def _root_cap(self, client):
         cap = self.statedir.read_rootcap()
         if cap is None:
+            check_rootcap(self.statedir, self.conn)
             cap = await client.mkdir()
             self.statedir.write_rootcap(cap)
             self.log.info("created a new backup set; its root cap is in {path}", path=self.statedir.rootcap)
@@ -388,6 +442,8 @@ class GridBackupDaemon(OrderedServices):
             self.pool.stop()
             if self.conn is not None:
                 self.conn.close()
+            if self.lock is not None:
+                self.lock.release()
 
     # -- for the API and for tests ----------------------------------------------
 
@@ -448,31 +504,63 @@ async def _as_deferred(result):
     return result
 
 
+def check_rootcap(statedir, conn):
+    """
+    Refuse a missing root cap next to a database of a backup set: making a
+    new root would start a new set that skips blobs only the old one holds.
+    """
+    if statedir.read_rootcap() is None and backupset.on_grid(conn):
+        raise GridBackupError(
+            f"{statedir.rootcap} is missing, but {statedir.database} belongs to a backup set: "
+            "put its root cap back there (gridbackup recover --rootcap-file FILE), "
+            "or move the database away to start a new backup set on purpose")
+
+
 def preflight(config):
     """
     Check, before twistd starts anything, what would otherwise fail later
-    with a traceback: the state directory is usable and its database is one
-    this version understands.  Raises GridBackupError with one clear line.
+    with a traceback: no other daemon uses the state directory (returns its
+    lock, held), the directory is usable, its database is one this version
+    understands and has its root cap.  Raises GridBackupError with one clear line.
     """
     statedir = StateDir(config.state_dir)
+
+    def unwritable(e):
+        return GridBackupError(
+            f"{config.path}: [gridbackup] state_dir = {config.state_dir!r}: not a writable directory ({e.strerror})")
+
     try:
-        statedir.check_writable()
+        lock = statedir.lock()
     except OSError as e:
-        raise GridBackupError(
-            f"{config.path}: [gridbackup] state_dir = {config.state_dir!r}: not a writable directory ({e.strerror})"
-        )
-    # An existing database must be one this version can use; a missing one
-    # is left missing, because a root cap without a database means recovery.
-    if statedir.has_database():
-        dbmod.open_database(statedir.database).close()
+        raise unwritable(e)
+    try:
+        try:
+            statedir.check_writable()
+        except OSError as e:
+            raise unwritable(e)
+        # An existing database must be one this version can use; a missing one
+        # is left missing, because a root cap without a database means recovery.
+        if statedir.has_database():
+            conn = dbmod.open_database(statedir.database)
+            try:
+                check_rootcap(statedir, conn)
+            finally:
+                conn.close()
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
-def from_config(reactor, config):
-    """The daemon as ``config`` describes it; nothing is opened or started until it starts."""
+def from_config(reactor, config, lock=None):
+    """
+    The daemon as ``config`` describes it; nothing is opened or started until
+    it starts.  ``lock``: the state directory's, if the caller took it (preflight).
+    """
     statedir = StateDir(config.state_dir)
     grid = None
     if config.tahoe.embedded:
         t = config.tahoe
         grid = LocalGrid(reactor, statedir.grid, storage_nodes=t.storage_nodes,
                          needed=t.shares_needed, happy=t.shares_happy, total=t.shares_total)
-    return GridBackupDaemon(reactor, config, statedir, grid=grid)
+    return GridBackupDaemon(reactor, config, statedir, grid=grid, lock=lock)

@@ -59,17 +59,19 @@ _point("start.leftovers_taken_over", "start", "leftover tahoe nodes were stopped
 _point("start.recovery_halfway", "start",
        "the start's recovery pass has linked the recorded commits, not yet committed or published")
 # Scenario "forget": a forget by policy followed by a prune.
-_point("forget.full_log_written", "forget", "a kept snapshot's full log is on the grid")
-_point("forget.full_log_linked", "forget", "the full log is linked in place of the incremental one")
-_point("forget.logs_unlinked", "forget", "the forgotten snapshots' logs are unlinked")
-_point("prune.packs_uploaded", "forget", "the repacked packs are on the grid")
-_point("prune.commits_replaced", "forget", "the database names the replacement commits")
-_point("prune.commits_linked", "forget", "the replacement commits are linked")
-_point("prune.retired_unlinked", "forget", "the retired commits are unlinked")
+_point("forget.full_log_written", "forget", "a kept snapshot's full log is on the grid, not linked")
+_point("forget.full_log_linked", "forget",
+       "the full log is linked in place of the incremental one, the row not yet marked full")
+_point("forget.logs_unlinked", "forget", "a forgotten snapshot's log is unlinked, its row not yet dropped")
+_point("prune.packs_uploaded", "forget",
+       "the repacked packs and the replacement commits are on the grid, the database unchanged")
+_point("prune.commits_replaced", "forget", "the database names the replacement commits, none linked yet")
+_point("prune.commits_linked", "forget", "the replacement commits are linked, the retired ones not yet unlinked")
+_point("prune.retired_unlinked", "forget", "a retired commit is unlinked and its row dropped")
 # Scenario "restore": a whole-snapshot restore.
 _point("restore.mid_file", "restore", "part of a file's content is written to its temporary name")
-_point("restore.before_rename", "restore", "a file is complete under its temporary name")
-_point("restore.after_rename", "restore", "a file is in place, its row not yet done")
+_point("restore.before_rename", "restore", "a file is complete under its temporary name, with its metadata")
+_point("restore.after_rename", "restore", "a file is in place, the restore not yet done")
 
 
 class _Trigger:

@@ -18,6 +18,7 @@ import os
 import attr
 from twisted.logger import Logger
 
+from gridbackupd import crashpoints
 from gridbackupd.format import chain
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
@@ -97,6 +98,7 @@ async def forget(ctx, plan):
         _, log_path, log_cap = row
         if log_cap:
             await ctx.publisher.unlink_snapshot_log(snapshot_id)
+            crashpoints.reached("forget.logs_unlinked")
         snapshots.forget(ctx.conn, snapshot_id)
         if log_path:
             with contextlib.suppress(FileNotFoundError):
@@ -133,7 +135,9 @@ async def _rewrite_full(ctx, snapshot_id):
                 snapshots.mark_full(ctx.conn, snapshot_id)
         if on_grid:
             cap = await ctx.client.upload_file(tmp)
+            crashpoints.reached("forget.full_log_written")
             await ctx.publisher.link_snapshot_log(snapshot_id, cap)
+            crashpoints.reached("forget.full_log_linked")
             os.replace(tmp, log_path)
             snapshots.mark_full(ctx.conn, snapshot_id, cap)
     except BaseException:

@@ -27,6 +27,7 @@ import os
 import attr
 from twisted.logger import Logger
 
+from gridbackupd import crashpoints
 from gridbackupd.errors import GridBackupError
 from gridbackupd.format import chain
 from gridbackupd.format.index import commit_name, encode_index_segment
@@ -239,7 +240,9 @@ async def prune(ctx, repack_threshold=REPACK_THRESHOLD, pack_size=8 * 1024 * 102
                 continue
             packs = {p.name: p.cap for p in commit.packs if p.fate == "keep"}
             replacements[commit.name] = await _upload_commit(ctx, segment, packs)
+        crashpoints.reached("prune.packs_uploaded")
         await ctx.in_thread(session.apply, plan, replacements, new_packs, new_commit)
+        crashpoints.reached("prune.commits_replaced")
     finally:
         session.close()
     await ctx.publisher.replace_commits()

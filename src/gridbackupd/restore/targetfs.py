@@ -24,6 +24,7 @@ import pwd
 import stat
 import threading
 
+from gridbackupd import crashpoints
 from gridbackupd.model import BLOCKDEV, CHARDEV, FIFO, SOCKET
 
 READ_BLOCK = 1024 * 1024
@@ -477,6 +478,7 @@ class _OpenFile:
             n = os.pwrite(self.fd, view, offset)
             view = view[n:]
             offset += n
+        crashpoints.reached("restore.mid_file")
 
     def commit(self):
         try:
@@ -487,8 +489,10 @@ class _OpenFile:
             os.fsync(self.fd)
             os.close(self.fd)
             self.fd = None
+            crashpoints.reached("restore.before_rename")
             os.rename(self.tmp, self.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
             self.writer._touch_parent(self.entry.path)
+            crashpoints.reached("restore.after_rename")
         finally:
             self._close()
 

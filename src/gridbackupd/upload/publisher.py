@@ -249,12 +249,15 @@ class Publisher:
         so every blob a kept snapshot needs stays in a linked commit.
         """
         names = commits.retired(self.conn)
+        if names:
+            crashpoints.reached("prune.commits_linked")
         for name in names:
             try:
                 await self.client.unlink(self._layout().commits, name)
             except TahoeNotFound:
                 pass  # gone already: an earlier run unlinked it before it could say so
             commits.drop_retired(self.conn, name)
+            crashpoints.reached("prune.retired_unlinked")
         if names:
             self.log.info("unlinked {n} commits replaced by a prune", n=len(names))
 

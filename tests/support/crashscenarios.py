@@ -1,0 +1,367 @@
+"""
+The crash matrix's scenarios, run back to back in one state directory: for
+one crash point, the scenario is run in a daemon that dies there, the
+daemon is started again with no crash setting and no new request, and what
+it must finish by itself is checked (``Matrix.run``).
+
+A scenario is the point's ``scenario`` in ``gridbackupd.crashpoints``:
+
+- ``backup``: a new file, a backup;
+- ``start``: a backup killed at once, then a start that dies on the point;
+- ``forget``: two backups (a file changed between them), the first forgotten
+  by name with a prune;
+- ``restore``: a whole-snapshot restore of the latest snapshot.
+"""
+
+import os
+import shutil
+import time
+
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from gridbackupd import crashpoints
+from gridbackupd.grid.client import TahoeClient
+from tests.support.crashrun import CrashDaemon, NotReached, tahoe_processes, wait_gone
+from tests.support.process import free_port
+from tests.support.reachcheck import missing_from_root
+from tests.support.trees import tree_listing
+
+#: How long a restarted daemon has to finish the work by itself.
+SETTLE = 240
+
+
+class RunFailed(AssertionError):
+    """One run of the matrix failed; the state directory is not trusted after it."""
+
+
+class Matrix:
+    """One state directory, one tree, one way to die; the runs of many points."""
+
+    def __init__(self, testcase, base, mode, node_url):
+        self.testcase = testcase
+        self.base = base
+        self.mode = mode
+        self.node_url = node_url
+        self.serial = 0
+        self._new_state()
+
+    def _new_state(self):
+        self.serial += 1
+        self.dir = os.path.join(self.base, f"set{self.serial}")
+        self.tree = os.path.join(self.dir, "data")
+        os.makedirs(self.tree)
+        self.files = 0
+        self.write_file("first")
+        self.daemon = CrashDaemon(self.testcase, self.dir, free_port(), self.node_url)
+        self.known: set[str] = set()  # the snapshots there must be
+
+    @property
+    def embedded(self):
+        return self.node_url == "embedded"
+
+    def write_file(self, name, size=24_000):
+        """A file of fresh content: a new blob, so a new pack, commit and log."""
+        self.files += 1
+        with open(os.path.join(self.tree, name), "wb") as f:
+            f.write(os.urandom(size))
+
+    # -- one run ---------------------------------------------------------------
+
+    async def run(self, point):
+        """Crash at ``point``, restart, check; RunFailed says what went wrong."""
+        scenario = SCENARIOS[point.scenario]
+        try:
+            before = self.daemon.nodes()
+            try:
+                status, context = await scenario.crash(self, point.name)
+            except NotReached as e:
+                raise RunFailed(f"never reached: {e}") from None
+            if self.mode == "group":
+                self.daemon.kill_group()
+            if status != crashpoints.EXIT_STATUS:
+                raise RunFailed(f"the daemon ended with {status}, not {crashpoints.EXIT_STATUS}")
+            if self.mode == "daemon" and before and not any(
+                    pid in self.daemon.nodes().values() for pid in before.values()):
+                raise RunFailed("the tahoe nodes did not live on after the daemon alone died")
+            self.daemon.close()
+            self.daemon.start()
+            await self.settle(scenario, context)
+            await self.check_left_over()
+        except BaseException:
+            self.abandon()
+            raise
+
+    def abandon(self):
+        """After a failed run: kill everything of this set, go on with a fresh one."""
+        if self.daemon.proc is not None and self.daemon.proc.poll() is None:
+            self.daemon.kill_group()
+        if self.daemon.proc is not None:
+            self.daemon.close()
+        for pid in tahoe_processes(self.daemon.state):
+            os.kill(pid, 9)
+            wait_gone(pid)
+        self._new_state()
+
+    def finish(self):
+        """Stop the last daemon; its grid stops with it."""
+        if self.daemon.proc is not None:
+            self.daemon.close()
+
+    async def settle(self, scenario, context):
+        """The restarted daemon finishes the work by itself within SETTLE seconds."""
+        deadline = time.monotonic() + SETTLE
+        await self.daemon.eventually(self.daemon.ready, "the restart to be ready", timeout=SETTLE)
+
+        async def finished():
+            listing = await self.snapshots()
+            failed = [s["id"] for s in listing if s["state"] == "failed"]
+            if failed:
+                raise RunFailed(f"snapshots failed: {failed}")
+            if not all(s["state"] == "complete" for s in listing):
+                return False
+            return await scenario.done(self, context, {s["id"] for s in listing})
+
+        while not await self._checked(finished):
+            if time.monotonic() > deadline:
+                listing = await self.snapshots()
+                raise RunFailed(f"not finished {SETTLE} s after the restart: "
+                                f"{[(s['id'], s['state']) for s in listing]} {context}")
+            if self.daemon.proc.poll() is not None:
+                raise RunFailed(f"the restarted daemon exited with {self.daemon.proc.returncode}")
+            await deferLater(reactor, 0.25, lambda: None)
+        ids = {s["id"] for s in await self.snapshots()}
+        if not self.known <= ids:
+            raise RunFailed(f"snapshots lost: {sorted(self.known - ids)}")
+        await scenario.restored(self, context)
+        await self.check_reachable(ids)
+
+    async def _checked(self, check):
+        try:
+            return await check()
+        except RunFailed:
+            raise
+        except Exception:
+            return False
+
+    async def snapshots(self):
+        code, body = await self.daemon.call("GET", "/v1/snapshots?limit=1000")
+        if code != 200:
+            raise AssertionError(f"GET /v1/snapshots: {code} {body}")
+        return body["snapshots"]
+
+    async def check_reachable(self, ids):
+        with open(os.path.join(self.daemon.state, "private", "rootcap")) as f:
+            rootcap = f.read().strip()
+        client = TahoeClient(self.current_node_url())
+        try:
+            problems = await missing_from_root(client, rootcap, sorted(ids),
+                                               os.path.join(self.dir, f"logs-{time.monotonic_ns()}"))
+        finally:
+            await client.close()
+        if problems:
+            raise RunFailed("not reachable from the root cap: " + "; ".join(problems))
+
+    def current_node_url(self):
+        if not self.embedded:
+            return self.node_url
+        with open(os.path.join(self.daemon.state, "grid", "client", "node.url")) as f:
+            return f.read().strip()
+
+    async def check_left_over(self):
+        """Only the restarted daemon's nodes run; none once it stopped."""
+        if self.embedded:
+            nodes = set(self.daemon.nodes().values())
+            extra = set(tahoe_processes(self.daemon.state)) - nodes
+            if extra:
+                raise RunFailed(f"tahoe processes left over beside the daemon's nodes: {sorted(extra)}")
+        self.daemon.close()
+        deadline = time.monotonic() + 10
+        while tahoe_processes(self.daemon.state):
+            if time.monotonic() > deadline:
+                raise RunFailed(f"tahoe processes left over after a stop: {tahoe_processes(self.daemon.state)}")
+            await deferLater(reactor, 0.1, lambda: None)
+
+    async def restore_into(self, name):
+        """Ask for a restore of the latest snapshot; its id and the target."""
+        target = os.path.join(self.dir, name)
+        code, body = await self.daemon.call("POST", "/v1/restores", {"snapshot": "latest", "target": target})
+        if code != 202:
+            raise AssertionError(f"POST /v1/restores: {code} {body}")
+        return body["id"], target
+
+    async def restore_state(self, restore_id):
+        code, body = await self.daemon.call("GET", f"/v1/restores/{restore_id}")
+        return body if code == 200 else None
+
+    def compare(self, target):
+        restored = os.path.join(target, self.tree.lstrip("/"))
+        if not os.path.isdir(restored):
+            raise RunFailed(f"nothing restored under {target}")
+        if tree_listing(restored) != tree_listing(self.tree):
+            raise RunFailed(f"the restore differs from the tree: {sorted(os.listdir(restored))}")
+        shutil.rmtree(target)
+
+
+async def _post(daemon, path, body=None):
+    code, answer = await daemon.call("POST", path, body)
+    if code != 202:
+        raise AssertionError(f"POST {path}: {code} {answer}")
+    return answer
+
+
+async def _ready_or_dead(daemon):
+    """Wait for the daemon to be ready; False if it died first."""
+    try:
+        await daemon.ready()
+        return True
+    except AssertionError:
+        if daemon.proc.poll() is not None:
+            return False
+        raise
+
+
+async def _backup(daemon):
+    """A backup to completion, in a daemon that must not die on it."""
+    snapshot_id = (await _post(daemon, "/v1/backups"))["id"]
+    await daemon.complete(snapshot_id)
+    return snapshot_id
+
+
+async def _check_latest(matrix, name):
+    """The latest snapshot restores byte for byte (it is the tree as it is now)."""
+    restore_id, target = await matrix.restore_into(f"check-{name}")
+
+    async def done():
+        state = await matrix.restore_state(restore_id)
+        return state and state["state"] in ("done", "failed") and state
+
+    state = await matrix.daemon.eventually(done, "the check's restore", timeout=SETTLE)
+    if state["state"] != "done":
+        raise RunFailed(f"the restore of the latest snapshot failed: {state['errors']}")
+    matrix.compare(target)
+
+
+class Backup:
+    @staticmethod
+    async def crash(matrix, point):
+        matrix.write_file(f"backup-{matrix.files}")
+        matrix.daemon.start(point)
+        context = {}
+        if await _ready_or_dead(matrix.daemon):
+            try:
+                context["id"] = (await _post(matrix.daemon, "/v1/backups"))["id"]
+            except Exception:
+                if matrix.daemon.proc.poll() is None:
+                    raise
+
+        async def finished():
+            code, body = await matrix.daemon.call("GET", f"/v1/snapshots/{context['id']}")
+            return code == 200 and body["complete"]
+
+        return await matrix.daemon.died(finished), context
+
+    @staticmethod
+    async def done(matrix, context, ids):
+        new = ids - matrix.known
+        if len(new) != 1:
+            raise RunFailed(f"one new snapshot expected, found {sorted(new)}")
+        context["new"] = new.pop()
+        return True
+
+    @staticmethod
+    async def restored(matrix, context):
+        matrix.known.add(context["new"])
+        await _check_latest(matrix, context["new"])
+
+
+class Start(Backup):
+    @staticmethod
+    async def crash(matrix, point):
+        matrix.write_file(f"start-{matrix.files}")
+        matrix.daemon.start()
+        await matrix.daemon.ready()
+        await _post(matrix.daemon, "/v1/backups")
+        await deferLater(reactor, 0.2, lambda: None)
+        if matrix.mode == "group":
+            matrix.daemon.kill_group()
+        else:
+            matrix.daemon.kill9()
+        matrix.daemon.close()
+        matrix.daemon.start(point)
+
+        async def finished():
+            status = await matrix.daemon.call("GET", "/v1/status")
+            return status[0] == 200 and status[1]["state"] == "ready" and all(
+                s["state"] == "complete" for s in await matrix.snapshots())
+
+        return await matrix.daemon.died(finished), {}
+
+
+class Forget:
+    @staticmethod
+    async def crash(matrix, point):
+        matrix.daemon.start(point)
+        await matrix.daemon.ready()
+        matrix.write_file(f"kept-{matrix.files}")
+        matrix.write_file("changing", size=48_000)
+        first = await _backup(matrix.daemon)
+        matrix.write_file("changing", size=48_000)
+        second = await _backup(matrix.daemon)
+        matrix.known.update((first, second))
+        answer = await _post(matrix.daemon, "/v1/forget", {"snapshots": [first], "prune": True})
+        context = {"forget": first, "kept": second, "job": answer["job"]["id"]}
+        matrix.known.discard(first)
+
+        async def finished():
+            code, job = await matrix.daemon.call("GET", f"/v1/jobs/{context['job']}")
+            return code == 200 and job["state"] in ("done", "failed")
+
+        return await matrix.daemon.died(finished), context
+
+    @staticmethod
+    async def done(matrix, context, ids):
+        if context["forget"] in ids:
+            return False
+        code, job = await matrix.daemon.call("GET", f"/v1/jobs/{context['job']}")
+        if job["state"] == "failed":
+            raise RunFailed(f"the forget job failed: {job['error']}")
+        # Its prune too: no job left to run.
+        code, jobs = await matrix.daemon.call("GET", "/v1/jobs")
+        return all(j["state"] in ("done", "failed") for j in jobs["jobs"])
+
+    @staticmethod
+    async def restored(matrix, context):
+        await _check_latest(matrix, context["kept"])
+
+
+class Restore:
+    @staticmethod
+    async def crash(matrix, point):
+        matrix.daemon.start(point)
+        await matrix.daemon.ready()
+        if not matrix.known:
+            matrix.known.add(await _backup(matrix.daemon))
+        restore_id, target = await matrix.restore_into(f"restore-{matrix.files}-{matrix.serial}")
+        matrix.files += 1
+        context = {"restore": restore_id, "target": target}
+
+        async def finished():
+            state = await matrix.restore_state(restore_id)
+            return state and state["state"] in ("done", "failed")
+
+        return await matrix.daemon.died(finished), context
+
+    @staticmethod
+    async def done(matrix, context, ids):
+        state = await matrix.restore_state(context["restore"])
+        if state["state"] in ("failed", "cancelled"):
+            raise RunFailed(f"the interrupted restore ended {state['state']}: {state['errors']}")
+        return state["state"] == "done"
+
+    @staticmethod
+    async def restored(matrix, context):
+        matrix.compare(context["target"])
+
+
+SCENARIOS = {"backup": Backup, "start": Start, "forget": Forget, "restore": Restore}

@@ -18,6 +18,7 @@ import attr
 from gridbackupd.errors import ConfigError
 from gridbackupd.format.index import INLINE_MAX
 from gridbackupd.format.pack import MAX_BLOB
+from gridbackupd.scan.checkpoints import CHECKPOINT_SECONDS
 
 DEFAULT_LISTEN = "tcp:7234:interface=127.0.0.1"
 
@@ -83,6 +84,8 @@ class BackupConfig:
     # A file below it is one blob, and a blob is at most MAX_BLOB (docs/FORMAT.md).
     chunk_threshold: int = option(1024**2, "size", minimum=64 * 1024, maximum=MAX_BLOB)
     full_every: int = option(10, "integer", minimum=1)
+    # A scan writes a checkpoint it resumes from this often (0: at every 256 entries).
+    checkpoint_interval: float = option(CHECKPOINT_SECONDS, "duration")
     exclude_if_present: tuple = option((), "marker_names")  # marker file names
     # Leave out directories with a valid CACHEDIR.TAG.
     exclude_caches: bool = option(True, "boolean")

@@ -218,7 +218,8 @@ class BackupJobs(QueuedRunner):
         )
         try:
             scan = LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
-                           options=options, log_path=log_path, previous_logs=parent_chain)
+                           options=options, log_path=log_path, previous_logs=parent_chain,
+                           checkpoint_every=self.backup.checkpoint_interval)
             counts = await deferToThreadPool(self.reactor, self.pool, scan_to_log, scan, progress)
         except ScanStopped:
             # The row stays 'scanning' with its checkpoint: the next start

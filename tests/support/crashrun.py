@@ -37,6 +37,7 @@ node_url = {node_url}
 paths =
     {tree}
 scan_interval = 0
+checkpoint_interval = 0
 [retention]
 interval = 0
 [api]

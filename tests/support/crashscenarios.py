@@ -53,6 +53,12 @@ class Matrix:
         os.makedirs(self.tree)
         self.files = 0
         self.write_file("first")
+        # Enough entries for a scan to take a checkpoint (every 256, with
+        # checkpoint_interval = 0); tiny ones, inline in the log.
+        os.makedirs(os.path.join(self.tree, "many"))
+        for i in range(300):
+            with open(os.path.join(self.tree, "many", f"{i:03d}"), "wb") as f:
+                f.write(b"%d\n" % i)
         self.daemon = CrashDaemon(self.testcase, self.dir, free_port(), self.node_url)
         self.known: set[str] = set()  # the snapshots there must be
 

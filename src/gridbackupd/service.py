@@ -29,7 +29,7 @@ from gridbackupd import crashpoints
 from gridbackupd.api.http import endpoint_description, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
-from gridbackupd.errors import GridBackupError, ReadOnly, TahoeError, Unavailable
+from gridbackupd.errors import GridBackupError, ReadOnly, TahoeError, Unavailable, one_line
 from gridbackupd.grid.caps import is_read_only
 from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
@@ -413,8 +413,12 @@ class GridBackupDaemon(OrderedServices):
 
     def _start_failed(self, failure):
         self.state = "error"
-        self.error = failure.getErrorMessage()
-        self.log.failure("the daemon could not start its grid side", failure)
+        self.error = one_line(failure)
+        if failure.check(GridBackupError):
+            # A refusal said on purpose (a missing root cap, say): one line, no traceback.
+            self.log.error("the daemon could not start its grid side: {why}", why=self.error)
+        else:
+            self.log.failure("the daemon could not start its grid side", failure)
 
     async def _poll_grid_async(self, client):
         try:

@@ -29,6 +29,7 @@ from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.upload.publisher import Publisher
 from gridbackupd.upload.throttle import TokenBucket
 from gridbackupd.upload.uploader import RETRY_DELAY, Uploader
+from tests.support.fakegrid import add_uploading_snapshot, grid_index, run, write_files
 
 
 class GatedClient:
@@ -57,9 +58,6 @@ class GatedClient:
         for d in waiting:
             d.callback(None)
 
-
-def run(coro):
-    return Deferred.fromCoroutine(coro)
 
 
 def index_data(blob):
@@ -90,41 +88,17 @@ class UploaderTests(SynchronousTestCase):
                         os.path.join(self.base, "packs"), **kw)
 
     def files(self, sizes, prefix="f"):
-        blobs = []
-        for i, size in enumerate(sizes):
-            data = self.rnd.randbytes(size)
-            path = os.path.join(self.base, "files", f"{prefix}{i:04d}").encode()
-            with open(path, "wb") as f:
-                f.write(data)
-            blobs.append(NewBlob(hashlib.sha256(data).hexdigest(), size, path, 0, 0))
-        return blobs
+        return write_files(self.rnd, os.path.join(self.base, "files"), sizes, prefix)
 
     def snapshot(self, blobs):
         self.snapshots += 1
         sid = f"s{self.snapshots}"
-        log = os.path.join(self.base, sid + ".log")
-        with open(log, "wb") as f:
-            f.write(b"log of " + sid.encode())
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO snapshots (id, state, host, requested, log_path) "
-                "VALUES (?, 'uploading', 'h', 0, ?)", (sid, log))
-            queue.add_blobs(self.conn, sid, blobs)
+        add_uploading_snapshot(self.conn, self.base, sid, blobs)
         return sid
 
     def grid_index(self):
         """Every blob reachable from the root: hash -> (pack cap or None, entry)."""
-        found = {}
-        commits = self.successResultOf(run(self.client.list_dir(self.publisher.layout.commits)))
-        for name, child in commits.items():
-            listing = self.successResultOf(run(self.client.list_dir(child.cap)))
-            segment = self.successResultOf(run(self.client.download(listing["index"].cap)))
-            parsed = parse_index_segment(segment, {n for n in listing if n.startswith("pack-")})
-            for b in parsed.blobs:
-                found[b.hash] = (listing[b.pack].cap, b)
-            for b in parsed.inline:
-                found[b.hash] = (None, b)
-        return found
+        return grid_index(self, self.client, self.publisher.layout.commits)
 
     def puts(self):
         return sum(1 for r in self.fake.requests if r.method == "PUT")

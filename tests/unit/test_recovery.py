@@ -6,24 +6,22 @@ exit raises instead of ending the process, and the "restart" is a new
 publisher and uploader on the same database and grid.
 """
 
-import hashlib
 import os
 import random
 
-from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd import crashpoints
-from gridbackupd.format.index import parse_index_segment, settings_document
+from gridbackupd.format.index import settings_document
 from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.scan.chunker import ChunkParams
-from gridbackupd.scan.values import NewBlob
-from gridbackupd.state import commits, queue
+from gridbackupd.state import commits
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
 from gridbackupd.testing.inline import InlinePool, ThreadlessReactor
 from gridbackupd.upload.publisher import Publisher
 from gridbackupd.upload.uploader import Uploader
+from tests.support.fakegrid import add_uploading_snapshot, grid_index, run, write_files
 
 
 class Killed(BaseException):
@@ -33,9 +31,6 @@ class Killed(BaseException):
 def kill(status):
     raise Killed(status)
 
-
-def run(coro):
-    return Deferred.fromCoroutine(coro)
 
 
 # The points an upload round passes (the scan's and the start's are elsewhere).
@@ -69,34 +64,13 @@ class RecoveryCase(SynchronousTestCase):
                                  os.path.join(self.base, "packs"), pack_size=16 * 1024, inline_max=100)
 
     def snapshot(self, sid, sizes):
-        blobs = []
-        for i, size in enumerate(sizes):
-            data = self.rnd.randbytes(size)
-            path = os.path.join(self.base, "files", f"{sid}-{i}").encode()
-            with open(path, "wb") as f:
-                f.write(data)
-            blobs.append(NewBlob(hashlib.sha256(data).hexdigest(), size, path, 0, 0))
-        log = os.path.join(self.base, sid + ".log")
-        with open(log, "wb") as f:
-            f.write(b"log of " + sid.encode())
-        with dbmod.transaction(self.conn):
-            self.conn.execute(
-                "INSERT INTO snapshots (id, state, host, requested, log_path) "
-                "VALUES (?, 'uploading', 'h', 0, ?)", (sid, log))
-            queue.add_blobs(self.conn, sid, blobs)
+        blobs = write_files(self.rnd, os.path.join(self.base, "files"), sizes, f"{sid}-")
+        add_uploading_snapshot(self.conn, self.base, sid, blobs)
         return {b.hash for b in blobs}
 
     def grid_blobs(self):
         """The hashes reachable from the root through the linked commits."""
-        found = set()
-        linked = self.successResultOf(run(self.client.list_dir(self.publisher.layout.commits)))
-        for child in linked.values():
-            listing = self.successResultOf(run(self.client.list_dir(child.cap)))
-            segment = self.successResultOf(run(self.client.download(listing["index"].cap)))
-            parsed = parse_index_segment(segment, {n for n in listing if n.startswith("pack-")})
-            found.update(b.hash for b in parsed.blobs)
-            found.update(b.hash for b in parsed.inline)
-        return found
+        return set(grid_index(self, self.client, self.publisher.layout.commits))
 
     def state_of(self, sid):
         return self.conn.execute("SELECT state FROM snapshots WHERE id = ?", (sid,)).fetchone()[0]

@@ -19,6 +19,7 @@ from gridbackupd.errors import ConfigError
 from gridbackupd.format.index import INLINE_MAX
 from gridbackupd.format.pack import MAX_BLOB
 from gridbackupd.scan.checkpoints import CHECKPOINT_SECONDS
+from gridbackupd.scan.hooks import COMMAND_TIMEOUT
 
 DEFAULT_LISTEN = "tcp:7234:interface=127.0.0.1"
 
@@ -92,6 +93,8 @@ class BackupConfig:
     one_file_system: bool = option(False, "boolean")
     pre_command: str | None = option(None, "string")  # shell command run before each scan
     post_command: str | None = option(None, "string")  # shell command run after each scan
+    # A command still running after this is killed with its whole process group (0 = no limit).
+    command_timeout: float = option(COMMAND_TIMEOUT, "duration")
 
 
 @attr.frozen

@@ -465,10 +465,10 @@ def load_checkpoint(conn):
 
 
 class CommandTests(SynchronousTestCase):
-    def fixture(self, pre=None, post=None):
+    def fixture(self, pre=None, post=None, timeout=3600.0):
         f = Fixture(self)
         f.config = attr_evolve(f.config, backup=attr_evolve(f.config.backup, pre_command=pre,
-                                                            post_command=post))
+                                                            post_command=post, command_timeout=timeout))
         f.jobs.backup = f.config.backup
         write(os.path.join(f.tree, "x"), b"x" * 300)
         return f
@@ -485,6 +485,17 @@ class CommandTests(SynchronousTestCase):
 
         self.assertEqual(json.loads(errors), [
             {"path": None, "reason": "pre_command failed (exit status 3): no database"}])
+
+    def test_a_pre_command_past_its_time_fails_the_snapshot(self):
+        f = self.fixture(pre="sleep 600", timeout=0.2)
+        snapshot_id = f.jobs.request()
+        state, errors = f.conn.execute(
+            "SELECT state, errors FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+        self.assertEqual(state, "failed")
+        import json
+
+        self.assertEqual(json.loads(errors), [{"path": None, "reason": (
+            "pre_command did not finish within 0.2 s (its process group was killed)")}])
 
     def test_commands_run_around_the_scan(self):
         marks = os.path.abspath(self.mktemp())

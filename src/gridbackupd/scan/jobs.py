@@ -162,14 +162,13 @@ class BackupJobs(QueuedRunner):
         env = {"GRIDBACKUP_SNAPSHOT": snapshot_id}
         if self.backup.pre_command:
             progress.current = b"(pre_command)"
-            ok, why = await deferToThreadPool(
-                self.reactor, self.pool, run_command, self.backup.pre_command, env)
-            if not ok:
+            done = await self._command("pre_command", self.backup.pre_command, env)
+            if not done.ok:
                 self.current = None
-                self.log.warn("pre_command failed, {id} is not scanned: {why}", id=snapshot_id, why=why)
+                self.log.warn("pre_command failed, {id} is not scanned: {why}", id=snapshot_id, why=done.why)
                 with dbmod.transaction(self.conn):
                     snapshots.mark_failed(self.conn, snapshot_id, time.time(),
-                                          [{"path": None, "reason": "pre_command " + why}])
+                                          [{"path": None, "reason": "pre_command " + done.why}])
                     checkpoints.drop(self.conn, snapshot_id, self.logs_dir)
                 self.waiters.fire(snapshot_id, "failed")
                 return
@@ -183,12 +182,19 @@ class BackupJobs(QueuedRunner):
         """Run post_command whatever became of the scan; a failure is added to its errors."""
         if not self.backup.post_command:
             return
-        ok, why = await deferToThreadPool(
-            self.reactor, self.pool, run_command, self.backup.post_command, env)
-        if ok:
+        done = await self._command("post_command", self.backup.post_command, env)
+        if done.ok:
             return
-        self.log.warn("post_command failed after {id}: {why}", id=snapshot_id, why=why)
-        snapshots.add_error(self.conn, snapshot_id, {"path": None, "reason": "post_command " + why})
+        self.log.warn("post_command failed after {id}: {why}", id=snapshot_id, why=done.why)
+        snapshots.add_error(self.conn, snapshot_id, {"path": None, "reason": "post_command " + done.why})
+
+    async def _command(self, name, command, env):
+        """Run one of the commands in a worker thread; what it printed goes to the daemon's log."""
+        done = await deferToThreadPool(self.reactor, self.pool, run_command, command, env,
+                                       self.backup.command_timeout)
+        for line in done.output:
+            self.log.info("{name}: {line}", name=name, line=line)
+        return done
 
     async def _scan(self, snapshot_id, started, progress):
         kind, parent, parent_chain = self.plan()

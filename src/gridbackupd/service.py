@@ -197,7 +197,7 @@ def maintenance(reactor, conn, statedir, pool, client, rootcap, publisher, resto
         reactor=reactor, conn=conn, db_path=statedir.database, client=client, rootcap=rootcap,
         pool=pool, statedir=statedir, job_id="", publisher=publisher, restorer=restorer)
     return Maintenance(reactor, template, config.maintenance, config.retention, config.upload.pack_size,
-                       scan_lock, require_writable, read_only=read_only)
+                       scan_lock, require_writable, read_only=read_only, grid_wait=config.tahoe.grid_wait)
 
 
 class _RunningPart(Service):

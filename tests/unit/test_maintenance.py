@@ -11,6 +11,7 @@ from twisted.trial.unittest import TestCase
 
 from gridbackupd.api import metrics
 from gridbackupd.config import MaintenanceConfig, RetentionConfig, UploadConfig
+from gridbackupd.errors import TahoeUnavailable
 from gridbackupd.maintenance import scheduler as maintenance
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
 from gridbackupd.state import db as dbmod
@@ -42,18 +43,22 @@ class SchedulerTests(TestCase):
                 raise JobStopped("stopping")
             if how == "fail":
                 raise RuntimeError("the grid said no")
+            if how == "grid away":
+                ctx.mark_done(["item-1"])
+                raise TahoeUnavailable("connection refused by the tahoe node\n(at its second try)")
             if isinstance(how, Deferred):
                 await how
             return {"kind": kind}
         return run
 
-    def make(self, retention=RetentionConfig(), **maint):
+    def make(self, retention=RetentionConfig(), grid_wait=900.0, **maint):
         template = JobContext(
             reactor=self.clock, conn=self.conn, db_path=self.db_path, client=None,
             rootcap="URI:DIR2:x:y", pool=None, statedir=StateDir(os.path.dirname(self.db_path)),
             job_id="", publisher="publisher", restorer=None)
         m = maintenance.Maintenance(self.clock, template, MaintenanceConfig(**maint), retention,
-                                    UploadConfig().pack_size, self.scan_lock, lambda: None)
+                                    UploadConfig().pack_size, self.scan_lock, lambda: None,
+                                    grid_wait=grid_wait)
         m.startService()
         self.addCleanup(m.stopService)
         return m
@@ -116,6 +121,43 @@ class SchedulerTests(TestCase):
         self.assertEqual(m.status()["check"]["last"]["state"], "failed")
         self.assertEqual(samples(m)[("gridbackup_job_last_failed", "check")], 1.0)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+    def test_a_job_waits_for_the_grid_and_resumes_its_items(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        self.behaviour["leases"] = "grid away"
+        job_id = m.request("leases")
+        doc = m.job(job_id)
+        self.assertEqual((doc["state"], doc["progress"]["waiting_for"]), ("running", "grid"))
+        self.assertIsInstance(doc["progress"]["waiting_since"], float)
+        self.clock.advance(60)
+        self.assertEqual(m.job(job_id)["state"], "running")
+        del self.behaviour["leases"]
+        self.clock.advance(10)
+        doc = m.job(job_id)
+        self.assertEqual((doc["state"], doc["result"]), ("done", {"kind": "leases"}))
+        self.assertNotIn("waiting_for", doc["progress"])
+        # The second run skipped what the first had finished.
+        self.assertEqual(self.ran[0][2], False)
+        self.assertEqual(self.ran[-1], ("leases", job_id, True))
+
+    def test_a_job_gives_up_on_the_grid_with_one_line(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0, grid_wait=120.0)
+        self.behaviour["check"] = "grid away"
+        job_id = m.request("check")
+        self.clock.pump([5.0] * 30)
+        doc = m.job(job_id)
+        self.assertEqual(doc["state"], "failed")
+        self.assertEqual(doc["error"], "gave up after waiting 120 s for the grid ([tahoe] grid_wait): "
+                                       "connection refused by the tahoe node (at its second try)")
+        self.flushLoggedErrors()
+
+    def test_a_stop_while_waiting_requeues_the_job(self):
+        m = self.make(lease_interval=0, check_interval=0, drill_interval=0)
+        self.behaviour["drill"] = "grid away"
+        job_id = m.request("drill")
+        m.interrupt()
+        self.clock.advance(10)
+        self.assertEqual(m.job(job_id)["state"], "queued")
 
     def test_one_job_at_a_time_and_joining(self):
         m = self.make(lease_interval=0, check_interval=0, drill_interval=0)

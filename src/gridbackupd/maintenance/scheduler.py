@@ -11,6 +11,11 @@ the same table: a kind is due when its last run was requested longer ago
 than its interval, so a restart neither repeats nor skips a weekly job.
 Forget and prune hold the backup jobs' scan lock: no scan dedups against a
 blob a prune is dropping.
+
+A job that finds the grid away (the daemon still connecting, the client
+node restarting) does not fail: it waits (``waiting_for: "grid"`` in its
+progress) and runs again from the items it had finished, up to ``[tahoe]
+grid_wait``; then it fails with one line.
 """
 
 import json
@@ -21,8 +26,9 @@ import attr
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from gridbackupd.errors import Invalid, NotFound, ReadOnly
+from gridbackupd.errors import Invalid, NotFound, ReadOnly, one_line
 from gridbackupd.maintenance.jobs import JobStopped
+from gridbackupd.restore.gridwait import DEFAULT_TIMEOUT, GridWait
 from gridbackupd.runner import QueuedRunner
 from gridbackupd.state import jobs as jobstate
 
@@ -79,6 +85,21 @@ RUNNERS = {"leases": run_leases, "check": run_check, "drill": run_drill,
            "forget": run_forget, "prune": run_prune}
 
 
+class _ProgressFields:
+    """A job's progress dict seen as the attributes GridWait sets; None removes the key."""
+
+    _progress: dict
+
+    def __init__(self, progress):
+        object.__setattr__(self, "_progress", progress)
+
+    def __setattr__(self, name, value):
+        if value is None:
+            self._progress.pop(name, None)
+        else:
+            self._progress[name] = value
+
+
 class Maintenance(QueuedRunner):
     """
     The maintenance jobs' queue, schedule and runner.  ``template`` is what
@@ -90,8 +111,9 @@ class Maintenance(QueuedRunner):
     what = "maintenance job"
 
     def __init__(self, reactor, template, settings, retention, pack_size, scan_lock,
-                 require_writable, read_only=False):
+                 require_writable, read_only=False, grid_wait=DEFAULT_TIMEOUT):
         super().__init__()
+        self.grid_wait = grid_wait  # [tahoe] grid_wait
         self.reactor = reactor
         self.template = template
         self.conn = template.conn
@@ -202,7 +224,7 @@ class Maintenance(QueuedRunner):
             try:
                 if kind in WRITING and ctx.publisher is None:
                     raise ReadOnly("read_only", "this daemon does not write to the backup set")
-                result = await RUNNERS[kind](self, ctx)
+                result = await self._run_waiting_for_grid(kind, ctx)
                 state = "done"
             finally:
                 if lock is not None:
@@ -212,7 +234,7 @@ class Maintenance(QueuedRunner):
             self.log.info("{kind} job {id} stopped; it resumes at the next start", kind=kind, id=job_id)
             return False
         except Exception as e:
-            error = str(e)
+            error = one_line(e)
             self.log.failure("{kind} job {id} failed", kind=kind, id=job_id)
         finally:
             self.current = self.current_kind = None
@@ -221,6 +243,12 @@ class Maintenance(QueuedRunner):
         self.log.info("{kind} job {id}: {state}", kind=kind, id=job_id, state=state)
         self.waiters.fire(job_id, state)
         return True
+
+    async def _run_waiting_for_grid(self, kind, ctx):
+        """The job's run, again from its finished items while the grid is away."""
+        wait = GridWait(self.reactor, lambda: ctx.client, self.grid_wait, _ProgressFields(ctx.progress),
+                        ctx.check_stopping)
+        return await wait.call(lambda client: RUNNERS[kind](self, ctx))
 
     def context(self, job_id, options=None):
         """What a job (or a dry run of one) sees of the daemon."""

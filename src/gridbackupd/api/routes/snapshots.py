@@ -22,11 +22,19 @@ from gridbackupd.api.query import MAX_PAGE, PAGE, path_arg, query_arg, query_int
 from gridbackupd.errors import Conflict, DomainError, Invalid, NotFound, TahoeError
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import FILE
+from gridbackupd.restore.gridwait import GridWait
 from gridbackupd.state import snapshots
 from gridbackupd.state.blobs import locate
 from gridbackupd.waiters import OneShot
 
 CONTENT_AHEAD = 4
+
+
+class _ReadProgress:
+    """Where a content read's grid wait notes that it waits (no one polls a read)."""
+
+    waiting_for = None
+    waiting_since = None
 
 router = Router()
 
@@ -167,12 +175,9 @@ async def get_content(daemon, request, snapshot_id):
             raise Conflict("not_uploaded",
                            f"the content of {os.fsdecode(path)!r} is not on the grid yet")
         locations.append((blob_hash, size, location))
-    client = daemon._client()
-    request.setResponseCode(200)
-    request.setHeader(b"content-type", b"application/octet-stream")
-    request.setHeader(b"content-length", str(entry.size).encode("ascii"))
-    request.setHeader(b"cache-control", b"no-store")
-    pacer = Pacer(request)
+    # While the grid is away (the daemon connecting, the node restarting) the
+    # read waits for it, up to [tahoe] grid_wait, then answers 503.
+    grid = GridWait(daemon.reactor, daemon._client, daemon.config.tahoe.grid_wait, _ReadProgress())
 
     async def fetch(run):
         """One run's blobs, checked, in file order."""
@@ -181,7 +186,7 @@ async def get_content(daemon, request, snapshot_id):
         else:
             start = run.start
             try:
-                stored = await client.download(run.cap, run.start, run.end - run.start)
+                stored = await grid.call(lambda client: client.download(run.cap, run.start, run.end - run.start))
             except TahoeError as e:
                 # A JSON 502 if nothing was sent yet; else the connection drops.
                 raise failure_answer(e) from e
@@ -191,9 +196,12 @@ async def get_content(daemon, request, snapshot_id):
             raise APIError(502, "corrupt_content", f"{os.fsdecode(path)!r}: {e}")
 
     # Up to CONTENT_AHEAD runs are fetched while the one before is written:
-    # the grid's latency overlaps, and memory stays at a few runs.
+    # the grid's latency overlaps, and memory stays at a few runs.  The
+    # answer starts with the first run in hand, so that a grid that is away
+    # or a bad first run is still a JSON error.
     runs = iter(browse.content_runs(locations))
     ahead: collections.deque[Deferred] = collections.deque()
+    pacer = None
     try:
         for run in itertools.islice(runs, CONTENT_AHEAD):
             ahead.append(Deferred.fromCoroutine(fetch(run)))
@@ -201,11 +209,23 @@ async def get_content(daemon, request, snapshot_id):
             data = await ahead.popleft()
             for run in itertools.islice(runs, 1):
                 ahead.append(Deferred.fromCoroutine(fetch(run)))
+            if pacer is None:
+                request.setResponseCode(200)
+                request.setHeader(b"content-type", b"application/octet-stream")
+                request.setHeader(b"content-length", str(entry.size).encode("ascii"))
+                request.setHeader(b"cache-control", b"no-store")
+                pacer = Pacer(request)
             await pacer.write(data)
+    except BaseException:
+        if pacer is not None:
+            request.unregisterProducer()
+        raise
     finally:
         for d in ahead:
             d.addErrback(lambda f: None)
             d.cancel()
+    if pacer is None:
+        raise APIError(502, "corrupt_content", f"{os.fsdecode(path)!r}: no content runs")
     pacer.finish()
     return STREAMED
 

@@ -1,10 +1,12 @@
 """A restore never writes outside its target, whatever the snapshot says."""
 
 import os
+import stat
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from gridbackupd.model import DIR, FILE, SYMLINK, Entry
+from gridbackupd.model import DIR, FIFO, FILE, SYMLINK, Entry
+from gridbackupd.restore import targetfs
 from gridbackupd.restore.targetfs import TargetWriter, UnsafePath, components
 
 
@@ -156,3 +158,105 @@ class MetadataTests(SynchronousTestCase):
         [(path, reason)] = writer.warnings
         self.assertEqual(path, b"/f")
         self.assertIn("bogus.namespace", reason)
+
+
+class SwapAtMetadataTests(SynchronousTestCase):
+    """
+    A user who can write in the target swaps what the restore just made for
+    something else before its metadata goes on (``targetfs._before_metadata``
+    is that moment): the restore changes nothing it did not make.
+    """
+
+    def setUp(self):
+        base = os.path.abspath(self.mktemp())
+        self.target = os.path.join(base, "target")
+        self.victim = os.path.join(base, "victim")
+        os.makedirs(base)
+        with open(self.victim, "wb") as f:
+            f.write(b"#!/bin/sh\n")
+        os.chmod(self.victim, 0o600)
+        os.utime(self.victim, ns=(5 * 10**17, 5 * 10**17))
+        self.before = os.stat(self.victim)
+        self.writer = TargetWriter(self.target)
+        self.addCleanup(self.writer.close)
+
+    def swap(self, make):
+        def hook(dir_fd, name):
+            os.unlink(name, dir_fd=dir_fd)
+            make(name, dir_fd)
+        self.patch(targetfs, "_before_metadata", hook)
+
+    def assertVictimUnchanged(self):
+        st = os.stat(self.victim)
+        self.assertEqual((oct(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns),
+                         (oct(self.before.st_mode), self.before.st_uid, self.before.st_gid,
+                          self.before.st_mtime_ns))
+
+    def test_fifo_swapped_for_a_symlink(self):
+        self.swap(lambda name, fd: os.symlink(self.victim, name, dir_fd=fd))
+        entry = Entry(path=b"/fifo", kind=FIFO, mode=stat.S_IFIFO | 0o4777, uid=0, gid=0,
+                      mtime_ns=10**18)
+        with self.assertRaises(UnsafePath) as caught:
+            self.writer.make_special(entry)
+        self.assertIn("now a symlink", str(caught.exception))
+        self.assertVictimUnchanged()
+
+    def test_symlink_swapped_for_a_hard_link_to_another_file(self):
+        # lchown by name would chown whatever the name holds by then.
+        self.swap(lambda name, fd: os.link(self.victim, name, dst_dir_fd=fd))
+        entry = Entry(path=b"/link", kind=SYMLINK, mode=stat.S_IFLNK | 0o777, target=b"x",
+                      uid=4321, gid=8765, mtime_ns=10**18)
+        with self.assertRaises(UnsafePath) as caught:
+            self.writer.make_symlink(entry)
+        self.assertIn("now a regular file", str(caught.exception))
+        self.assertVictimUnchanged()
+
+    def test_metadata_of_what_was_not_swapped(self):
+        fifo = Entry(path=b"/fifo", kind=FIFO, mode=stat.S_IFIFO | 0o640, uid=4321, gid=8765,
+                     mtime_ns=10**18)
+        link = Entry(path=b"/link", kind=SYMLINK, mode=stat.S_IFLNK | 0o777, target=b"fifo",
+                     uid=4321, gid=8765, mtime_ns=2 * 10**18)
+        self.assertTrue(self.writer.make_special(fifo))
+        self.assertTrue(self.writer.make_symlink(link))
+        st = os.lstat(os.path.join(self.target, "fifo"))
+        self.assertEqual((stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime_ns),
+                         (stat.S_IFIFO, 0o640, 10**18))
+        lst = os.lstat(os.path.join(self.target, "link"))
+        self.assertEqual(lst.st_mtime_ns, 2 * 10**18)
+        if os.geteuid() == 0:
+            self.assertEqual((st.st_uid, st.st_gid, lst.st_uid, lst.st_gid), (4321, 8765) * 2)
+
+
+class SetIdTests(SynchronousTestCase):
+    """Set-uid and set-gid bits stay only where the owner is restored too."""
+
+    def restore(self, as_root):
+        target = os.path.abspath(self.mktemp())
+        writer = TargetWriter(target)
+        self.addCleanup(writer.close)
+        writer.as_root = as_root
+        for name, mode in ((b"suid", 0o4755), (b"sgid", 0o2750), (b"plain", 0o755)):
+            entry = Entry(path=b"/" + name, kind=FILE, mode=stat.S_IFREG | mode, size=1)
+            out = writer.open_file(entry)
+            out.write(0, b"x")
+            out.commit()
+        writer.make_special(Entry(path=b"/fifo", kind=FIFO, mode=stat.S_IFIFO | 0o6640))
+        writer.make_dir(Entry(path=b"/shared", kind=DIR, mode=stat.S_IFDIR | 0o2775))
+        writer.finish_dir(Entry(path=b"/shared", kind=DIR, mode=stat.S_IFDIR | 0o2775))
+        modes = {name: stat.S_IMODE(os.lstat(os.path.join(target, name)).st_mode)
+                 for name in ("suid", "sgid", "plain", "fifo", "shared")}
+        return modes, writer.setid_dropped
+
+    def test_dropped_and_counted_when_owners_are_not_restored(self):
+        modes, dropped = self.restore(as_root=False)
+        self.assertEqual(modes, {"suid": 0o755, "sgid": 0o750, "plain": 0o755, "fifo": 0o640,
+                                 "shared": 0o2775})
+        self.assertEqual(dropped, 3)
+
+    def test_kept_when_owners_are(self):
+        if os.geteuid() != 0:
+            raise SkipTest("restoring owners needs root")
+        modes, dropped = self.restore(as_root=True)
+        self.assertEqual(modes, {"suid": 0o4755, "sgid": 0o2750, "plain": 0o755, "fifo": 0o6640,
+                                 "shared": 0o2775})
+        self.assertEqual(dropped, 0)

@@ -45,6 +45,8 @@ class RestoreProgress:
     # "grid" while the run waits for a grid that is away, and since when (epoch seconds).
     waiting_for: str | None = None
     waiting_since: float | None = None
+    # Files whose set-uid/set-gid bits were dropped: the owner was not restored (not root).
+    setid_dropped: int = 0
 
 
 def within(path, wanted):
@@ -185,6 +187,7 @@ class RestoreEngine:
         finally:
             for path, reason in writer.warnings:
                 progress.errors.append({"path": os.fsdecode(path), "reason": reason})
+            progress.setid_dropped += writer.setid_dropped
             writer.close()
 
     async def _skip_restored(self, writer, files, progress):

@@ -9,9 +9,18 @@ renamed into place; ``sync`` then syncs every directory the restore
 changed, so that what a finished restore reports is on the disk.
 Metadata goes on in the order that keeps it: lchown (root's chown clears
 set-uid bits), chmod, extended attributes (ACLs are the
-``system.posix_acl_*`` ones), utime; directories last.  Regular files and
-directories get their metadata through an open descriptor, so nothing is
-looked up by name again once the object is open.
+``system.posix_acl_*`` ones), utime; directories last.
+
+Metadata never follows a link, since a user who can write in the target
+could swap a name for a symlink between its creation and its chmod.
+Regular files and directories get theirs through the descriptor they
+were written or opened by (``O_NOFOLLOW``).  Everything else (symlinks,
+FIFOs, device nodes) is opened again with ``O_PATH | O_NOFOLLOW``,
+checked by ``fstat`` to be the kind just made, and changed through
+``/proc/self/fd/N``, which names that very inode (``fchmod`` on an
+``O_PATH`` descriptor fails); a mismatch is that entry's error.  Without
+root the owner is not restored, so set-uid and set-gid bits are dropped
+(they would hand the file to the daemon's user) and counted.
 """
 
 import contextlib
@@ -37,6 +46,14 @@ TEMP_PREFIX_TEXT = TEMP_PREFIX.decode("ascii")
 
 class UnsafePath(ValueError):
     """A path from a snapshot that must not be written."""
+
+
+# Tests only: called as ``hook(dir_fd, name)`` between the creation of a
+# symlink or special file and the setting of its metadata, the moment a
+# hostile user would swap it.
+_before_metadata = None
+
+_SETID = stat.S_ISUID | stat.S_ISGID
 
 
 def hash_file(fd, pieces=()):
@@ -134,6 +151,13 @@ def _gid(group, gid):
     return gid
 
 
+_KIND_NAMES = {
+    stat.S_IFLNK: "a symlink", stat.S_IFREG: "a regular file", stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
 class TargetWriter:
     """Creates entries under one target directory. Used from worker threads."""
 
@@ -147,6 +171,8 @@ class TargetWriter:
         # (path, reason) of metadata that could not be set; the file stays.
         self.warnings = []
         self._warn_lock = threading.Lock()
+        # Set-uid/set-gid bits not restored because the owner is not (``_mode``).
+        self.setid_dropped = 0
         self._dir_fds = {}
         self._dir_lock = threading.Lock()
         self._swept = set()
@@ -313,27 +339,56 @@ class TargetWriter:
                 # itself is still restored: say what is missing.
                 self._warn(entry, f"extended attribute {os.fsdecode(name)!r} not set: {e.strerror}")
 
+    def _mode(self, entry):
+        """
+        The permission bits to set.  Without the owner restored, set-uid and
+        set-gid bits of anything but a directory are dropped (and counted):
+        they would make the file run as the daemon's user.  A directory's
+        set-gid bit only passes its group on to new entries.
+        """
+        mode = stat.S_IMODE(entry.mode)
+        if mode & _SETID and not self.as_root and not stat.S_ISDIR(entry.mode):
+            mode &= ~_SETID
+            with self._warn_lock:
+                self.setid_dropped += 1
+        return mode
+
     def _set_metadata_fd(self, fd, entry):
         """Metadata of an open regular file or directory."""
         if self.as_root:
             os.chown(fd, _uid(entry.user, entry.uid), _gid(entry.group, entry.gid))
-        os.chmod(fd, stat.S_IMODE(entry.mode))
+        os.chmod(fd, self._mode(entry))
         if entry.xattrs:
             self._set_xattrs(fd, entry, True)
         os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
 
-    def _set_metadata(self, fd, name, entry, is_link=False):
-        """Metadata of a symlink or special file, by name under ``fd``, never following."""
-        if self.as_root:
-            os.chown(name, _uid(entry.user, entry.uid), _gid(entry.group, entry.gid),
-                     dir_fd=fd, follow_symlinks=False)
-        if not is_link:
-            os.chmod(name, stat.S_IMODE(entry.mode), dir_fd=fd)
-        if entry.xattrs:
-            # setxattr has no dir_fd form: name the object through the
-            # directory's descriptor, without following the last component.
-            self._set_xattrs(b"/proc/self/fd/%d/%s" % (fd, name), entry, False)
-        os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=fd, follow_symlinks=False)
+    def _set_metadata(self, fd, name, entry, file_type):
+        """
+        Metadata of the symlink or special file just made as ``name`` under
+        ``fd``: opened ``O_PATH | O_NOFOLLOW`` and checked to be of
+        ``file_type`` (an ``S_IFMT`` value), then changed through
+        ``/proc/self/fd/N``, which never leads past that inode.  A symlink
+        gets no chmod (Linux has no modes for them).  Raises when the
+        name no longer holds what was made (UnsafePath): nothing is followed.
+        """
+        if _before_metadata is not None:
+            _before_metadata(fd, name)
+        pfd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            found = stat.S_IFMT(os.fstat(pfd).st_mode)
+            if found != file_type:
+                raise UnsafePath("changed while being restored (now "
+                                 f"{_KIND_NAMES.get(found, 'another kind')}): its metadata was not set")
+            proc = "/proc/self/fd/%d" % pfd
+            if self.as_root:
+                os.chown(proc, _uid(entry.user, entry.uid), _gid(entry.group, entry.gid))
+            if file_type != stat.S_IFLNK:
+                os.chmod(proc, self._mode(entry))
+            if entry.xattrs:
+                self._set_xattrs(proc, entry, True)
+            os.utime(proc, ns=(entry.mtime_ns, entry.mtime_ns))
+        finally:
+            os.close(pfd)
 
     def make_dir(self, entry):
         """Create a directory (its metadata comes later, in ``finish_dir``)."""
@@ -403,7 +458,7 @@ class TargetWriter:
                 os.unlink(name, dir_fd=fd)
             os.symlink(entry.target, name, dir_fd=fd)
             self._touch_parent(entry.path)
-            self._set_metadata(fd, name, entry, is_link=True)
+            self._set_metadata(fd, name, entry, stat.S_IFLNK)
             return True
 
     def make_hardlink(self, entry):
@@ -430,12 +485,13 @@ class TargetWriter:
                     return False
                 os.unlink(name, dir_fd=fd)
             kinds = {FIFO: stat.S_IFIFO, CHARDEV: stat.S_IFCHR, BLOCKDEV: stat.S_IFBLK}
+            # Made owner-only; its mode comes with the rest of its metadata.
             if entry.kind == FIFO:
-                os.mkfifo(name, stat.S_IMODE(entry.mode), dir_fd=fd)
+                os.mkfifo(name, 0o600, dir_fd=fd)
             else:
-                os.mknod(name, kinds[entry.kind] | stat.S_IMODE(entry.mode), entry.rdev, dir_fd=fd)
+                os.mknod(name, kinds[entry.kind] | 0o600, entry.rdev, dir_fd=fd)
             self._touch_parent(entry.path)
-            self._set_metadata(fd, name, entry)
+            self._set_metadata(fd, name, entry, kinds[entry.kind])
             return True
 
 

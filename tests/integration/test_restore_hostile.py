@@ -1,6 +1,7 @@
 """
 A restore against someone who wants it to do harm: a user swapping what
-the restore just made for a symlink, set-uid files restored without root.  The backup sets are made by
+the restore just made for a symlink, set-uid files restored without root,
+a log whose hard links go round in circles.  The backup sets are made by
 hand as in test_restore (a fake grid, a fresh database, logs written with
 the format's writer).
 """
@@ -17,7 +18,10 @@ import textwrap
 
 from twisted.trial.unittest import SkipTest, TestCase
 
-from gridbackupd.model import FIFO, SYMLINK, Entry
+from gridbackupd.api import browse
+from gridbackupd.errors import Conflict
+from gridbackupd.format import hardlinks
+from gridbackupd.model import FIFO, HARDLINK, SYMLINK, Entry
 from gridbackupd.restore import targetfs
 from tests.integration.test_restore import T0, BackupSet, dir_entry, file_entry
 
@@ -71,6 +75,59 @@ class HostileRestoreTests(TestCase):
         self.assertEqual(os.lstat(self.out(b"/zlink")).st_mtime_ns, T0)
         with open(self.out(b"/before"), "rb") as f:
             self.assertEqual(f.read(), b"kept")
+
+    async def test_hard_link_cycles_and_chains(self):
+        chain = [Entry(path=b"/long/%04d" % i, kind=HARDLINK, target=b"/long/%04d" % (i + 1))
+                 for i in range(2000)]
+        self.set.add_snapshot("s1", [
+            dir_entry(b"/"),
+            dir_entry(b"/long"),
+            file_entry(b"/file", b"the content"),
+            Entry(path=b"/a", kind=HARDLINK, target=b"/b"),
+            Entry(path=b"/b", kind=HARDLINK, target=b"/a"),
+            Entry(path=b"/c", kind=HARDLINK, target=b"/a"),
+            # A chain of two, its first link before the second in the log.
+            Entry(path=b"/d1", kind=HARDLINK, target=b"/d2"),
+            Entry(path=b"/d2", kind=HARDLINK, target=b"/file"),
+            Entry(path=b"/long/2000", kind=HARDLINK, target=b"/file"),
+            *chain,
+        ])
+        state, status = await self.restore()
+        self.assertEqual(state, "failed")
+        reasons = {e["path"]: e["reason"] for e in status["errors"]}
+        for path in ("/a", "/b", "/c"):
+            self.assertIn("cycle", reasons.pop(path))
+        too_long = {p for p, r in reasons.items() if "chain of more than" in r}
+        # /long/N is 2001 - N hops from the file.
+        self.assertEqual(too_long, {"/long/%04d" % i for i in range(2001 - hardlinks.MAX_HOPS)})
+        self.assertEqual(set(reasons) - too_long, set())
+        # The other links are the file itself.
+        inode = os.stat(self.out(b"/file")).st_ino
+        for path in (b"/d1", b"/d2", b"/long/2000", b"/long/%04d" % (2001 - hardlinks.MAX_HOPS)):
+            self.assertEqual(os.stat(self.out(path)).st_ino, inode, path)
+        for path in (b"/a", b"/b", b"/c", b"/long/0000"):
+            self.assertFalse(os.path.lexists(self.out(path)), path)
+
+    def test_content_of_a_hard_link_cycle_reads_the_log_a_bounded_number_of_times(self):
+        self.set.add_snapshot("s1", [
+            file_entry(b"/file", b"x"),
+            Entry(path=b"/a", kind=HARDLINK, target=b"/b"),
+            Entry(path=b"/b", kind=HARDLINK, target=b"/a"),
+            Entry(path=b"/link", kind=HARDLINK, target=b"/file"),
+        ])
+        logs = browse.log_chain(self.set.conn, "s1")
+        reads = []
+        real_entries = browse.entries
+
+        def counted(log_paths):
+            reads.append(1)
+            return real_entries(log_paths)
+        self.patch(browse, "entries", counted)
+        with self.assertRaises(Conflict) as caught:
+            browse.find_entry(logs, b"/a")
+        self.assertEqual(caught.exception.code, "bad_hard_link")
+        self.assertLessEqual(len(reads), hardlinks.MAX_HOPS + 1)
+        self.assertEqual(browse.find_entry(logs, b"/link").path, b"/file")
 
 
 # Run as nobody: restore a set-uid, a set-gid and a plain file into

@@ -5,7 +5,8 @@ import stat
 
 from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
-from gridbackupd.model import DIR, FIFO, FILE, SYMLINK, Entry
+from gridbackupd.format import hardlinks
+from gridbackupd.model import DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry
 from gridbackupd.restore import targetfs
 from gridbackupd.restore.targetfs import TargetWriter, UnsafePath, components
 
@@ -260,3 +261,42 @@ class SetIdTests(SynchronousTestCase):
         self.assertEqual(modes, {"suid": 0o4755, "sgid": 0o2750, "plain": 0o755, "fifo": 0o6640,
                                  "shared": 0o2775})
         self.assertEqual(dropped, 0)
+
+
+class FollowHardLinkTests(SynchronousTestCase):
+    """``hardlinks.follow`` ends every chain within a bound."""
+
+    def links(self, pairs):
+        entries = {p: Entry(path=p, kind=HARDLINK, target=t) for p, t in pairs}
+        entries[b"/f"] = Entry(path=b"/f", kind=FILE)
+        calls = []
+
+        def lookup(path):
+            calls.append(path)
+            return entries.get(path)
+        return entries, lookup, calls
+
+    def test_chain_to_a_file(self):
+        entries, lookup, calls = self.links([(b"/a", b"/b"), (b"/b", b"/f")])
+        self.assertEqual(hardlinks.follow(entries[b"/a"], lookup).path, b"/f")
+        self.assertEqual(calls, [b"/b", b"/f"])
+        self.assertIs(hardlinks.follow(entries[b"/f"], lookup), entries[b"/f"])
+
+    def test_cycle_refused_at_once(self):
+        entries, lookup, calls = self.links([(b"/a", b"/b"), (b"/b", b"/c"), (b"/c", b"/a")])
+        self.assertRaisesRegex(hardlinks.LinkError, "cycle", hardlinks.follow, entries[b"/b"], lookup)
+        self.assertEqual(calls, [b"/c", b"/a"])
+
+    def test_long_chain_refused_within_the_bound(self):
+        n = 10_000
+        entries, lookup, calls = self.links(
+            [(b"/h%d" % i, b"/h%d" % (i + 1)) for i in range(n)] + [(b"/h%d" % n, b"/f")])
+        self.assertRaisesRegex(hardlinks.LinkError, "more than 8", hardlinks.follow,
+                               entries[b"/h0"], lookup)
+        self.assertEqual(len(calls), hardlinks.MAX_HOPS)
+        self.assertEqual(hardlinks.follow(entries[b"/h%d" % (n - 7)], lookup).path, b"/f")
+
+    def test_missing_target(self):
+        entries, lookup, _ = self.links([(b"/a", b"/gone")])
+        self.assertRaisesRegex(hardlinks.LinkError, "not in the snapshot", hardlinks.follow,
+                               entries[b"/a"], lookup)

@@ -24,10 +24,10 @@ import zstandard
 
 from gridbackupd.api.errors import failure_answer
 from gridbackupd.errors import Conflict, Invalid, NotFound
-from gridbackupd.format import chain, logpaths
+from gridbackupd.format import chain, hardlinks, logpaths
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.pack import decode_blob
-from gridbackupd.model import FILE, HARDLINK
+from gridbackupd.model import FILE
 from gridbackupd.state import snapshots
 
 # A content request fetches neighbouring blobs of one pack in one ranged
@@ -195,21 +195,32 @@ def has_below(log_paths, top):
     return False
 
 
-def find_entry(log_paths, path):
-    """The entry at ``path``, following one hard link to its file; or None."""
+def _entry_at(log_paths, path):
+    """The entry at ``path`` as the log has it, or None: one read, up to that path."""
     wanted = logpaths.path_key(path)
-    found = None
     with entries(log_paths) as records:
         for entry in records:
             key = logpaths.path_key(entry.path)
             if key == wanted:
-                found = entry
-                break
+                return entry
             if key > wanted:
                 break
-    if found is not None and found.kind == HARDLINK and found.target is not None:
-        return find_entry(log_paths, found.target) if found.target != path else None
-    return found
+    return None
+
+
+def find_entry(log_paths, path):
+    """
+    The entry at ``path``, a hard link followed to its file; or None.  A
+    hostile log's chain of hard links costs at most ``hardlinks.MAX_HOPS``
+    more reads, and a cycle is a Conflict.
+    """
+    found = _entry_at(log_paths, path)
+    if found is None:
+        return None
+    try:
+        return hardlinks.follow(found, lambda target: _entry_at(log_paths, target))
+    except hardlinks.LinkError as e:
+        raise Conflict("bad_hard_link", f"{os.fsdecode(path)!r}: {e}") from None
 
 
 def _compared(entry):

@@ -17,6 +17,7 @@ from twisted.internet.defer import DeferredList, DeferredSemaphore
 from twisted.internet.threads import deferToThreadPool
 
 from gridbackupd.errors import NotFound, TahoeError, Unavailable
+from gridbackupd.format import hardlinks
 from gridbackupd.model import DIR, FILE, HARDLINK, SYMLINK
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.restore.gridwait import DEFAULT_TIMEOUT, GridWait
@@ -69,6 +70,35 @@ def selected(path, wanted):
     if within(path, wanted):
         return True
     return any(path == b"/" or w.startswith(path + b"/") for w in wanted)
+
+
+def hard_links(entries, wanted):
+    """
+    The hard links among ``entries`` to make, each with its target replaced
+    by the end of its chain (``hardlinks.follow``), and ``(path, reason)``
+    of those refused: a target outside ``wanted``, a cycle, a chain too
+    long.  One pass over the entries, then a bounded walk per link; only
+    the entries that links point at are kept aside.
+    """
+    targets = {e.target for e in entries if e.kind == HARDLINK}
+    if not targets:
+        return [], []
+    by_path = {e.path: e for e in entries if e.path in targets}
+    links, refused = [], []
+    for entry in entries:
+        if entry.kind != HARDLINK:
+            continue
+        if not within(entry.target, wanted):
+            refused.append((entry.path, f"a hard link to {os.fsdecode(entry.target)}, which this "
+                                        "restore does not include: restore that path too"))
+            continue
+        try:
+            final = hardlinks.follow(entry, by_path.get, missing="is not in this restore")
+        except hardlinks.LinkError as e:
+            refused.append((entry.path, str(e)))
+            continue
+        links.append(attr.evolve(entry, target=final.path))
+    return links, refused
 
 
 def _load_entries(log_path, wanted):
@@ -167,16 +197,13 @@ class RestoreEngine:
             if self.stopping:
                 return
             self._check_cancelled(progress)
-            makers = {SYMLINK: writer.make_symlink, HARDLINK: writer.make_hardlink}
-            for entry in entries:
-                if entry.kind == HARDLINK and not within(entry.target, wanted):
-                    progress.errors.append({
-                        "path": os.fsdecode(entry.path),
-                        "reason": f"a hard link to {os.fsdecode(entry.target)}, which this restore "
-                                  "does not include: restore that path too"})
-            entries = [e for e in entries if e.kind != HARDLINK or within(e.target, wanted)]
-            await self._each(progress, [e for e in entries if e.kind not in (FILE, DIR)],
-                             lambda e: makers.get(e.kind, writer.make_special)(e))
+            await self._each(progress, [e for e in entries if e.kind not in (FILE, DIR, HARDLINK)],
+                             lambda e: (writer.make_symlink if e.kind == SYMLINK else writer.make_special)(e))
+            # Hard links last: what they link to is in place by now.
+            links, refused = await deferToThreadPool(self.reactor, self.pool, hard_links, entries, wanted)
+            for path, reason in refused:
+                progress.errors.append({"path": os.fsdecode(path), "reason": reason})
+            await self._each(progress, links, writer.make_hardlink)
             # Directory metadata last, deepest first, so writing into them
             # does not change their times again.
             await self._each(progress, dirs[::-1], writer.finish_dir)

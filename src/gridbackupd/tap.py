@@ -73,8 +73,15 @@ class _OneLineExit(MultiService):
         daemon.setServiceParent(self)
 
     def privilegedStartService(self):
+        from twisted.internet import reactor
+
+        from gridbackupd.clock import steady_reactor
         from gridbackupd.errors import GridBackupError
 
+        # Before anything is scheduled: every timer and time-out of the
+        # daemon on a monotonic clock, so that a wall clock set back an hour
+        # holds none of them back an hour (and one set forward fires none).
+        steady_reactor(reactor)
         try:
             super().privilegedStartService()
         except GridBackupError as e:

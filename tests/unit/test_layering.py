@@ -16,7 +16,7 @@ from tests.support import REPO
 SRC = os.path.join(REPO, "src", "gridbackupd")
 
 #: The plain modules every layer may use: values, exceptions, small helpers.
-BASE = {"errors", "model", "waiters", "runner", "statedir", "crashpoints"}
+BASE = {"errors", "model", "waiters", "runner", "statedir", "crashpoints", "clock"}
 
 #: Each layer and the layers it may import (besides itself and BASE).
 ALLOWED = {
@@ -26,6 +26,7 @@ ALLOWED = {
     "runner": set(),
     "statedir": set(),
     "crashpoints": set(),
+    "clock": set(),
     "format": set(),
     "state": {"format"},
     "grid": set(),

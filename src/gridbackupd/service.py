@@ -25,6 +25,7 @@ from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from gridbackupd import clock as clockmod
 from gridbackupd import crashpoints
 from gridbackupd.api.http import endpoint_description, make_site
 from gridbackupd.api.http import listen as api_listen
@@ -329,7 +330,7 @@ class GridBackupDaemon(OrderedServices):
         if interval <= 0 or not self.config.backup.paths:
             return
         last = snapshots.last_requested(self.conn)
-        due_now = last is None or last + interval <= self.reactor.seconds()
+        due_now = last is None or last + interval <= clockmod.wall()
 
         def scheduled_scan():
             try:
@@ -366,6 +367,7 @@ class GridBackupDaemon(OrderedServices):
         writer = self.publisher = publisher(self.conn, client, self.config.backup, self.config.upload,
                                             self.snapshot_waiters, self.config.hostname)
         await writer.ensure_layout(rootcap)
+        writer.heartbeat(self.reactor).setServiceParent(self)
         self.uploader = uploader(self.reactor, self.conn, self.statedir, self.pool, client,
                                  writer, self.config.upload)
         _RunningPart(self.uploader).setServiceParent(self)

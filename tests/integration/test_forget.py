@@ -22,7 +22,7 @@ from gridbackupd.state import db as dbmod
 from gridbackupd.state import snapshots
 from gridbackupd.state.blobs import locate
 from gridbackupd.state.snapshots import log_resolver
-from gridbackupd.upload import publisher
+from gridbackupd.upload import writerlock
 from tests.support.daemoncase import DaemonTestCase, write_config
 from tests.support.trees import tree_listing
 
@@ -140,7 +140,7 @@ class ForgetAndPruneTests(DaemonTestCase):
         await self.daemon.stopService()
 
         # ...and on a new machine that has only the root cap.
-        self.patch(publisher, "LOCK_STALE", -1.0)
+        self.patch(writerlock, "LOCK_STALE", -1.0)
         from gridbackupd.statedir import write_private
 
         base = os.path.join(self.base, "new")
@@ -192,7 +192,7 @@ class ForgetAndPruneTests(DaemonTestCase):
         client, layout = self.daemon.client, self.daemon.publisher.layout
         cap = await client.upload_bytes(encode_lock("w-elsewhere", "elsewhere", int(time.time())))
         await client.set_children(layout.root, {"lock": cap})
-        self.daemon.publisher._lock_time = None  # as if our heartbeat were due
+        self.daemon.publisher.writer.renewed = None  # as if our heartbeat were due
         packs = self.daemon.conn.execute("SELECT count(*) FROM packs").fetchone()[0]
         code, answer = await self.api.call("POST", "/v1/forget", {})
         self.assertEqual(code, 202, answer)

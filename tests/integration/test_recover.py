@@ -310,13 +310,13 @@ class RecoverDaemonTests(TestCase):
         return state, status
 
     async def test_new_machine_with_only_the_root_cap(self):
-        from gridbackupd.upload import publisher
+        from gridbackupd.upload import writerlock
         from tests.support.sharedgrid import shared_node_url
         from tests.support.trees import make_tree, tree_listing
 
         # The old machine is gone without a word: its writer lock is not stale
         # yet, and the new one takes it over at once in this test.
-        self.patch(publisher, "LOCK_STALE", -1.0)
+        self.patch(writerlock, "LOCK_STALE", -1.0)
         self.node_url = await shared_node_url()
         base = os.path.abspath(self.mktemp())
         tree = os.path.join(base, "data")

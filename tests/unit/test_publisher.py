@@ -1,4 +1,4 @@
-"""Index segments, gridbackup.json and the writer lock: exact bytes, strict readers."""
+"""Index segments and gridbackup.json: exact bytes, strict readers; the publish order."""
 
 import hashlib
 import json
@@ -11,17 +11,15 @@ from gridbackupd.format.index import (
     IndexFormatError,
     commit_name,
     encode_index_segment,
-    encode_lock,
     encode_settings,
     parse_index_segment,
-    parse_lock,
     parse_settings,
     settings_document,
 )
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
-from gridbackupd.upload.publisher import LOCK_STALE, Publisher, WriterLockHeld
+from gridbackupd.upload.publisher import Publisher
 
 H1 = "1" * 64
 H2 = "2" * 64
@@ -100,72 +98,6 @@ class SettingsTests(SynchronousTestCase):
 
 def run(coro):
     return Deferred.fromCoroutine(coro)
-
-
-class LockTests(SynchronousTestCase):
-    def setUp(self):
-        self.client, self.fake = fake_client()
-        self.root = self.successResultOf(run(self.client.mkdir()))
-        self.time = 1_800_000_000.0
-
-    def publisher(self, name, host):
-        base = self.mktemp()
-        conn = dbmod.open_database(os.path.join(base, "state.sqlite"))
-        self.addCleanup(conn.close)
-        settings = settings_document(ChunkParams(), 128, 1048576, 2048)
-        return Publisher(conn, self.client, settings, writer_id=name, host=host, now=lambda: self.time)
-
-    def test_lock_format(self):
-        data = encode_lock("w-1", "laptop", 12.7)
-        self.assertEqual(data, b'{"format":"gridbackup-lock","version":1,"writer":"w-1","host":"laptop","heartbeat":12}')
-        self.assertEqual(parse_lock(data)["host"], "laptop")
-        for bad in (data.replace(b"12", b"-1"), data.replace(b'"w-1"', b'""'), b"{}"):
-            self.assertRaises(IndexFormatError, parse_lock, bad)
-
-    def test_second_daemon_refuses_then_takes_over_a_stale_lock(self):
-        one = self.publisher("w-one", "alpha")
-        two = self.publisher("w-two", "beta")
-        self.successResultOf(run(one.ensure_layout(self.root)))
-        children = self.successResultOf(run(self.client.list_dir(self.root)))
-        self.assertEqual(set(children), {"snapshots", "commits", "gridbackup.json", "lock"})
-        settings = self.successResultOf(run(self.client.download(children["gridbackup.json"].cap)))
-        self.assertEqual(parse_settings(settings)["tiers"]["inline_max"], 2048)
-
-        self.successResultOf(run(two.ensure_layout(self.root)))  # nothing to create: no write
-        f = self.failureResultOf(run(two.check_writer()), WriterLockHeld)
-        self.assertIn("'alpha'", str(f.value))
-        self.assertIn("alpha", two.lock_error)
-        # The first daemon keeps writing; a restart of it (same writer id) too.
-        self.successResultOf(run(one.check_writer()))
-        self.time += 300
-        self.successResultOf(run(one.check_writer()))  # renews the heartbeat
-        self.time += LOCK_STALE - 1
-        self.failureResultOf(run(two.check_writer()), WriterLockHeld)
-        # Silent for longer than LOCK_STALE: taken over.
-        self.time += 2
-        self.successResultOf(run(two.check_writer()))
-        self.assertIsNone(two.lock_error)
-        self.time += 300
-        self.failureResultOf(run(one.check_writer()), WriterLockHeld)
-        lock = self.successResultOf(run(self.client.child_cap(self.root, "lock")))
-        doc = parse_lock(self.successResultOf(run(self.client.download(lock))))
-        self.assertEqual((doc["writer"], doc["host"]), ("w-two", "beta"))
-
-    def test_take_over_a_fresh_lock_on_request(self):
-        one = self.publisher("w-one", "old-machine")
-        two = self.publisher("w-two", "new-machine")
-        self.successResultOf(run(one.ensure_layout(self.root)))
-        self.successResultOf(run(two.ensure_layout(self.root)))
-        self.failureResultOf(run(two.check_writer()), WriterLockHeld)
-        # The person knows the old machine is gone: the new one takes the lock now.
-        self.assertEqual(self.successResultOf(run(two.take_over())), "old-machine")
-        self.successResultOf(run(two.check_writer()))
-        self.assertIsNone(two.lock_error)
-        # The old daemon, were it still running, stops writing.
-        self.time += 300
-        self.failureResultOf(run(one.check_writer()), WriterLockHeld)
-        # Taking over one's own lock names nobody.
-        self.assertIsNone(self.successResultOf(run(two.take_over())))
 
 
 class PublishOrderTests(SynchronousTestCase):

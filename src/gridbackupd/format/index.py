@@ -255,21 +255,36 @@ def parse_settings(data):
 
 # -- the writer lock ---------------------------------------------------------------
 
-def encode_lock(writer, host, heartbeat):
-    return _dump({
+def encode_lock(writer, host, heartbeat, seq=None):
+    """
+    The writer lock document.  ``seq`` counts the writer's renewals: a
+    reader judges staleness by how long it sees the same ``seq``, never by
+    comparing ``heartbeat`` with its own clock.  Without ``seq``: the old
+    form, which readers still take.
+    """
+    doc = {
         "format": LOCK_FORMAT, "version": LOCK_VERSION,
         "writer": writer, "host": host, "heartbeat": int(heartbeat),
-    })
+    }
+    if seq is not None:
+        doc["seq"] = seq
+    return _dump(doc)
 
 
 def parse_lock(data):
-    """The writer lock: a dict with writer, host, heartbeat (seconds since the epoch)."""
+    """
+    The writer lock: a dict with writer, host, heartbeat (seconds since the
+    epoch, as the writer's clock said) and seq (None in a lock written
+    before renewals were counted).
+    """
     if len(data) > 4096:
         raise IndexFormatError("writer lock: larger than 4 KiB")
     doc = _load(data, "writer lock")
-    _header(doc, LOCK_FORMAT, LOCK_VERSION, ("format", "version", "writer", "host", "heartbeat"), "writer lock")
+    keys = ("format", "version", "writer", "host", "heartbeat")
+    _header(doc, LOCK_FORMAT, LOCK_VERSION, keys + (("seq",) if "seq" in doc else ()), "writer lock")
     for key in ("writer", "host"):
         if type(doc[key]) is not str or not 1 <= len(doc[key]) <= 255:
             raise IndexFormatError(f"writer lock: {key} must be a string of 1 to 255 characters")
     _int(doc["heartbeat"], "writer lock: heartbeat")
+    doc["seq"] = _int(doc["seq"], "writer lock: seq") if "seq" in doc else None
     return doc

@@ -11,27 +11,23 @@ and linking a name again to the same cap is a no-op, so a restart simply
 does the unfinished steps again.
 
 Only one daemon writes a backup set: before any mutable write the publisher
-holds the writer lock, a small document linked as ``lock`` in the root with
-this daemon's writer id, its host and a heartbeat.  A lock whose heartbeat
-is older than ``LOCK_STALE`` is taken over.
+holds the writer lock (``writerlock``), and renews it on a timer as well
+(``heartbeat``), so that an idle daemon does not lose it.
 """
 
 import contextlib
-import time
 
 import attr
 from twisted.internet.defer import DeferredLock
 from twisted.logger import Logger
 
+from gridbackupd import clock as clockmod
 from gridbackupd import crashpoints
 from gridbackupd.errors import GridBackupError, TahoeNotFound
 from gridbackupd.format.index import (
-    IndexFormatError,
     commit_name,
     encode_index_segment,
-    encode_lock,
     encode_settings,
-    parse_lock,
     settings_document,
 )
 from gridbackupd.grid.layout import COMMITS, INDEX, LOCK, SETTINGS, SNAPSHOTS
@@ -40,18 +36,10 @@ from gridbackupd.state import blobs as blobsmod
 from gridbackupd.state import commits, snapshots
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import packs as packsmod
+from gridbackupd.upload.writerlock import Heartbeat, WriterLock, WriterLockHeld
 from gridbackupd.waiters import Waiters
 
 __all__ = ["Publisher", "settings_document", "WriterLockHeld"]
-
-# Renew the lock before a mutable write when it is older than this...
-LOCK_HEARTBEAT = 240.0
-# ...and take over another writer's lock older than this.
-LOCK_STALE = 900.0
-
-
-class WriterLockHeld(GridBackupError):
-    """Another daemon writes this backup set."""
 
 
 @attr.define
@@ -79,18 +67,21 @@ class Publisher:
     log = Logger()
 
     def __init__(self, conn, client, settings, waiters=None, writer_id=None, host="localhost",
-                 now=time.time):
+                 now=clockmod.wall, monotonic=clockmod.monotonic):
         self.conn = conn
         self.client = client
         self.settings = settings
         self.waiters = waiters if waiters is not None else Waiters()
         self.writer_id = writer_id or _writer_id(conn)
         self.host = host
-        self.now = now
         self.layout: Layout | None = None
-        self.lock = DeferredLock()
-        self.lock_error = None
-        self._lock_time = None
+        self.lock = DeferredLock()  # one mutable write at a time, lock renewals included
+        self.writer = WriterLock(client, self.writer_id, host, wallclock=now, monotonic=monotonic)
+
+    @property
+    def lock_error(self):
+        """Why this daemon does not write the backup set now, or None."""
+        return self.writer.error
 
     async def ensure_layout(self, rootcap):
         """Find (or create the missing parts of) the directories under the root."""
@@ -109,7 +100,7 @@ class Publisher:
         if missing:
             await self.lock.acquire()
             try:
-                await self._take_lock(children, extra=missing)
+                await self.writer.take(self.layout.root, children, extra=missing)
             finally:
                 self.lock.release()
         return self.layout
@@ -131,10 +122,11 @@ class Publisher:
         """
         await self.lock.acquire()
         try:
-            children = await self.client.list_dir(self._layout().root)
+            root = self._layout().root
+            children = await self.client.list_dir(root)
             current = children.get(LOCK)
-            other = await self._read_lock(current.cap) if current is not None else None
-            await self._take_lock(children, force=True)
+            other = await self.writer.read(current.cap) if current is not None else None
+            await self.writer.take(root, children, force=True)
         finally:
             self.lock.release()
         if other is None or other["writer"] == self.writer_id:
@@ -142,48 +134,24 @@ class Publisher:
         self.log.warn("took over the writer lock of host {host} on request", host=other["host"])
         return other["host"]
 
-    async def _take_lock(self, children=None, extra=None, force=False):
-        """Write our lock (with ``extra`` children of the root in the same write)."""
-        if children is None:
-            children = await self.client.list_dir(self._layout().root)
-        now = self.now()
-        current = children.get(LOCK)
-        if current is not None and not force:
-            other = await self._read_lock(current.cap)
-            if other is not None and other["writer"] != self.writer_id:
-                age = now - other["heartbeat"]
-                if age < LOCK_STALE:
-                    self.lock_error = (
-                        f"another gridbackupd (host {other['host']!r}) writes this backup set "
-                        f"(its heartbeat is {max(age, 0):.0f}s old); this daemon does not write "
-                        f"to it until that lock is {LOCK_STALE:.0f}s old"
-                    )
-                    raise WriterLockHeld(self.lock_error)
-                self.log.warn("taking over the writer lock of host {host}, silent for {age:.0f}s",
-                              host=other["host"], age=age)
-        cap = await self.client.upload_bytes(encode_lock(self.writer_id, self.host, now))
-        await self.client.set_children(self._layout().root, {**(extra or {}), LOCK: cap})
-        # Two daemons may have written at once: the one whose lock is linked now won.
-        linked = await self.client.child_cap(self._layout().root, LOCK)
-        if linked != cap:
-            other = await self._read_lock(linked) if linked else None
-            if other is None or other["writer"] != self.writer_id:
-                self.lock_error = "another gridbackupd took the writer lock at the same moment"
-                raise WriterLockHeld(self.lock_error)
-        self._lock_time = now
-        self.lock_error = None
-
-    async def _read_lock(self, cap):
-        try:
-            return parse_lock(await self.client.download(cap))
-        except IndexFormatError as e:
-            self.log.warn("the writer lock in the root is unreadable, taking it over: {e}", e=e)
-            return None
-
     async def hold_lock(self):
         """Make sure this daemon holds the writer lock (call with ``self.lock`` held)."""
-        if self._lock_time is None or self.now() - self._lock_time > LOCK_HEARTBEAT:
-            await self._take_lock()
+        await self.writer.hold(self._layout().root)
+
+    async def renew_lock(self):
+        """The heartbeat: renew the writer lock we hold when due, even with nothing to write."""
+        if not self.writer.due():
+            return
+        await self.lock.acquire()
+        try:
+            if self.writer.due():
+                await self.writer.take(self._layout().root)
+        finally:
+            self.lock.release()
+
+    def heartbeat(self, clock):
+        """The service that renews the lock on ``clock`` (a child of the daemon)."""
+        return Heartbeat(clock, self.renew_lock)
 
     @contextlib.asynccontextmanager
     async def writing(self):

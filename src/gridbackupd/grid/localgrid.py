@@ -276,11 +276,11 @@ class LocalGrid(Service):
     def _create(self, name: str, port: int, furl: str) -> Deferred:
         shares = (self.needed, self.happy, self.total)
         if name == CLIENT:
-            args = nodes.client_args(port, furl, *shares)
+            args = nodes.client_args(port, *shares)
         else:
-            args = nodes.storage_args(name, port, furl, *shares)
+            args = nodes.storage_args(name, port, *shares)
         self._log.info("creating tahoe node {name} on port {port}", name=name, port=port)
-        return self._in_thread(nodes.run_create, self._command, self.basedir, name, args)
+        return self._in_thread(nodes.run_create, self._command, self.basedir, name, args, furl)
 
     async def _take_over_leftovers(self, names: list[str]) -> None:
         """

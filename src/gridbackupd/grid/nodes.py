@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import configparser
 import errno
+import json
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ __all__ = [
     "storage_args",
     "storage_names",
     "tahoe_command",
+    "write_introducer",
 ]
 
 INTRODUCER = "introducer"
@@ -196,11 +198,15 @@ def set_config_values(nodedir: str, section: str, values: dict[str, str]) -> Non
         os.replace(tmp, path)
 
 
-def run_create(command: list[str], basedir: str, name: str, args: list[str]) -> None:
+def run_create(command: list[str], basedir: str, name: str, args: list[str],
+               introducer_furl: str | None = None) -> None:
     """
     Run ``tahoe create-*`` into ``basedir/.creating-NAME`` and rename the
     result to ``basedir/NAME``.  A leftover temporary directory of an
-    interrupted creation is removed first.
+    interrupted creation is removed first.  The introducer's FURL is a
+    secret (whoever has it may use the grid's storage), so it is written to
+    the node's ``private/introducers.yaml``, never put in an argv that
+    ``ps`` shows.
     """
     final = os.path.join(basedir, name)
     tmp = os.path.join(basedir, CREATING_PREFIX + name)
@@ -221,7 +227,19 @@ def run_create(command: list[str], basedir: str, name: str, args: list[str]) -> 
         )
     if name.startswith(STORAGE_PREFIX):
         set_config_values(tmp, "storage", {"reserved_space": RESERVED_SPACE})
+    if introducer_furl is not None:
+        write_introducer(tmp, introducer_furl)
     os.rename(tmp, final)
+
+
+def write_introducer(nodedir: str, furl: str) -> None:
+    """The node's ``private/introducers.yaml`` (JSON is YAML), readable by its owner only."""
+    path = os.path.join(nodedir, "private", "introducers.yaml")
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"introducers": {"default": {"furl": furl}}}, f)
+    os.chmod(path, 0o600)
 
 
 def introducer_args(port: int) -> list[str]:
@@ -234,26 +252,24 @@ def introducer_args(port: int) -> list[str]:
     ]
 
 
-def _common_args(name: str, furl: str, needed: int, happy: int, total: int) -> list[str]:
+def _common_args(name: str, needed: int, happy: int, total: int) -> list[str]:
     return [
         f"--nickname={name}",
-        f"--introducer={furl}",
         f"--shares-needed={needed}",
         f"--shares-happy={happy}",
         f"--shares-total={total}",
     ]
 
 
-def client_args(port: int, furl: str, needed: int, happy: int, total: int) -> list[str]:
+def client_args(port: int, needed: int, happy: int, total: int) -> list[str]:
     """The ``tahoe`` arguments that create the client node, its web API on ``port``."""
     return [
         "create-client",
         f"--webport=tcp:{port}:interface=127.0.0.1",
-    ] + _common_args(CLIENT, furl, needed, happy, total)
+    ] + _common_args(CLIENT, needed, happy, total)
 
 
-def storage_args(name: str, port: int, furl: str, needed: int, happy: int,
-                 total: int) -> list[str]:
+def storage_args(name: str, port: int, needed: int, happy: int, total: int) -> list[str]:
     """The ``tahoe`` arguments that create a storage node (no web API) listening on ``port``."""
     return [
         "create-node",
@@ -261,7 +277,7 @@ def storage_args(name: str, port: int, furl: str, needed: int, happy: int,
         f"--port=tcp:{port}:interface=127.0.0.1",
         f"--location=tcp:127.0.0.1:{port}",
         "--webport=none",
-    ] + _common_args(name, furl, needed, happy, total)
+    ] + _common_args(name, needed, happy, total)
 
 
 def existing_nodes(basedir: str) -> list[str]:

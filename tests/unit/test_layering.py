@@ -16,7 +16,7 @@ from tests.support import REPO
 SRC = os.path.join(REPO, "src", "gridbackupd")
 
 #: The plain modules every layer may use: values, exceptions, small helpers.
-BASE = {"errors", "model", "waiters", "runner", "statedir", "crashpoints", "clock"}
+BASE = {"errors", "model", "waiters", "runner", "statedir", "crashpoints", "clock", "faultpoints"}
 
 #: Each layer and the layers it may import (besides itself and BASE).
 ALLOWED = {
@@ -27,6 +27,7 @@ ALLOWED = {
     "statedir": set(),
     "crashpoints": set(),
     "clock": set(),
+    "faultpoints": set(),
     "format": set(),
     "state": {"format"},
     "grid": set(),

@@ -195,3 +195,30 @@ def one_line(error):
     text = " ".join(text.split()) or type(error).__name__
     installed = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return text.replace(installed + os.sep, "")
+
+
+class DiskFull(Unavailable):
+    """
+    A write under ``state_dir`` found its file system full: not now, until
+    there is space again.  The message says what was being written, and
+    where, on one line.
+    """
+
+
+def is_disk_full(error):
+    """Whether ``error`` is the kernel's or SQLite's way of saying the file system is full."""
+    # Imported here so that this module stays a plain list of classes.
+    import errno
+    import sqlite3
+
+    if isinstance(error, DiskFull):
+        return True
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(error, sqlite3.OperationalError) and \
+        getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+
+
+def disk_full(what, where):
+    """The ``DiskFull`` of a write of ``what`` (e.g. "the scan log") in the directory ``where``."""
+    return DiskFull("disk_full", f"no space left on device while writing {what} in {where}")

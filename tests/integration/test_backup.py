@@ -274,7 +274,7 @@ class ErrorsAndStatusTests(SynchronousTestCase):
 
     def test_status_while_scanning(self):
         f = Fixture(self)
-        self.assertEqual(f.jobs.status(), {"running": False})
+        self.assertEqual(f.jobs.status(), {"running": False, "last_error": None})
         seen = []
         real_scan = scan_to_log
 
@@ -290,7 +290,7 @@ class ErrorsAndStatusTests(SynchronousTestCase):
         for key in ("entries", "files", "bytes", "bytes_hashed", "current_path",
                     "entries_per_second", "bytes_hashed_per_second", "errors", "excluded"):
             self.assertIn(key, status)
-        self.assertEqual(f.jobs.status(), {"running": False})
+        self.assertEqual(f.jobs.status(), {"running": False, "last_error": None})
 
 
 KILL_CHILD = r"""

@@ -23,6 +23,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
 from gridbackupd import crashpoints
+from gridbackupd.errors import DiskFull, one_line
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.model import LogHeader
@@ -68,6 +69,7 @@ class BackupJobs(QueuedRunner):
         self.progress: ScanProgress | None = None
         self.current = None
         self.current_kind = None
+        self.last_error = None  # why the last scan failed, one line; None after one that did not
         # Held by each scan and by forget and prune (maintenance.py): a scan
         # dedups against committed blobs, which a prune may be dropping.
         self.scan_lock = DeferredLock()
@@ -120,10 +122,30 @@ class BackupJobs(QueuedRunner):
         try:
             if self.stopping:
                 return False
-            await self.run_scan(snapshot_id)
+            try:
+                await self.run_scan(snapshot_id)
+            except DiskFull as e:
+                self._put_back(snapshot_id, e)
+                return False
         finally:
             self.scan_lock.release()
         return True
+
+    def _put_back(self, snapshot_id, error):
+        """
+        A scan whose state could not be recorded (the state_dir's file system
+        is full) goes back to the queue, as after a kill: the next request
+        joins it and runs it again.  If even that cannot be written, the next
+        start puts it back (``recover_interrupted``).
+        """
+        self.last_error = one_line(error)
+        self.log.warn("scan of {id} is put back in the queue: {error}", id=snapshot_id, error=self.last_error)
+        try:
+            with dbmod.transaction(self.conn):
+                keep = stored_checkpoints.load(self.conn, snapshot_id) is not None
+                snapshots.requeue(self.conn, snapshot_id, keep_blobs=keep)
+        except DiskFull:
+            pass
 
     def _parent(self):
         """
@@ -234,13 +256,18 @@ class BackupJobs(QueuedRunner):
                           id=snapshot_id)
             return
         except Exception as e:
-            self.log.failure("scan of {id} failed", id=snapshot_id)
-            snapshots.mark_failed(self.conn, snapshot_id, time.time(), [{"path": None, "reason": str(e)}])
+            if isinstance(e, DiskFull):
+                self.log.warn("scan of {id} failed: {error}", id=snapshot_id, error=e)
+            else:
+                self.log.failure("scan of {id} failed", id=snapshot_id)
+            self.last_error = one_line(e)
+            snapshots.mark_failed(self.conn, snapshot_id, time.time(), [{"path": None, "reason": self.last_error}])
             self.waiters.fire(snapshot_id, "failed")
             return
         finally:
             self.current = None
         kind = counts["kind"]
+        self.last_error = None
         snapshots.mark_uploading(
             self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
             finished=time.time(), files=counts["files"], bytes=counts["bytes"],
@@ -261,11 +288,12 @@ class BackupJobs(QueuedRunner):
 
     def status(self):
         if self.current is None or self.progress is None:
-            return {"running": False}
+            return {"running": False, "last_error": self.last_error}
         p = self.progress
         elapsed = max(time.time() - p.started, 1e-6)
         return {
             "running": True,
+            "last_error": self.last_error,
             "snapshot": self.current,
             "kind": self.current_kind,
             "entries": p.entries,

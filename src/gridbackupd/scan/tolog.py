@@ -14,10 +14,13 @@ errors then say so).
 """
 
 import os
+import sqlite3
 
 import attr
 from twisted.logger import Logger
 
+from gridbackupd import faultpoints
+from gridbackupd.errors import DiskFull, disk_full, is_disk_full
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.model import LogHeader
 from gridbackupd.scan import checkpoints
@@ -69,8 +72,40 @@ def scan_to_log(scan, progress):
             checkpoints.drop(conn, scan.snapshot_id, scan.logs_dir)
             progress.restart()
             return run.once()
+    except ScanStopped:
+        raise
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        _drop_partial(conn, scan)
+        if isinstance(e, DiskFull):
+            raise
+        if isinstance(e, OSError):
+            raise disk_full("the scan log", scan.logs_dir) from e
+        raise disk_full("the database", os.path.dirname(scan.db_path)) from e
     finally:
         conn.close()
+
+
+def _drop_partial(conn, scan):
+    """
+    A scan that failed for lack of space is never resumed: its partial log
+    only takes space, which is just what is missing.  If the database
+    cannot even forget the checkpoint, both stay as they are, consistent.
+    """
+    try:
+        checkpoints.drop(conn, scan.snapshot_id)
+    except (sqlite3.Error, DiskFull) as e:
+        log.warn("the checkpoint of the failed scan {id} stays: {error}", id=scan.snapshot_id, error=e)
+        return
+    _remove_partial_logs(scan)
+
+
+def _remove_partial_logs(scan):
+    stem = os.path.basename(scan.log_path) + ".tmp"
+    for name in os.listdir(scan.logs_dir):
+        if name.startswith(stem):
+            _unlink(os.path.join(scan.logs_dir, name))
 
 
 class _StartOver(Exception):
@@ -120,17 +155,14 @@ class _Run:
         else:
             resumes = 0
             # Leftovers of scans of this snapshot that left no usable checkpoint.
-            stem = os.path.basename(scan.log_path) + ".tmp"
-            for name in os.listdir(logs_dir):
-                if name.startswith(stem):
-                    _unlink(os.path.join(logs_dir, name))
+            _remove_partial_logs(scan)
         tmp = f"{scan.log_path}.tmp{resumes}"
         taker = checkpoints.Checkpoints(self.conn, snapshot_id, self.fingerprint, header.started,
                                         scan.checkpoint_every)
         previous = PreviousEntries(scan.previous_logs) if scan.previous_logs else None
         try:
             with open(tmp, "wb") as out, open(tmp + ".links", "wb") as links_out:
-                writer = LogWriter(out, header)
+                writer = LogWriter(faultpoints.writes("scan.log_write", out), header)
                 links = {}
                 resume_after = None
                 if resume is not None:

@@ -12,7 +12,7 @@ import contextlib
 import os
 import sqlite3
 
-from gridbackupd.errors import GridBackupError
+from gridbackupd.errors import DiskFull, GridBackupError, disk_full, is_disk_full
 
 MIGRATIONS = [
     # 1: the first schema.
@@ -241,8 +241,10 @@ def transaction(conn):
         try:
             yield conn
         except BaseException:
-            conn.execute("ROLLBACK TO nested")
-            conn.execute("RELEASE nested")
+            # A full disk may have rolled back the whole transaction already.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO nested")
+                conn.execute("RELEASE nested")
             raise
         else:
             conn.execute("RELEASE nested")
@@ -250,11 +252,16 @@ def transaction(conn):
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    else:
         conn.execute("COMMIT")
+    except BaseException as e:
+        # SQLite rolls back by itself after some errors (a full disk), and a
+        # COMMIT that failed may leave the transaction open: never both
+        # "cannot rollback" hiding the error and a transaction left open.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        if is_disk_full(e) and not isinstance(e, DiskFull):
+            raise disk_full("the database", os.path.dirname(database_path(conn))) from e
+        raise
 
 
 def get_meta(conn, key, default=None):

@@ -9,12 +9,14 @@ sit in path order, and the same blobs always give the same bytes, so a pack
 built again after a crash converges on the same cap.
 """
 
+import contextlib
 import hashlib
 import os
 
 import attr
 
-from gridbackupd import crashpoints
+from gridbackupd import crashpoints, faultpoints
+from gridbackupd.errors import disk_full, is_disk_full
 from gridbackupd.format.pack import PackedBlob, encode_blob, encode_trailer
 
 
@@ -85,16 +87,25 @@ def _write_pack(stored, directory, stale):
     whole = hashlib.sha256()
     packed = []
     offset = 0
-    with open(tmp, "wb") as out:
-        for blob_hash, data, compression, size in stored:
-            out.write(data)
-            whole.update(data)
-            packed.append(PackedBlob(blob_hash, offset, len(data), size, compression))
-            offset += len(data)
-        trailer = encode_trailer(packed)
-        out.write(trailer)
-        whole.update(trailer)
-        size = offset + len(trailer)
+    try:
+        with open(tmp, "wb") as file:
+            out = faultpoints.writes("packer.pack_write", file)
+            for blob_hash, data, compression, size in stored:
+                out.write(data)
+                whole.update(data)
+                packed.append(PackedBlob(blob_hash, offset, len(data), size, compression))
+                offset += len(data)
+            trailer = encode_trailer(packed)
+            out.write(trailer)
+            whole.update(trailer)
+            size = offset + len(trailer)
+    except BaseException as e:
+        # A half-written pack is of no use, and may hold the space a retry needs.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if is_disk_full(e):
+            raise disk_full("a pack", directory) from e
+        raise
     name = "pack-" + whole.hexdigest()
     final = os.path.join(directory, name)
     os.replace(tmp, final)

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gridbackupd import crashpoints
-from gridbackupd.errors import TahoeError
+from gridbackupd.errors import DiskFull, TahoeError, one_line
 from gridbackupd.grid.retry import Backoff
 from gridbackupd.model import short_cap
 from gridbackupd.state import blobs, packs, queue
@@ -129,8 +129,8 @@ class Uploader:
                 self.log.warn("not writing: {error}", error=e)
                 await self._retry(next(delays))
                 continue
-            except TahoeError as e:
-                self.last_error = str(e)
+            except (TahoeError, DiskFull) as e:
+                self.last_error = one_line(e)
                 delay = next(delays)
                 self.log.warn("upload round failed, retrying in {delay}s: {error}", delay=delay, error=e)
                 await self._retry(delay)

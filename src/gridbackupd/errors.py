@@ -171,6 +171,15 @@ class TahoeBadResponse(TahoeError):
     """
 
 
+class TahoeTooLarge(TahoeError):
+    """
+    An object on the grid is larger than the bound its kind has (docs/FORMAT.md
+    "Sizes a reader accepts"): refused before its download when its cap or
+    the answer's length says so, else as soon as the bytes pass the bound.
+    Whoever wrote the backup set made it so; asking again does not help.
+    """
+
+
 def one_line(error):
     """
     The reason a person reads for ``error`` (an exception or a Twisted

@@ -28,8 +28,12 @@ SETTINGS_FORMAT = "gridbackup"
 SETTINGS_VERSION = 1
 LOCK_FORMAT = "gridbackup-lock"
 LOCK_VERSION = 1
-# A reader refuses a segment larger than this, so hostile input is bounded.
+# A reader refuses a segment, settings or lock document larger than these,
+# so hostile input is bounded; they are also the most it downloads of each
+# (docs/FORMAT.md, "Sizes a reader accepts").
 MAX_SEGMENT = 256 * 1024 * 1024
+MAX_SETTINGS = 64 * 1024
+MAX_LOCK = 4096
 # Largest blob a segment may hold inline.
 MAX_INLINE = 65536
 COMPRESSIONS = ("none", "zstd")
@@ -229,8 +233,8 @@ def encode_settings(doc):
 
 def parse_settings(data):
     """Parse gridbackup.json strictly; returns the document (a dict)."""
-    if len(data) > 65536:
-        raise IndexFormatError("gridbackup.json: larger than 64 KiB")
+    if len(data) > MAX_SETTINGS:
+        raise IndexFormatError(f"gridbackup.json: larger than {MAX_SETTINGS} bytes")
     doc = _load(data, "gridbackup.json")
     _header(doc, SETTINGS_FORMAT, SETTINGS_VERSION, _SETTINGS_KEYS, "gridbackup.json")
     if doc["hash"] != "sha256":
@@ -277,8 +281,8 @@ def parse_lock(data):
     epoch, as the writer's clock said) and seq (None in a lock written
     before renewals were counted).
     """
-    if len(data) > 4096:
-        raise IndexFormatError("writer lock: larger than 4 KiB")
+    if len(data) > MAX_LOCK:
+        raise IndexFormatError(f"writer lock: larger than {MAX_LOCK} bytes")
     doc = _load(data, "writer lock")
     keys = ("format", "version", "writer", "host", "heartbeat")
     _header(doc, LOCK_FORMAT, LOCK_VERSION, keys + (("seq",) if "seq" in doc else ()), "writer lock")

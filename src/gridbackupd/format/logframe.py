@@ -11,15 +11,24 @@ ending where the file ends.
 
 Compressed bytes go into the decompressor ``_FEED`` at a time: one 4-byte
 zstd block (an RLE block) may stand for 128 KiB, so an input made to
-explode yields at most 4 MiB per step and memory stays bounded.
+explode yields at most 4 MiB per step and memory stays bounded (neither
+``decompress()`` nor ``decompressobj().decompress()`` of zstandard has an
+output limit of its own).  The whole content is bounded too: a frame that
+declares, or decodes to, more than ``MAX_LOG_CONTENT`` is refused, and a
+log file on the grid larger than ``MAX_LOG`` is not downloaded.
 """
 
 import zstandard
 
-__all__ = ["MAX_WINDOW_SIZE", "READ_SIZE", "FrameError", "FrameReader"]
+__all__ = ["MAX_LOG", "MAX_LOG_CONTENT", "MAX_WINDOW_SIZE", "READ_SIZE", "FrameError", "FrameReader"]
 
 # The largest zstd window a reader accepts; level 3 uses 2 MiB at most.
 MAX_WINDOW_SIZE = 1 << 23
+
+# The largest log file (compressed) a reader downloads, and the most content
+# it decodes from one (docs/FORMAT.md, "Sizes a reader accepts").
+MAX_LOG = 16 * 1024**3
+MAX_LOG_CONTENT = 256 * 1024**3
 
 # Compressed bytes read from the file at a time.
 READ_SIZE = 1 << 17
@@ -45,11 +54,13 @@ class FrameReader:
     writer wrote it), and the content ends where those bytes end.
     """
 
-    def __init__(self, fileobj, length=None):
+    def __init__(self, fileobj, length=None, max_content=MAX_LOG_CONTENT):
         self._fileobj = fileobj
+        self._max_content = max_content
+        self._content = 0
         self._partial = length is not None
         self._decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE).decompressobj()
-        chunks = _limited(fileobj, length) if self._partial else self._checked(fileobj)
+        chunks = _limited(fileobj, length) if self._partial else self._checked(fileobj, max_content)
         self._pieces = _pieces(chunks)
 
     def read(self):
@@ -65,6 +76,9 @@ class FrameReader:
             except zstandard.ZstdError as e:
                 raise FrameError(f"invalid zstd data: {e}") from None
             if data:
+                self._content += len(data)
+                if self._content > self._max_content:
+                    raise FrameError(f"the log decodes to more than {self._max_content} bytes")
                 return data
         return b""
 
@@ -78,7 +92,7 @@ class FrameReader:
             raise FrameError("data after the end of the zstd frame")
 
     @staticmethod
-    def _checked(fileobj):
+    def _checked(fileobj, max_content):
         """The file's chunks, once its frame header is one a log may have."""
         head = b""
         need = _HEAD
@@ -96,6 +110,10 @@ class FrameReader:
             raise FrameError("the zstd frame has no content checksum")
         if params.dict_id:
             raise FrameError("the zstd frame names a dictionary")
+        declared = params.content_size
+        if declared != zstandard.CONTENTSIZE_UNKNOWN and declared > max_content:
+            raise FrameError(f"the zstd frame declares {declared} bytes of content, "
+                             f"more than {max_content}")
         yield head
         yield from iter(lambda: fileobj.read(READ_SIZE), b"")
 

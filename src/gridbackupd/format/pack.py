@@ -22,9 +22,11 @@ __all__ = [
     "MAX_BLOB",
     "MAX_PACK",
     "MAX_TRAILER",
+    "MAX_WINDOW_SIZE",
     "PackFormatError",
     "PackedBlob",
     "check_pack_size",
+    "trailer_length",
     "decode_blob",
     "encode_blob",
     "encode_trailer",
@@ -45,6 +47,9 @@ MAX_TRAILER = 64 * 1024 * 1024
 # every offset in it).  docs/FORMAT.md states them.
 MAX_BLOB = 2**32
 MAX_PACK = 2**40
+# The largest zstd window a blob's frame may ask for (the writer's level 3
+# uses 2 MiB at most), so that decoding one needs bounded memory.
+MAX_WINDOW_SIZE = 1 << 23
 _HEX64 = re.compile(r"[0-9a-f]{64}\Z")
 
 
@@ -71,18 +76,51 @@ def encode_blob(data):
 
 
 def decode_blob(stored, compression, size):
-    """A blob's bytes from its stored form, checked to be ``size`` bytes long."""
+    """
+    A blob's bytes from its stored form, checked to be ``size`` bytes long.
+
+    Bounded by ``size`` whatever ``stored`` holds: zstandard's one-shot
+    ``decompress`` (and ``decompressobj``) ignore an output limit when the
+    frame declares its content size, so a frame of a few KiB from a hostile
+    pack could expand to gigabytes before any length check.  The declared
+    size is compared first; then at most ``size + 1`` bytes are decoded.
+    """
     if compression == "none":
         data = stored
     elif compression == "zstd":
-        try:
-            data = zstandard.ZstdDecompressor().decompress(stored, max_output_size=size)
-        except zstandard.ZstdError as e:
-            raise PackFormatError(f"blob does not decompress: {e}")
+        data = _decompress_bounded(stored, size)
     else:
         raise PackFormatError(f"unknown compression {compression!r}")
     if len(data) != size:
         raise PackFormatError(f"blob decodes to {len(data)} bytes, expected {size}")
+    return data
+
+
+def _decompress_bounded(stored, size):
+    """The one zstd frame ``stored``, decoded into at most ``size`` bytes (else PackFormatError)."""
+    if bytes(stored[:4]) != zstandard.FRAME_HEADER:
+        raise PackFormatError("blob does not decompress: not a zstd frame")
+    try:
+        declared = zstandard.frame_content_size(stored)
+    except zstandard.ZstdError as e:
+        raise PackFormatError(f"blob does not decompress: {e}") from None
+    # -1 (zstandard's answer, not its CONTENTSIZE_UNKNOWN constant): not declared.
+    if declared > size:
+        raise PackFormatError(
+            f"blob content larger than recorded: the frame declares {declared} bytes, the index {size}")
+    if declared != -1 and declared != size:
+        raise PackFormatError(
+            f"blob content smaller than recorded: the frame declares {declared} bytes, the index {size}")
+    try:
+        reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE).stream_reader(stored)
+        with reader:
+            data = reader.read(size + 1)
+            if len(data) > size:
+                raise PackFormatError(f"blob content larger than recorded: more than {size} bytes")
+            if len(data) == size and reader.read(1):
+                raise PackFormatError("blob holds data after its zstd frame")
+    except zstandard.ZstdError as e:
+        raise PackFormatError(f"blob does not decompress: {e}") from None
     return data
 
 
@@ -106,21 +144,34 @@ def check_pack_size(size):
     return size
 
 
+def trailer_length(tail, pack_size):
+    """
+    The trailer's length that the footer (the last 12 bytes of ``tail``)
+    states, once it is one a reader fetches: at most ``MAX_TRAILER`` and
+    within the pack.  Call it before a ranged read of the whole trailer, so
+    a hostile footer cannot ask for gigabytes.
+    """
+    check_pack_size(pack_size)
+    if len(tail) < FOOTER.size:
+        raise PackFormatError("pack too short for its footer")
+    length, magic = FOOTER.unpack(bytes(tail[-FOOTER.size:]))
+    if magic != MAGIC:
+        raise PackFormatError("not a gridbackup pack (bad magic)")
+    if length > MAX_TRAILER:
+        raise PackFormatError(f"trailer of {length} bytes is larger than {MAX_TRAILER}")
+    if length + FOOTER.size > pack_size:
+        raise PackFormatError("trailer longer than the pack")
+    return length
+
+
 def parse_trailer(tail, pack_size):
     """
     Read the blob list from the last bytes of a pack (``tail`` must hold the
     whole trailer and footer; ``pack_size`` is the size of the whole pack).
     Strict: anything docs/FORMAT.md does not allow is refused.
     """
-    check_pack_size(pack_size)
-    if len(tail) < FOOTER.size:
-        raise PackFormatError("pack too short for its footer")
-    length, magic = FOOTER.unpack(tail[-FOOTER.size:])
-    if magic != MAGIC:
-        raise PackFormatError("not a gridbackup pack (bad magic)")
-    if length > MAX_TRAILER:
-        raise PackFormatError(f"trailer of {length} bytes is larger than {MAX_TRAILER}")
-    if length + FOOTER.size > len(tail) or length + FOOTER.size > pack_size:
+    length = trailer_length(tail, pack_size)
+    if length + FOOTER.size > len(tail):
         raise PackFormatError("trailer longer than the bytes given")
     doc = strictjson.load_object(
         bytes(tail[len(tail) - FOOTER.size - length:len(tail) - FOOTER.size]), "pack trailer", PackFormatError

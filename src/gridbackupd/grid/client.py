@@ -49,6 +49,7 @@ from gridbackupd.errors import (
     TahoeError,
     TahoeNotFound,
     TahoeSharesMissing,
+    TahoeTooLarge,
     TahoeUnavailable,
 )
 from gridbackupd.grid.answers import (
@@ -65,7 +66,12 @@ from gridbackupd.grid.caps import child_kind, expected_size, is_read_only
 from gridbackupd.grid.retry import RetryPolicy, is_transient, not_sent, retrying, sleep
 from gridbackupd.model import short_cap
 
-__all__ = ["QuietPool", "TahoeClient", "pooled_client"]
+__all__ = ["MAX_LISTING", "QuietPool", "TahoeClient", "pooled_client"]
+
+# The largest directory listing (``t=json``) a reader takes in: the backup
+# set's directories grow by one child (some hundreds of bytes) per snapshot
+# and per commit.  docs/FORMAT.md ("Sizes a reader accepts") lists it.
+MAX_LISTING = 128 * 1024 * 1024
 
 
 def _stop_producer(producer):
@@ -162,19 +168,26 @@ class TahoeClient:
             return await self._http.request(method, url, data=data, headers=all_headers,
                                             unbuffered=True)
 
-    async def _body(self, response, operation, cap=None) -> bytes:
+    async def _body(self, response, operation, cap=None, limit=None) -> bytes:
+        """The answer's body; with ``limit``, TahoeTooLarge rather than more bytes."""
+        if limit is None:
+            with transport_errors(operation, cap):
+                return await treq.content(response)
+        parts: list[bytes] = []
+        collect = _bounded_collector(response, operation, cap, limit, parts.append)
         with transport_errors(operation, cap):
-            return await treq.content(response)
+            await treq.collect(response, collect)
+        return b"".join(parts)
 
     async def _call(self, operation, method, url, cap=None, data=None, headers=None,
-                    ok=(200, 201)) -> bytes:
-        """One request whose whole answer body we want."""
+                    ok=(200, 201), limit=None) -> bytes:
+        """One request whose whole answer body we want (at most ``limit`` bytes of it)."""
         response = await self._request(operation, method, url, cap, data, headers)
         await check_response(response, operation, cap, ok)
-        return await self._body(response, operation, cap)
+        return await self._body(response, operation, cap, limit)
 
-    async def _json(self, operation, method, url, cap=None, data=None):
-        body = await self._call(operation, method, url, cap, data, ok=(200,))
+    async def _json(self, operation, method, url, cap=None, data=None, limit=None):
+        body = await self._call(operation, method, url, cap, data, ok=(200,), limit=limit)
         try:
             return json.loads(body)
         except ValueError:
@@ -239,10 +252,15 @@ class TahoeClient:
         return await self._retrying("upload_bytes", attempt)
 
     async def download(self, cap: str, offset: int | None = None,
-                       length: int | None = None) -> bytes:
+                       length: int | None = None, max_size: int | None = None) -> bytes:
         """
         The content of an immutable file, or ``length`` bytes of it from
         ``offset`` (to the end if ``length`` is None).
+
+        With ``max_size`` (the bound of the object's kind), more bytes than
+        that are TahoeTooLarge: refused before any request when ``length``
+        or the cap (a CHK cap states its file's size) says so, else when the
+        answer's Content-Length does, else once that many bytes came.
 
         Checks the answer: 200 for a whole file (of the size its cap
         states), 206 with the asked-for ``Content-Range`` for a range, and
@@ -256,6 +274,8 @@ class TahoeClient:
             raise ValueError(f"bad range: offset={offset!r} length={length!r}")
         if length == 0:
             return b""
+        if max_size is not None:
+            _refuse_before_download("download", cap, offset, length, max_size)
         headers = {}
         if offset is not None:
             end = "" if length is None else str(offset + length - 1)
@@ -265,15 +285,16 @@ class TahoeClient:
             response = await self._request("download", "GET", self._cap_url(cap), cap,
                                            headers=headers)
             await check_response(response, "download", cap, ok=(200, 206))
-            body = await self._body(response, "download", cap)
+            body = await self._body(response, "download", cap, max_size)
             return checked_download(cap, response, body, offset, length)
 
         return await self._retrying("download", attempt)
 
-    async def download_to(self, cap: str, fileobj) -> int:
+    async def download_to(self, cap: str, fileobj, max_size: int | None = None) -> int:
         """
         Stream an immutable file into ``fileobj`` (which needs ``write``);
-        return the number of bytes written.
+        return the number of bytes written.  ``max_size``: as for
+        ``download``.
 
         A failed attempt is retried only if ``fileobj`` is seekable (it is
         then cut back to where it was) or nothing was written yet.
@@ -283,6 +304,8 @@ class TahoeClient:
         except (AttributeError, OSError):
             start = None
         written = 0
+        if max_size is not None:
+            _refuse_before_download("download_to", cap, None, None, max_size)
 
         def write(data):
             nonlocal written
@@ -297,8 +320,10 @@ class TahoeClient:
             written = 0
             response = await self._request("download_to", "GET", self._cap_url(cap), cap)
             await check_response(response, "download_to", cap, ok=(200,))
+            collect = write if max_size is None else _bounded_collector(
+                response, "download_to", cap, max_size, write)
             with transport_errors("download_to", cap):
-                await treq.collect(response, write)
+                await treq.collect(response, collect)
             expected = expected_size(cap)
             if expected is not None and written != expected:
                 raise TahoeBadResponse("download_to", response.code,
@@ -422,7 +447,8 @@ class TahoeClient:
     async def list_dir(self, dircap: str) -> dict[str, DirChild]:
         """The children of a directory, by name."""
         async def attempt():
-            node = await self._json("list_dir", "GET", self._cap_url(dircap, t="json"), dircap)
+            node = await self._json("list_dir", "GET", self._cap_url(dircap, t="json"), dircap,
+                                    limit=MAX_LISTING)
             return parse_listing(node, dircap)
 
         return await self._retrying("list_dir", attempt)
@@ -512,3 +538,38 @@ class TahoeClient:
                     detail += f" (last error: {last_error})"
                 raise TahoeUnavailable("wait_for_servers", None, detail, sent=False)
             await sleep(self._clock, min(interval, remaining))
+
+
+def _refuse_before_download(operation, cap, offset, length, max_size):
+    """TahoeTooLarge (not sent) if the range, or the size the cap states, is over ``max_size``."""
+    size = length
+    if size is None:
+        whole = expected_size(cap)
+        size = None if whole is None else whole - (offset or 0)
+    if size is not None and size > max_size:
+        raise TahoeTooLarge(operation, None, f"{size} bytes, more than the {max_size} "
+                            f"an object of its kind may have", cap=cap, sent=False)
+
+
+def _bounded_collector(response, operation, cap, limit, collect):
+    """
+    A body collector for ``treq.collect`` that passes bytes on to
+    ``collect`` and raises TahoeTooLarge (treq then drops the connection)
+    at the first byte past ``limit``, or at once when the answer's
+    Content-Length is over it.
+    """
+    declared = response.length if isinstance(response.length, int) else None
+    received = 0
+
+    def collector(data):
+        nonlocal received
+        received += len(data)
+        if declared is not None and declared > limit:
+            raise TahoeTooLarge(operation, response.code, f"the answer is {declared} bytes, more "
+                                f"than the {limit} an object of its kind may have", cap=cap)
+        if received > limit:
+            raise TahoeTooLarge(operation, response.code, f"the answer is more than the {limit} "
+                                f"bytes an object of its kind may have", cap=cap)
+        collect(data)
+
+    return collector

@@ -18,6 +18,7 @@ from twisted.internet.threads import deferToThreadPool
 
 from gridbackupd.errors import NotFound, TahoeError, Unavailable
 from gridbackupd.format import hardlinks
+from gridbackupd.format.logframe import MAX_LOG
 from gridbackupd.model import DIR, FILE, HARDLINK, SYMLINK
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.restore.gridwait import DEFAULT_TIMEOUT, GridWait
@@ -155,7 +156,7 @@ class RestoreEngine:
                 async def download(client):
                     f.seek(0)
                     f.truncate()
-                    return await client.download_to(log_cap, f)
+                    return await client.download_to(log_cap, f, max_size=MAX_LOG)
 
                 await grid.call(download)
         except BaseException:

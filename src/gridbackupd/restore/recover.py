@@ -36,12 +36,19 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from gridbackupd.errors import FormatError, GridBackupError, TahoeError
+from gridbackupd.errors import FormatError, GridBackupError, TahoeError, TahoeTooLarge
 from gridbackupd.format import chain
-from gridbackupd.format.index import IndexFormatError, parse_index_segment, parse_settings
+from gridbackupd.format.index import (
+    MAX_SEGMENT,
+    MAX_SETTINGS,
+    IndexFormatError,
+    parse_index_segment,
+    parse_settings,
+)
 from gridbackupd.format.logfields import LogFormatError, check_id
+from gridbackupd.format.logframe import MAX_LOG
 from gridbackupd.format.logreader import LogReader
-from gridbackupd.format.pack import FOOTER, PackFormatError, check_pack_size, parse_trailer
+from gridbackupd.format.pack import FOOTER, PackFormatError, check_pack_size, parse_trailer, trailer_length
 from gridbackupd.grid.caps import expected_size
 from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SETTINGS, SNAPSHOTS
 from gridbackupd.model import FILE
@@ -104,8 +111,8 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
     if missing:
         raise RecoveryError(f"the root cap does not lead to a gridbackup backup set (no {', '.join(missing)})")
     try:
-        settings = parse_settings(await client.download(root[SETTINGS].cap))
-    except IndexFormatError as e:
+        settings = parse_settings(await client.download(root[SETTINGS].cap, max_size=MAX_SETTINGS))
+    except (IndexFormatError, TahoeTooLarge) as e:
         raise RecoveryError(f"gridbackup.json: {e}")
     with dbmod.transaction(conn):
         dbmod.set_meta(conn, "settings", json.dumps(settings, sort_keys=True))
@@ -181,7 +188,8 @@ async def _read_commit(client, conn, name, cap, report):
     index = children.get(INDEX)
     if index is not None:
         try:
-            segment = parse_index_segment(await client.download(index.cap), set(children))
+            segment = parse_index_segment(
+                await client.download(index.cap, max_size=MAX_SEGMENT), set(children))
             blobs = [(b.hash, b.pack, b.offset, b.length, b.size, b.compression)
                      for b in segment.blobs if b.pack in packs]
             inline = segment.inline
@@ -214,14 +222,15 @@ def _pack_size(child):
 
 
 async def _pack_trailer(client, child, size):
-    """The blob list of a pack, from its trailer: one ranged GET of its tail (two if long)."""
+    """
+    The blob list of a pack, from its trailer: one ranged GET of its tail
+    (two if long, the footer's length checked against MAX_TRAILER first).
+    """
     start = max(0, size - TAIL)
     tail = await client.download(child.cap, start, size - start)
-    if len(tail) >= FOOTER.size:
-        length, _ = FOOTER.unpack(tail[-FOOTER.size:])
-        need = length + FOOTER.size
-        if need > len(tail) and need <= size:
-            tail = await client.download(child.cap, size - need, need)
+    need = trailer_length(tail, size) + FOOTER.size
+    if need > len(tail):
+        tail = await client.download(child.cap, size - need, need)
     return parse_trailer(tail, size)
 
 
@@ -235,7 +244,7 @@ async def _download_log(client, snapshot_id, cap, logs_dir, report):
     tmp = path + ".recovering"
     try:
         with open(tmp, "wb") as f:
-            await client.download_to(cap, f)
+            await client.download_to(cap, f, max_size=MAX_LOG)
         os.replace(tmp, path)
     except TahoeError as e:
         report.errors.append({"what": f"snapshot {snapshot_id}", "reason": str(e)})

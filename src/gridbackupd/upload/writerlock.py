@@ -22,8 +22,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from gridbackupd import clock as clockmod
-from gridbackupd.errors import GridBackupError
-from gridbackupd.format.index import IndexFormatError, encode_lock, parse_lock
+from gridbackupd.errors import GridBackupError, TahoeTooLarge
+from gridbackupd.format.index import MAX_LOCK, IndexFormatError, encode_lock, parse_lock
 from gridbackupd.grid.layout import LOCK
 
 __all__ = ["Heartbeat", "LOCK_HEARTBEAT", "LOCK_STALE", "WriterLock", "WriterLockHeld"]
@@ -119,10 +119,13 @@ class WriterLock:
         return now - self._seen[1]
 
     async def read(self, cap):
-        """The lock document at ``cap``, or None (taken over) if it does not parse."""
+        """
+        The lock document at ``cap``, or None (taken over) if it does not
+        parse or its cap says it is larger than a lock may be (not downloaded).
+        """
         try:
-            return parse_lock(await self.client.download(cap))
-        except IndexFormatError as e:
+            return parse_lock(await self.client.download(cap, max_size=MAX_LOCK))
+        except (IndexFormatError, TahoeTooLarge) as e:
             self.log.warn("the writer lock in the root is unreadable, taking it over: {e}", e=e)
             return None
 

@@ -32,7 +32,7 @@ from gridbackupd.errors import GridBackupError
 from gridbackupd.format import chain
 from gridbackupd.format.index import commit_name, encode_index_segment
 from gridbackupd.format.logfields import LogFormatError
-from gridbackupd.format.pack import decode_blob
+from gridbackupd.format.pack import PackFormatError, decode_blob
 from gridbackupd.grid.layout import INDEX
 from gridbackupd.restore import plan as restoreplan
 from gridbackupd.scan import checkpoints as scancheckpoints
@@ -291,7 +291,12 @@ async def _repack(ctx, session, plan, pack_size):
             data = await ctx.client.download(span.cap, span.start, span.end - span.start)
             for read in span.reads:
                 stored = data[read.offset - span.start:read.offset - span.start + read.length]
-                plain = decode_blob(stored, read.compression, read.size)
+                try:
+                    plain = decode_blob(stored, read.compression, read.size)
+                except PackFormatError as e:
+                    raise PruneError(
+                        f"blob {read.hash[:12]} in {source.name[:17]} cannot be decoded ({e}); "
+                        "nothing pruned (a check and repair of the grid is due)") from None
                 if hashlib.sha256(plain).hexdigest() != read.hash:
                     raise PruneError(
                         f"blob {read.hash[:12]} in {source.name[:17]} does not match its hash; "

@@ -493,12 +493,17 @@ class GridBackupDaemon(OrderedServices):
             self.uploader.wake()
 
     def grid_status(self):
-        return {
+        status = {
             "embedded": self.config.tahoe.embedded,
             "servers_connected": self.servers_connected,
             "servers_needed": self.config.tahoe.shares_happy,
             "error": self.error,
         }
+        if self.grid is not None:
+            # Nodes of the embedded grid that exited by themselves and were started again.
+            status["node_restarts"] = self.grid.restarts
+            status["last_node_exit"] = self.grid.last_exit
+        return status
 
 
 async def _as_deferred(result):
@@ -568,5 +573,6 @@ def from_config(reactor, config, lock=None):
     if config.tahoe.embedded:
         t = config.tahoe
         grid = LocalGrid(reactor, statedir.grid, storage_nodes=t.storage_nodes,
-                         needed=t.shares_needed, happy=t.shares_happy, total=t.shares_total)
+                         needed=t.shares_needed, happy=t.shares_happy, total=t.shares_total,
+                         restart_exited=True)
     return GridBackupDaemon(reactor, config, statedir, grid=grid, lock=lock)

@@ -21,6 +21,14 @@ test reactor stays clean) and they may outlive a daemon that is killed with
 SIGKILL.  The next start finds such leftovers through their pidfiles
 (``NODEDIR/running.process``), stops them and starts fresh ones.
 
+With ``restart_exited`` (the daemon's own grid) a node that exits once the
+grid is ready, killed or crashed, is started again: at once, then after a
+growing wait (``grid.retry.Backoff``) while it keeps exiting within a
+minute of its start.  A thread per node waits for its exit, so a grid
+that runs leaves nothing on the reactor.  Nodes stopped on purpose
+(``stop_node``, the service's stop) stay stopped; ``start_node`` starts
+one again.
+
 Blocking work (``tahoe create-*``, fork/exec, file system) runs in the
 reactor's thread pool; waiting is done with the reactor's clock.  Node
 directories are ``grid.nodes``'s job, processes ``grid.processes``'s: this
@@ -31,6 +39,7 @@ import json
 import os
 import signal
 import subprocess
+import time
 from functools import partial
 
 import treq
@@ -47,6 +56,7 @@ from gridbackupd.grid import nodes, processes
 from gridbackupd.grid.answers import connected_count
 from gridbackupd.grid.client import QuietPool, pooled_client
 from gridbackupd.grid.nodes import CLIENT, INTRODUCER, GridStartError
+from gridbackupd.grid.retry import Backoff
 from gridbackupd.waiters import OneShot
 
 __all__ = ["GridStartError", "LocalGrid"]
@@ -55,6 +65,10 @@ POLL_INTERVAL = 0.2
 STOP_TIMEOUT = 10.0
 STOP_POLL_INTERVAL = 0.1
 HTTP_TIMEOUT = 5.0
+# Waits before starting again a node that keeps exiting: 1, 2, 4 ... 60 s.
+RESTART_BACKOFF = Backoff(base=1.0, cap=60.0)
+# A node that ran this long before it exited is started again at once.
+STABLE_AFTER = 60.0
 
 
 class LocalGrid(Service):
@@ -79,6 +93,7 @@ class LocalGrid(Service):
         total: int = 3,
         tahoe_command: list[str] | None = None,
         ready_timeout: float = 120.0,
+        restart_exited: bool = False,
     ):
         if storage_nodes < 1:
             raise ValueError(f"storage_nodes must be at least 1, not {storage_nodes}")
@@ -97,6 +112,7 @@ class LocalGrid(Service):
         self.total = total
         self._command = list(tahoe_command) if tahoe_command else nodes.tahoe_command()
         self.ready_timeout = ready_timeout
+        self.restart_exited = restart_exited
         self.node_url: str | None = None
         # name -> Popen of the nodes this object started and has not
         # seen exit yet.
@@ -108,6 +124,18 @@ class LocalGrid(Service):
         self._stopping = False
         # The outcome of the current (or last) start: the URL or a Failure.
         self._ready = OneShot()
+        # Pids being stopped on purpose: their exit is no cause for a restart.
+        self._stopping_pids: set[int] = set()
+        # name -> the start again of a node that exited, while pending.
+        self._restarting: dict[str, Deferred] = {}
+        # name -> when it was started (monotonic), and how many times in
+        # a row it exited within STABLE_AFTER seconds of that.
+        self._started_at: dict[str, float] = {}
+        self._quick_exits: dict[str, int] = {}
+        # How many times a node that exited by itself was started again,
+        # and the last such exit (one line), for the daemon's status.
+        self.restarts = 0
+        self.last_exit: str | None = None
 
     # -- public API ---------------------------------------------------------
 
@@ -134,6 +162,15 @@ class LocalGrid(Service):
         return Deferred.fromCoroutine(
             self._terminate(name, proc.pid, lambda: proc.poll() is not None, proc.send_signal))
 
+    def start_node(self, name: str) -> Deferred:
+        """
+        Start again a node that was stopped (``stop_node``); fires with its
+        pid.  A ``tahoe run`` of it that still runs is a GridStartError.
+        """
+        if name in self._procs:
+            raise GridStartError(f"tahoe node {name!r} runs already")
+        return Deferred.fromCoroutine(self._start_again(name))
+
     def when_ready(self) -> Deferred:
         """
         A Deferred that fires with ``node_url`` when the grid is ready, or
@@ -153,6 +190,9 @@ class LocalGrid(Service):
         super().stopService()
         self._stopping = True
         self.node_url = None
+        restarting = list(self._restarting.values())
+        for d in restarting:
+            d.cancel()
         return Deferred.fromCoroutine(self._stop(self._starting))
 
     async def connected_servers(self) -> int:
@@ -329,6 +369,10 @@ class LocalGrid(Service):
         """
         proc, self._log_offsets[name] = processes.spawn(self._command, self.node_dir(name))
         self._procs[name] = proc
+        self._started_at[name] = time.monotonic()
+        if self.restart_exited:
+            processes.watch(proc, lambda status: self._reactor.callFromThread(
+                self._exited, name, proc, status))
         if self._stopping:
             # stopService ran while this thread was starting the node and
             # may not have seen it: stop it here.
@@ -336,6 +380,73 @@ class LocalGrid(Service):
             self._procs.pop(name, None)
             return None
         return proc.pid
+
+    # -- a node that exits by itself ------------------------------------------
+
+    def _exited(self, name: str, proc: subprocess.Popen, status: int) -> None:
+        """
+        A node's process ended (called on the reactor): start it again
+        unless it was stopped on purpose, or the grid is starting (the
+        start fails with its log) or stopping.
+        """
+        if proc.pid in self._stopping_pids:
+            self._stopping_pids.discard(proc.pid)
+            return
+        if self._procs.get(name) is not proc or self._stopping or self.node_url is None:
+            return
+        del self._procs[name]
+        ran = time.monotonic() - self._started_at.get(name, 0.0)
+        quick = self._quick_exits[name] = self._quick_exits.get(name, 0) + 1 if ran < STABLE_AFTER else 0
+        delay = RESTART_BACKOFF.delay(quick) if quick else 0.0
+        how = f"killed by signal {-status}" if status < 0 else f"exited with status {status}"
+        self.last_exit = f"tahoe node {name} {how} after {ran:.0f} s; started again"
+        nodedir = self.node_dir(name)
+        self._log.warn(
+            "tahoe node {name} (pid {pid}) {how}; starting it again in {delay:g} s; "
+            "last lines of {path}:\n{tail}",
+            name=name, pid=proc.pid, how=how, delay=delay, path=processes.log_path(nodedir),
+            tail=processes.log_tail(nodedir, self._log_offsets.get(name, 0), lines=5),
+        )
+        d = Deferred.fromCoroutine(self._start_again(name, delay, counted=True))
+        self._restarting[name] = d
+
+        def finished(result):
+            if self._restarting.get(name) is d:
+                del self._restarting[name]
+            if isinstance(result, Failure):
+                if not result.check(CancelledError):
+                    self._log.failure("cannot start tahoe node {name} again", result, name=name)
+                return None
+            return result
+
+        d.addBoth(finished)
+
+    async def _start_again(self, name: str, delay: float = 0.0, counted: bool = False) -> int | None:
+        """
+        Start one node of a grid that runs: after ``delay`` seconds, once a
+        stale pidfile is gone and its port is free (waiting with backoff).
+        """
+        if delay:
+            await self._sleep(delay)
+        nodedir = self.node_dir(name)
+        process, _ = await self._in_thread(processes.leftover, nodedir)
+        if process is not None:
+            raise GridStartError(f"tahoe node {name!r} runs already (pid {process.pid})")
+        port = await self._in_thread(nodes.node_port, nodedir)
+        waits = RESTART_BACKOFF.delays()
+        while port and await self._in_thread(nodes.port_in_use, port):
+            wait = next(waits)
+            self._log.warn("cannot start tahoe node {name} again: another program listens on "
+                           "127.0.0.1:{port}; trying again in {wait:g} s", name=name, port=port, wait=wait)
+            await self._sleep(wait)
+        if self._stopping:
+            return None
+        pid = await self._in_thread(self._spawn, name)
+        if pid is not None:
+            if counted:
+                self.restarts += 1
+            self._log.info("started tahoe node {name} again (pid {pid})", name=name, pid=pid)
+        return pid
 
     def _check_processes(self) -> None:
         """
@@ -438,6 +549,8 @@ class LocalGrid(Service):
         return when it is gone.
         """
         nodedir = self.node_dir(name)
+        if self.restart_exited and name in self._procs and self._procs[name].pid == pid:
+            self._stopping_pids.add(pid)
         if not gone():
             send_signal(signal.SIGTERM)
             deadline = self._reactor.seconds() + STOP_TIMEOUT

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import psutil  # type: ignore[import-untyped]
@@ -34,6 +35,7 @@ __all__ = [
     "send_signal",
     "spawn",
     "terminate_sync",
+    "watch",
 ]
 
 RUN_LOG = "gridbackup-run.log"
@@ -87,6 +89,18 @@ def spawn(command: list[str], nodedir: str) -> tuple[subprocess.Popen, int]:
             close_fds=True,
         )
     return proc, offset
+
+
+def watch(proc: subprocess.Popen, on_exit) -> threading.Thread:
+    """
+    Call ``on_exit(status)`` in a thread of its own when ``proc`` ends
+    (that thread reaps it).  A daemon thread: it never holds up the exit
+    of the process, and nothing of it is on the reactor.
+    """
+    thread = threading.Thread(target=lambda: on_exit(proc.wait()), daemon=True,
+                              name=f"tahoe-watch-{proc.pid}")
+    thread.start()
+    return thread
 
 
 def read_pidfile(nodedir: str) -> tuple[int, float] | None:

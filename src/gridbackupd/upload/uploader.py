@@ -17,6 +17,9 @@ the average rate over a few packs stays under the limit (one PUT itself goes
 at the line's speed).  When the node fails, rounds back off (doubling,
 up to ``MAX_RETRY_DELAY``) and fewer packs go up at once, one more per
 successful pack until ``parallel`` again; the queue is kept whatever happens.
+While it waits to try again, ``last_error`` (one line) says why and
+``retry_at`` when; ``failed_packs`` counts the pack uploads that failed,
+the only ones that are ever sent again.
 """
 
 import collections
@@ -71,7 +74,11 @@ class Uploader:
         self.uploaded_packs = 0
         self.inlined_blobs = 0
         self.consecutive_failures = 0
+        self.failed_packs = 0
         self.last_error = None
+        # The waits between failed rounds, and when (Unix time) the next try is due.
+        self.backoff = _BACKOFF
+        self.retry_at = None
         # (time, bytes) of the last RATE_WINDOW seconds
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._wakeup = None
@@ -118,27 +125,31 @@ class Uploader:
     # -- the loop ----------------------------------------------------------
 
     async def _loop(self):
-        delays = _BACKOFF.delays()
+        failed_rounds = 0
         while not self._stopping:
             try:
                 worked = await self.run_once()
-                delays = _BACKOFF.delays()
+                failed_rounds = 0
                 self.last_error = None
             except WriterLockHeld as e:
-                self.last_error = str(e)
-                self.log.warn("not writing: {error}", error=e)
-                await self._retry(next(delays))
+                failed_rounds += 1
+                self.last_error = one_line(e)
+                self.log.warn("not writing: {error}", error=self.last_error)
+                await self._retry(self.backoff.delay(failed_rounds))
                 continue
             except (TahoeError, DiskFull) as e:
+                failed_rounds += 1
                 self.last_error = one_line(e)
-                delay = next(delays)
-                self.log.warn("upload round failed, retrying in {delay}s: {error}", delay=delay, error=e)
+                delay = self.backoff.delay(failed_rounds)
+                self.log.warn("upload round failed, retrying in {delay}s: {error}",
+                              delay=delay, error=self.last_error)
                 await self._retry(delay)
                 continue
             except Exception as e:
-                self.last_error = f"unexpected: {e}"
+                failed_rounds += 1
+                self.last_error = f"unexpected: {one_line(e)}"
                 self.log.failure("upload round failed unexpectedly")
-                await self._retry(next(delays))
+                await self._retry(self.backoff.delay(failed_rounds))
                 continue
             if worked:
                 self.stall.reset()
@@ -148,10 +159,14 @@ class Uploader:
                 await self._wakeup
                 self.stall.woken()
 
-    def _retry(self, delay):
-        """Wait on a retry: that is no stall, ``last_error`` says why."""
+    async def _retry(self, delay):
+        """Wait on a retry: that is no stall, ``last_error`` says why and ``retry_at`` until when."""
         self.stall.reset()
-        return self._sleep(delay)
+        self.retry_at = self.reactor.seconds() + delay
+        try:
+            await self._sleep(delay)
+        finally:
+            self.retry_at = None
 
     def _sleep(self, seconds):
         self._wakeup = Deferred()
@@ -276,6 +291,7 @@ class Uploader:
                 cap = await self.client.upload_file(built.path)
             except TahoeError:
                 self.consecutive_failures += 1
+                self.failed_packs += 1
                 self.allowed_parallel = max(1, self.allowed_parallel // 2)
                 raise
             crashpoints.reached("uploader.pack_uploaded")
@@ -338,6 +354,8 @@ class Uploader:
             "rate_bytes_per_second": round(rate, 1),
             "eta_seconds": round(pending_bytes / rate, 1) if rate > 0 and pending_bytes else None,
             "consecutive_failures": self.consecutive_failures,
+            "failed_packs": self.failed_packs,
+            "retry_at": round(self.retry_at, 3) if self.retry_at is not None else None,
             "writer_lock": self.publisher.lock_error,
             "last_error": self.last_error,
             "stalled": self.stall.stalled,

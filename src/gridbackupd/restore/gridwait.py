@@ -2,18 +2,25 @@
 Waiting for the grid instead of failing.
 
 A restore asked for while the grid is not there (the daemon still
-connecting after a start, the Tahoe client node restarting) is accepted
-and waits for it: each grid call of the run goes through one ``GridWait``,
+connecting after a start, the Tahoe client node restarting, storage
+servers gone so that shares cannot be found) is accepted and waits for
+it: each grid call of the run goes through one ``GridWait``,
 which tries again with backoff while the grid is away, says so in the
 run's progress (``waiting_for``, ``waiting_since``), and gives up with one
 clear line after the configured time-out (``[tahoe] grid_wait``).
+
+Shares that cannot be found (``TahoeSharesMissing``, Tahoe's 410 for
+NoSharesError / NotEnoughSharesError) mean the grid is away only while
+fewer storage servers than ``shares.happy`` are connected (the client's
+``min_servers``): with all of them there, the shares are lost, and waiting
+would not bring them back.
 """
 
 import time
 
 from twisted.internet.task import deferLater
 
-from gridbackupd.errors import TahoeUnavailable, Unavailable, one_line
+from gridbackupd.errors import TahoeError, TahoeSharesMissing, TahoeUnavailable, Unavailable, one_line
 from gridbackupd.grid.retry import Backoff
 
 # 15 minutes: long enough for a node to start and connect to its servers.
@@ -58,10 +65,13 @@ class GridWait:
             while True:
                 if self.gave_up is not None:
                     raise self.gave_up
+                client = None
                 try:
-                    return await operation(self.client_getter())
-                except (Unavailable, TahoeUnavailable) as e:
-                    if not grid_away(e):
+                    client = self.client_getter()
+                    return await operation(client)
+                except (Unavailable, TahoeUnavailable, TahoeSharesMissing) as e:
+                    why = await self._away(e, client)
+                    if why is None:
                         raise
                     now = self.clock.seconds()
                     if started is None:
@@ -72,7 +82,7 @@ class GridWait:
                         self.gave_up = GridTimeout(
                             "grid_unavailable",
                             f"gave up after waiting {self.timeout:g} s for the grid ([tahoe] grid_wait): "
-                            f"{one_line(e)}")
+                            f"{why}")
                         raise self.gave_up from None
                 self.check()
                 await deferLater(self.clock, min(next(delays), left), lambda: None)
@@ -80,6 +90,21 @@ class GridWait:
         finally:
             if started is not None:
                 self._end()
+
+    async def _away(self, error, client):
+        """Why the grid is away, as ``error`` shows it (one line); None if that is not what it says."""
+        if not isinstance(error, TahoeSharesMissing):
+            return one_line(error) if grid_away(error) else None
+        needed = getattr(client, "min_servers", 1)
+        try:
+            connected = await client.connected_servers()
+        except TahoeError as e:
+            return f"{one_line(error)}; and the node does not say which servers it has: {one_line(e)}"
+        if connected >= needed:
+            return None
+        what = f" of {error.short_cap}" if error.short_cap else ""
+        return (f"only {connected} of {needed} storage servers connected, too few to find "
+                f"the shares{what} ({error.operation}: HTTP {error.status})")
 
     def _begin(self):
         self._waiting += 1

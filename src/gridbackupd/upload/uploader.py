@@ -30,6 +30,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gridbackupd import clock as clockmod
 from gridbackupd import crashpoints
 from gridbackupd.errors import DiskFull, TahoeError, one_line
 from gridbackupd.grid.retry import Backoff
@@ -162,7 +163,7 @@ class Uploader:
     async def _retry(self, delay):
         """Wait on a retry: that is no stall, ``last_error`` says why and ``retry_at`` until when."""
         self.stall.reset()
-        self.retry_at = self.reactor.seconds() + delay
+        self.retry_at = clockmod.wall() + delay  # shown: a wall time
         try:
             await self._sleep(delay)
         finally:

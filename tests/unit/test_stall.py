@@ -19,6 +19,7 @@ class StallTests(RecoveryCase):
     def start(self):
         self.events = []
         self.uploader.stall.log = Logger(observer=self.events.append)
+        self.uploader.stall.wallclock = self.reactor.seconds  # one clock for both in these tests
         self.uploader.start()
         self.addCleanup(self.uploader.stop)
 

@@ -5,11 +5,13 @@ finish by itself: the recovery pass (``Publisher.recover``) is there so
 that this never happens, but if it does a person must see it.  After
 ``STALL_AFTER`` seconds of it, ``stalled`` says since when and why (for
 ``GET /v1/status``'s ``upload.stalled`` and ``gridbackup_stalled`` in
-``/metrics``), and the daemon logs it once.
+``/metrics``), and the daemon logs it once.  The minute is counted on the
+reactor's (monotonic) clock; ``since`` is a wall time, for a person.
 """
 
 from twisted.logger import Logger
 
+from gridbackupd import clock as clockmod
 from gridbackupd.state import queue, snapshots
 
 STALL_AFTER = 60.0
@@ -20,12 +22,14 @@ class StallWatch:
 
     log = Logger()
 
-    def __init__(self, clock, conn, paused, after=STALL_AFTER):
+    def __init__(self, clock, conn, paused, after=STALL_AFTER, wallclock=clockmod.wall):
         self.clock = clock
+        self.wallclock = wallclock
         self.conn = conn
         self.paused = paused  # a callable: pending blobs wait on purpose while paused
         self.after = after
-        self.since = None  # when the uploader went idle with a snapshot uploading
+        self.since = None  # when the uploader went idle with a snapshot uploading (clock)
+        self.since_wall = None  # the same moment on the wall clock
         self.stalled = None  # {"since", "reason"} once that lasted ``after`` seconds
         self._idle = False
         self._timer = None
@@ -38,6 +42,7 @@ class StallWatch:
             return
         if self.since is None:
             self.since = self.clock.seconds()
+            self.since_wall = self.wallclock()
         if self.stalled is None and self._timer is None:
             delay = max(0.0, self.since + self.after - self.clock.seconds())
             self._timer = self.clock.callLater(delay, self._check)
@@ -50,7 +55,7 @@ class StallWatch:
     def reset(self):
         """The uploader got on (did work, or waits on a retry): no stall."""
         self._cancel()
-        self.since = None
+        self.since = self.since_wall = None
         if self.stalled is not None:
             self.stalled = None
             self.log.info("uploads are no longer stalled")
@@ -71,7 +76,7 @@ class StallWatch:
         if reason is None:
             self.reset()
             return
-        self.stalled = {"since": self.since, "reason": reason}
+        self.stalled = {"since": self.since_wall, "reason": reason}
         self.log.error("uploads are stalled: {reason}", reason=reason)
 
     def reason(self):

@@ -9,6 +9,11 @@ the items it had finished (``job_items``), at the next start; so does one
 killed with the process (``running`` at start).  The schedule is kept in
 the same table: a kind is due when its last run was requested longer ago
 than its interval, so a restart neither repeats nor skips a weekly job.
+While the daemon runs, "how long ago" is measured on the reactor's
+(monotonic) clock from the recorded request, so a wall clock set back an
+hour delays no job and one set forward a day runs none early; only at
+start is the recorded wall time compared with the wall clock, and then a
+request that seems to lie in the future counts as made just now.
 Forget and prune hold the backup jobs' scan lock: no scan dedups against a
 blob a prune is dropping.
 
@@ -26,6 +31,7 @@ import attr
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from gridbackupd import clock as clockmod
 from gridbackupd.errors import Invalid, NotFound, ReadOnly, one_line
 from gridbackupd.maintenance.jobs import JobStopped
 from gridbackupd.restore.gridwait import DEFAULT_TIMEOUT, GridWait
@@ -111,8 +117,9 @@ class Maintenance(QueuedRunner):
     what = "maintenance job"
 
     def __init__(self, reactor, template, settings, retention, pack_size, scan_lock,
-                 require_writable, read_only=False, grid_wait=DEFAULT_TIMEOUT):
+                 require_writable, read_only=False, grid_wait=DEFAULT_TIMEOUT, wallclock=clockmod.wall):
         super().__init__()
+        self.wallclock = wallclock  # for the times recorded; durations on the reactor
         self.grid_wait = grid_wait  # [tahoe] grid_wait
         self.reactor = reactor
         self.template = template
@@ -126,6 +133,7 @@ class Maintenance(QueuedRunner):
         self.current = None  # the JobContext of the running job
         self.current_kind = None
         self._loop = None
+        self._requested_at: dict[str, float] = {}  # kind -> last request, on the reactor's clock
 
     def intervals(self):
         c, r = self.settings, self.retention
@@ -152,7 +160,7 @@ class Maintenance(QueuedRunner):
 
     def recover_interrupted(self):
         """Resume interrupted jobs (the grid side is up); the schedule starts now if it never did."""
-        jobstate.start_schedule(self.conn, self.reactor.seconds())
+        jobstate.start_schedule(self.conn, self.wallclock())
 
     def startService(self):
         super().startService()
@@ -168,13 +176,25 @@ class Maintenance(QueuedRunner):
 
     def tick(self):
         """Queue every job that is due, then run the queue."""
-        now = self.reactor.seconds()
         for kind, interval in self.intervals().items():
-            if interval <= 0:
-                continue
-            if self._last_requested(kind) + interval <= now:
+            if interval > 0 and self._since_requested(kind, interval) >= interval:
                 self.request(kind, scheduled=True)
         self.kick()
+
+    def _since_requested(self, kind, interval):
+        """
+        Seconds since a job of this kind was last requested, on the
+        reactor's clock; the first time, from the recorded wall time,
+        between 0 (a request that seems to lie ahead: the clock was set
+        back) and ``interval`` (due now: a daemon asleep for a week runs it
+        once).
+        """
+        now = self.reactor.seconds()
+        if kind not in self._requested_at:
+            last = self._last_requested(kind)
+            ago = self.wallclock() - last if last is not None else 0.0
+            self._requested_at[kind] = now - min(max(ago, 0.0), interval)
+        return now - self._requested_at[kind]
 
     def _last_requested(self, kind):
         """When a job of this kind was last requested; the schedule's start if never
@@ -197,9 +217,10 @@ class Maintenance(QueuedRunner):
         waiting = jobstate.find_queued(self.conn, kind, encoded)
         if waiting is not None:
             return waiting
-        now = self.reactor.seconds()
+        now = self.wallclock()
         job_id = new_job_id(kind, now)
         jobstate.add(self.conn, job_id, kind, now, encoded)
+        self._requested_at[kind] = self.reactor.seconds()
         self.log.info("{how} {kind} job {id} queued", how="scheduled" if scheduled else "requested",
                       kind=kind, id=job_id)
         self.kick()
@@ -214,7 +235,7 @@ class Maintenance(QueuedRunner):
         """Run one job; False if it was stopped (it resumes at the next start)."""
         job_id, kind, options = row
         ctx = self.context(job_id, json.loads(options))
-        jobstate.mark_running(self.conn, job_id, self.reactor.seconds())
+        jobstate.mark_running(self.conn, job_id, self.wallclock())
         self.current, self.current_kind = ctx, kind
         lock = self.scan_lock if kind in WRITING else None
         state, result, error = "failed", {}, None
@@ -238,7 +259,7 @@ class Maintenance(QueuedRunner):
             self.log.failure("{kind} job {id} failed", kind=kind, id=job_id)
         finally:
             self.current = self.current_kind = None
-        jobstate.finish(self.conn, job_id, kind, state, self.reactor.seconds(), error,
+        jobstate.finish(self.conn, job_id, kind, state, self.wallclock(), error,
                     json.dumps(ctx.progress), json.dumps(result, default=str), keep=KEEP_RUNS)
         self.log.info("{kind} job {id}: {state}", kind=kind, id=job_id, state=state)
         self.waiters.fire(job_id, state)
@@ -289,6 +310,7 @@ class Maintenance(QueuedRunner):
                 "last": ({"id": last[0], "state": last[1], "finished": last[2], "error": last[3]}
                          if last else None),
                 "interval": interval or None,
-                "next_due": self._last_requested(kind) + interval if interval > 0 else None,
+                "next_due": (self.wallclock() + interval - self._since_requested(kind, interval)
+                             if interval > 0 else None),
             }
         return out

@@ -22,6 +22,7 @@ from twisted.internet.defer import DeferredLock
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from gridbackupd import clock as clockmod
 from gridbackupd import crashpoints
 from gridbackupd.errors import DiskFull, one_line
 from gridbackupd.format import chain
@@ -70,6 +71,7 @@ class BackupJobs(QueuedRunner):
         self.current = None
         self.current_kind = None
         self.last_error = None  # why the last scan failed, one line; None after one that did not
+        self._started_mono = 0.0
         # Held by each scan and by forget and prune (maintenance.py): a scan
         # dedups against committed blobs, which a prune may be dropping.
         self.scan_lock = DeferredLock()
@@ -100,11 +102,20 @@ class BackupJobs(QueuedRunner):
         waiting = snapshots.next_queued(self.conn)
         if waiting is not None:
             return waiting
-        now = time.time()
+        now = self.not_before_the_newest(clockmod.wall(), 0.001)
         snapshot_id = new_snapshot_id(now)
         snapshots.create_queued(self.conn, snapshot_id, self.hostname, self.backup.paths, tags, now)
         self.kick()
         return snapshot_id
+
+    def not_before_the_newest(self, now, step=0.0):
+        """
+        ``now``, or just after the newest snapshot's time if the wall clock
+        says earlier (it was set back): snapshot times, and so ids and what
+        retention keeps, follow the order in which snapshots were made.
+        """
+        newest = snapshots.newest_time(self.conn)
+        return now if newest is None or now >= newest + step else newest + step
 
     def interrupt(self):
         """A running scan stops at its next entry, after a checkpoint, and resumes at the next start."""
@@ -176,7 +187,8 @@ class BackupJobs(QueuedRunner):
         return "incremental", parent, parent_chain
 
     async def run_scan(self, snapshot_id):
-        started = time.time()
+        started = self.not_before_the_newest(clockmod.wall())
+        self._started_mono = clockmod.monotonic()  # the scan's duration, whatever the wall clock does
         snapshots.mark_scanning(self.conn, snapshot_id, started)
         self.current = snapshot_id
         self.current_kind = None
@@ -189,7 +201,7 @@ class BackupJobs(QueuedRunner):
                 self.current = None
                 self.log.warn("pre_command failed, {id} is not scanned: {why}", id=snapshot_id, why=done.why)
                 with dbmod.transaction(self.conn):
-                    snapshots.mark_failed(self.conn, snapshot_id, time.time(),
+                    snapshots.mark_failed(self.conn, snapshot_id, self._finished(started),
                                           [{"path": None, "reason": "pre_command " + done.why}])
                     checkpoints.drop(self.conn, snapshot_id, self.logs_dir)
                 self.waiters.fire(snapshot_id, "failed")
@@ -261,7 +273,8 @@ class BackupJobs(QueuedRunner):
             else:
                 self.log.failure("scan of {id} failed", id=snapshot_id)
             self.last_error = one_line(e)
-            snapshots.mark_failed(self.conn, snapshot_id, time.time(), [{"path": None, "reason": self.last_error}])
+            snapshots.mark_failed(self.conn, snapshot_id, self._finished(started),
+                                  [{"path": None, "reason": self.last_error}])
             self.waiters.fire(snapshot_id, "failed")
             return
         finally:
@@ -270,7 +283,7 @@ class BackupJobs(QueuedRunner):
         self.last_error = None
         snapshots.mark_uploading(
             self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
-            finished=time.time(), files=counts["files"], bytes=counts["bytes"],
+            finished=max(counts["started"], self._finished(started)), files=counts["files"], bytes=counts["bytes"],
             errors=progress.error_list(), log_path=log_path,
         )
         crashpoints.reached("scan.log_finished")
@@ -282,6 +295,10 @@ class BackupJobs(QueuedRunner):
         )
         self.on_scanned(snapshot_id)
 
+    def _finished(self, started):
+        """When the scan that started at ``started`` (wall) finished: that plus its monotonic duration."""
+        return started + clockmod.monotonic() - self._started_mono
+
     def _tags(self, snapshot_id):
         tags = snapshots.tags(self.conn, snapshot_id)
         return tuple(dict.fromkeys(t for t in tags if isinstance(t, str) and t))
@@ -290,7 +307,7 @@ class BackupJobs(QueuedRunner):
         if self.current is None or self.progress is None:
             return {"running": False, "last_error": self.last_error}
         p = self.progress
-        elapsed = max(time.time() - p.started, 1e-6)
+        elapsed = max(clockmod.monotonic() - self._started_mono, 1e-6)
         return {
             "running": True,
             "last_error": self.last_error,

@@ -302,6 +302,16 @@ def last_requested(conn):
     return conn.execute("SELECT max(requested) FROM snapshots").fetchone()[0]
 
 
+def newest_time(conn):
+    """
+    The latest time a snapshot was requested or started (seconds since the
+    epoch), or None if there is none: a new snapshot's times are never
+    earlier, so that their order is the order they were made in.
+    """
+    return conn.execute(
+        "SELECT max(max(requested), coalesce(max(started), 0)) FROM snapshots").fetchone()[0]
+
+
 def state_of(conn, snapshot_id):
     """A snapshot's state (queued ... complete, incomplete, failed), or None if there is no such snapshot."""
     row = conn.execute("SELECT state FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()

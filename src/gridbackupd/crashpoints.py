@@ -11,6 +11,11 @@ The points do nothing unless ``GRIDBACKUP_TESTING=1`` is set together with
 ``GRIDBACKUP_CRASH_AT=name[:n]``: the process then ends with
 ``os._exit(137)`` (as a SIGKILL would, with nothing flushed) the n-th time
 it passes that point (the first time when n is left out).
+
+With ``GRIDBACKUP_TESTING=1``, ``GRIDBACKUP_CRASH_TRACE=file`` appends the
+name of every point passed to that file, one a line, before any exit there:
+the tests count from it what a run did across its crashes (the packs sent
+to the grid, how often a point is passed, to crash at a random pass).
 """
 
 import os
@@ -20,6 +25,7 @@ import attr
 
 TESTING = "GRIDBACKUP_TESTING"
 CRASH_AT = "GRIDBACKUP_CRASH_AT"
+TRACE = "GRIDBACKUP_CRASH_TRACE"
 EXIT_STATUS = 137
 
 
@@ -68,6 +74,11 @@ _point("prune.packs_uploaded", "forget",
 _point("prune.commits_replaced", "forget", "the database names the replacement commits, none linked yet")
 _point("prune.commits_linked", "forget", "the replacement commits are linked, the retired ones not yet unlinked")
 _point("prune.retired_unlinked", "forget", "a retired commit is unlinked and its row dropped")
+# Scenario "forget_uploading": a forget of a snapshot whose child is still uploading.
+_point("forget.full_log_replaced", "forget_uploading",
+       "a kept snapshot's log, not yet on the grid, is replaced by its full log, the row not yet marked full")
+_point("forget.full_log_marked", "forget_uploading",
+       "that snapshot's row is marked full (its log is published later, as a full log)")
 # Scenario "restore": a whole-snapshot restore.
 _point("restore.mid_file", "restore", "part of a file's content is written to its temporary name")
 _point("restore.before_rename", "restore", "a file is complete under its temporary name, with its metadata")
@@ -83,8 +94,13 @@ class _Trigger:
         self.nth = 1
         self.passed = 0
         self.lock = threading.Lock()
+        self.trace = None
+        if environ.get(TESTING) != "1":
+            return
+        if environ.get(TRACE):
+            self.trace = os.open(environ[TRACE], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         spec = environ.get(CRASH_AT, "")
-        if environ.get(TESTING) != "1" or not spec:
+        if not spec:
             return
         name, _, nth = spec.partition(":")
         if name not in POINTS:
@@ -95,6 +111,8 @@ class _Trigger:
             raise ValueError(f"{CRASH_AT}={spec}: the count starts at 1")
 
     def reached(self, name):
+        if self.trace is not None:
+            os.write(self.trace, name.encode() + b"\n")
         if name != self.name:
             return
         with self.lock:

@@ -14,6 +14,11 @@ daemon's process group dies with every node of its embedded grid.  The runs
 of one way to die follow each other in one state directory; a failed run
 leaves it for a fresh one.
 
+``test_two_crashes_in_a_row``: seeded runs of a backup that dies at a
+random pass of a random point, then on its restart at another random
+point, then is restarted clean; checked the same way.  The seed and the
+points are printed; ``GRIDBACKUP_CRASH_MATRIX_SEED`` runs a seed again.
+
 ``KNOWN_FAILING`` names the points that do not pass yet, with the reason:
 they are printed and not run (``GRIDBACKUP_CRASH_MATRIX_ALL=1`` runs them
 too); the list must only shrink.  ``GRIDBACKUP_CRASH_MATRIX_POINTS=a,b``
@@ -21,6 +26,7 @@ runs only those points (while working on them).
 """
 
 import os
+import random
 import time
 
 from twisted.internet.defer import Deferred, FirstError, gatherResults
@@ -33,8 +39,9 @@ from tests.support.sharedgrid import shared_node_url
 #: point -> why it fails today.  Must only shrink.
 KNOWN_FAILING: dict[str, str] = {}
 
-ORDER = ("backup", "start", "forget", "restore")
+ORDER = ("backup", "start", "forget", "forget_uploading", "restore")
 GROUP_LANES = 2
+TWICE_RUNS = 3
 
 
 def _selected():
@@ -82,8 +89,8 @@ class CrashMatrixTests(TestCase):
                 started = time.monotonic()
                 runs += 1
                 try:
-                    await matrix.run(point)
-                    outcome = "ok"
+                    measured = await matrix.run(point)
+                    outcome = f"ok ({measured})" if measured else "ok"
                 except RunFailed as e:
                     failures.append(f"{point.name} ({matrix.mode}): {e}")
                     outcome = f"FAILED: {e}"
@@ -104,3 +111,36 @@ class CrashMatrixTests(TestCase):
               f"{len(failures)} failed, {time.monotonic() - began:.0f} s", flush=True)
         if failures:
             self.fail("\n".join(failures))
+
+    async def test_two_crashes_in_a_row(self):
+        began = time.monotonic()
+        seed = int(os.environ.get("GRIDBACKUP_CRASH_MATRIX_SEED") or random.SystemRandom().getrandbits(32))
+        print(f"two crashes in a row: seed {seed} (GRIDBACKUP_CRASH_MATRIX_SEED={seed} runs it again)",
+              flush=True)
+        rnd = random.Random(seed)
+        node_url = await shared_node_url()
+        matrix = Matrix(self, os.path.abspath(self.mktemp()), "daemon", node_url)
+        failures = []
+        try:
+            passes = await matrix.passes_of_a_backup()
+            # Where a backup and its daemon's start pass: a random pass of one
+            # point, then the first pass of another on the restart.
+            names = sorted(n for n in passes if crashpoints.POINTS[n].scenario in ("backup", "start"))
+            for run in range(TWICE_RUNS):
+                first = rnd.choice(names)
+                nth = rnd.randint(1, passes[first])
+                second = rnd.choice(names)
+                started = time.monotonic()
+                try:
+                    outcome = "ok (" + await matrix.run_twice(f"{first}:{nth}", second) + ")"
+                except RunFailed as e:
+                    failures.append(f"{first}:{nth} then {second}: {e}")
+                    outcome = f"FAILED: {e}"
+                print(f"two crashes in a row, seed {seed} run {run}: {first}:{nth} then {second}: "
+                      f"{outcome} in {time.monotonic() - started:.1f} s", flush=True)
+        finally:
+            matrix.finish()
+        print(f"two crashes in a row: {TWICE_RUNS} runs, {len(failures)} failed, "
+              f"{time.monotonic() - began:.0f} s", flush=True)
+        if failures:
+            self.fail(f"seed {seed} (GRIDBACKUP_CRASH_MATRIX_SEED={seed} runs it again):\n" + "\n".join(failures))

@@ -26,7 +26,10 @@ from tests.support.process import Daemon, alive, node_pids
 
 MODES = ("daemon", "group")
 
-#: A config with no schedule of its own: ``CONFIG.format(node_url=, tree=, port=)``.
+#: Packs in flight at most: a crash sends at most this many again.
+PARALLEL = 4
+
+#: A config with no schedule of its own: ``CONFIG.format(node_url=, tree=, port=, parallel=)``.
 CONFIG = """\
 [gridbackup]
 state_dir = %(here)s/state
@@ -38,6 +41,10 @@ paths =
     {tree}
 scan_interval = 0
 checkpoint_interval = 0
+# Every new log an increment: a forget of its parent then rewrites it.
+full_every = 1000
+[upload]
+parallel = {parallel}
 [retention]
 interval = 0
 [api]
@@ -55,13 +62,17 @@ class CrashDaemon(Daemon):
     def __init__(self, testcase, base, port, node_url):
         super().__init__(testcase, base, port)
         self.state = os.path.join(base, "state")
+        # Every crash point each life of this daemon passed, one a line.
+        self.trace = os.path.join(base, "trace")
         with open(os.path.join(base, "gridbackup.ini"), "w") as f:
-            f.write(CONFIG.format(node_url=node_url, tree=os.path.join(base, "data"), port=port))
+            f.write(CONFIG.format(node_url=node_url, tree=os.path.join(base, "data"), port=port,
+                                  parallel=PARALLEL))
 
     def start(self, crash_at=None):
         env = dict(os.environ)
         env.pop(crashpoints.CRASH_AT, None)
         env[crashpoints.TESTING] = "1"
+        env[crashpoints.TRACE] = self.trace
         if crash_at:
             env[crashpoints.CRASH_AT] = crash_at
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")
@@ -74,6 +85,18 @@ class CrashDaemon(Daemon):
             cwd=self.base, stdout=self.log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env=env, start_new_session=True,
         )
+
+    def trace_mark(self):
+        """Where the trace ends now: ``passes(mark)`` reads what comes after."""
+        return os.path.getsize(self.trace) if os.path.exists(self.trace) else 0
+
+    def passes(self, mark=0):
+        """The crash points passed since ``mark``, in order, across the daemon's lives."""
+        if not os.path.exists(self.trace):
+            return []
+        with open(self.trace, "rb") as f:
+            f.seek(mark)
+            return f.read().decode().split()
 
     def nodes(self):
         """The pids of the embedded grid's running nodes (none with a node_url)."""

@@ -10,9 +10,13 @@ A scenario is the point's ``scenario`` in ``gridbackupd.crashpoints``:
 - ``start``: a backup killed at once, then a start that dies on the point;
 - ``forget``: two backups (a file changed between them), the first forgotten
   by name with a prune;
+- ``forget_uploading``: a backup, then a backup of a new 4 MB file and at
+  once a forget (with a prune) of the first: the forget waits for the scan
+  and rewrites the child's log while its blobs are still uploading;
 - ``restore``: a whole-snapshot restore of the latest snapshot.
 """
 
+import contextlib
 import os
 import shutil
 import time
@@ -22,7 +26,9 @@ from twisted.internet.task import deferLater
 
 from gridbackupd import crashpoints
 from gridbackupd.grid.client import TahoeClient
-from tests.support.crashrun import CrashDaemon, NotReached, tahoe_processes, wait_gone
+from gridbackupd.state import db as dbmod
+from gridbackupd.statedir import StateDir
+from tests.support.crashrun import PARALLEL, CrashDaemon, NotReached, tahoe_processes, wait_gone
 from tests.support.process import free_port
 from tests.support.reachcheck import missing_from_root
 from tests.support.trees import tree_listing
@@ -75,9 +81,14 @@ class Matrix:
     # -- one run ---------------------------------------------------------------
 
     async def run(self, point):
-        """Crash at ``point``, restart, check; RunFailed says what went wrong."""
+        """
+        Crash at ``point``, restart, check; RunFailed says what went wrong.
+        Returns what was measured (the packs sent again, for a backup).
+        """
         scenario = SCENARIOS[point.scenario]
         try:
+            packs_before = self.last_pack() if point.scenario == "backup" else None
+            trace_mark = self.daemon.trace_mark()
             before = self.daemon.nodes()
             try:
                 status, context = await scenario.crash(self, point.name)
@@ -93,10 +104,70 @@ class Matrix:
             self.daemon.close()
             self.daemon.start()
             await self.settle(scenario, context)
+            measured = "" if packs_before is None else self.check_resent(packs_before, trace_mark)
             await self.check_left_over()
         except BaseException:
             self.abandon()
             raise
+        return measured
+
+    async def passes_of_a_backup(self):
+        """
+        How often a clean backup (its daemon's start included) passes each
+        crash point: the second of the set, an increment as the later ones.
+        """
+        self.daemon.start()
+        await self.daemon.ready()
+        self.known.add(await _backup(self.daemon))
+        self.daemon.close()
+        mark = self.daemon.trace_mark()
+        self.write_file(f"clean-{self.files}")
+        self.daemon.start()
+        await self.daemon.ready()
+        self.known.add(await _backup(self.daemon))
+        self.daemon.close()
+        passed = self.daemon.passes(mark)
+        return {name: passed.count(name) for name in dict.fromkeys(passed)}
+
+    async def run_twice(self, first, second):
+        """
+        A backup that dies at ``first`` ("name:n"), a restart that dies at
+        ``second`` if it passes there, a clean restart; checked as ``run``
+        checks one crash (the packs sent again: at most twice those in flight).
+        """
+        scenario = SCENARIOS["backup"]
+        try:
+            packs_before = self.last_pack()
+            trace_mark = self.daemon.trace_mark()
+            try:
+                status, context = await scenario.crash(self, first)
+            except NotReached as e:
+                raise RunFailed(f"{first} never reached: {e}") from None
+            if status != crashpoints.EXIT_STATUS:
+                raise RunFailed(f"the daemon ended with {status} at {first}")
+            self.daemon.close()
+            self.daemon.start(second)
+
+            async def finished():
+                listing = await self.snapshots()
+                return len(listing) > len(self.known) and all(s["state"] == "complete" for s in listing)
+
+            try:
+                status = await self.daemon.died(finished)
+                if status != crashpoints.EXIT_STATUS:
+                    raise RunFailed(f"the restarted daemon ended with {status} at {second}")
+                outcome = f"died at {second}"
+            except NotReached:
+                outcome = f"finished without passing {second}"
+            self.daemon.close()
+            self.daemon.start()
+            await self.settle(scenario, context)
+            measured = self.check_resent(packs_before, trace_mark, crashes=2)
+            await self.check_left_over()
+        except BaseException:
+            self.abandon()
+            raise
+        return f"{outcome}; {measured}"
 
     def abandon(self):
         """After a failed run: kill everything of this set, go on with a fresh one."""
@@ -141,6 +212,30 @@ class Matrix:
             raise RunFailed(f"snapshots lost: {sorted(self.known - ids)}")
         await scenario.restored(self, context)
         await self.check_reachable(ids)
+
+    def last_pack(self):
+        """The newest pack row's id (0 for none): the packs of a run come after it."""
+        if not os.path.exists(StateDir(self.daemon.state).database):
+            return 0
+        with contextlib.closing(dbmod.read_only_connection(StateDir(self.daemon.state).database)) as conn:
+            return conn.execute("SELECT coalesce(max(id), 0) FROM packs").fetchone()[0]
+
+    def check_resent(self, packs_before, trace_mark, crashes=1):
+        """
+        The packs sent to the grid across the crash and the restart, less the
+        packs the backup's blobs are in, are at most the packs in flight
+        (at each crash).
+        """
+        sent = self.daemon.passes(trace_mark).count("uploader.pack_uploaded")
+        with contextlib.closing(dbmod.read_only_connection(StateDir(self.daemon.state).database)) as conn:
+            needed = conn.execute("SELECT count(DISTINCT pack_id) FROM blobs WHERE pack_id > ?",
+                                  (packs_before,)).fetchone()[0]
+        if needed < 1:
+            raise RunFailed("the backup's new file is in no new pack")
+        if sent - needed > PARALLEL * crashes:
+            raise RunFailed(f"{sent} packs sent for {needed} needed: more again than the "
+                            f"{PARALLEL} in flight at each of {crashes} crashes (of at most pack_size each)")
+        return f"{sent - needed} of {sent} packs sent again"
 
     async def _checked(self, check):
         try:
@@ -341,6 +436,28 @@ class Forget:
         await _check_latest(matrix, context["kept"])
 
 
+class ForgetUploading(Forget):
+    @staticmethod
+    async def crash(matrix, point):
+        matrix.daemon.start(point)
+        await matrix.daemon.ready()
+        matrix.write_file(f"parent-{matrix.files}")
+        first = await _backup(matrix.daemon)
+        # A child big enough to be uploading still when the forget, queued
+        # behind its scan, rewrites its log (its parent is forgotten).
+        matrix.write_file(f"child-{matrix.files}", size=4_000_000)
+        child = (await _post(matrix.daemon, "/v1/backups"))["id"]
+        answer = await _post(matrix.daemon, "/v1/forget", {"snapshots": [first], "prune": True})
+        context = {"forget": first, "kept": child, "job": answer["job"]["id"]}
+        matrix.known.add(child)
+
+        async def finished():
+            code, job = await matrix.daemon.call("GET", f"/v1/jobs/{context['job']}")
+            return code == 200 and job["state"] in ("done", "failed")
+
+        return await matrix.daemon.died(finished), context
+
+
 class Restore:
     @staticmethod
     async def crash(matrix, point):
@@ -370,4 +487,5 @@ class Restore:
         matrix.compare(context["target"])
 
 
-SCENARIOS = {"backup": Backup, "start": Start, "forget": Forget, "restore": Restore}
+SCENARIOS = {"backup": Backup, "start": Start, "forget": Forget, "forget_uploading": ForgetUploading,
+             "restore": Restore}

@@ -132,7 +132,9 @@ async def _rewrite_full(ctx, snapshot_id):
             on_grid = now is not None and now[2] is not None
             if not on_grid:
                 os.replace(tmp, log_path)
+                crashpoints.reached("forget.full_log_replaced")
                 snapshots.mark_full(ctx.conn, snapshot_id)
+                crashpoints.reached("forget.full_log_marked")
         if on_grid:
             cap = await ctx.client.upload_file(tmp)
             crashpoints.reached("forget.full_log_written")

@@ -39,6 +39,20 @@ class TriggerTests(SynchronousTestCase):
         crashpoints.configure(env, exit=fake_exit)
         self.assertRaises(Exited, crashpoints.reached, "scan.log_finished")
 
+    def test_trace_names_every_point_passed_before_an_exit(self):
+        trace = self.mktemp()
+        env = {crashpoints.TESTING: "1", crashpoints.TRACE: trace, crashpoints.CRASH_AT: "scan.log_finished:2"}
+        crashpoints.configure(env, exit=fake_exit)
+        crashpoints.reached("scan.log_finished")
+        crashpoints.reached("packer.pack_built")
+        self.assertRaises(Exited, crashpoints.reached, "scan.log_finished")
+        with open(trace) as f:
+            self.assertEqual(f.read().split(), ["scan.log_finished", "packer.pack_built", "scan.log_finished"])
+        # Without the testing switch, nothing is written.
+        crashpoints.configure({crashpoints.TRACE: trace + ".off"})
+        crashpoints.reached("scan.log_finished")
+        self.assertFalse(os.path.exists(trace + ".off"))
+
     def test_unknown_names_are_errors(self):
         env = {crashpoints.TESTING: "1", crashpoints.CRASH_AT: "no.such_point"}
         self.assertRaises(ValueError, crashpoints.configure, env)

@@ -122,14 +122,15 @@ class CrashMatrixTests(TestCase):
         matrix = Matrix(self, os.path.abspath(self.mktemp()), "daemon", node_url)
         failures = []
         try:
-            passes = await matrix.passes_of_a_backup()
-            # Where a backup and its daemon's start pass: a random pass of one
-            # point, then the first pass of another on the restart.
-            names = sorted(n for n in passes if crashpoints.POINTS[n].scenario in ("backup", "start"))
+            passed = await matrix.passes_of_a_backup()
+            starting = sorted({n for n in passed if crashpoints.POINTS[n].scenario == "start"})
             for run in range(TWICE_RUNS):
-                first = rnd.choice(names)
-                nth = rnd.randint(1, passes[first])
-                second = rnd.choice(names)
+                # A random pass of a clean backup's; then, on the restart, one
+                # of the points a start passes or of those the backup passes
+                # after the first (what is left to do).
+                at = rnd.randrange(len(passed))
+                first, nth = passed[at], passed[:at + 1].count(passed[at])
+                second = rnd.choice(sorted(set(starting) | set(passed[at + 1:])))
                 started = time.monotonic()
                 try:
                     outcome = "ok (" + await matrix.run_twice(f"{first}:{nth}", second) + ")"

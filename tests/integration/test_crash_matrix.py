@@ -124,11 +124,13 @@ class CrashMatrixTests(TestCase):
         try:
             passed = await matrix.passes_of_a_backup()
             starting = sorted({n for n in passed if crashpoints.POINTS[n].scenario == "start"})
+            backup = [at for at, n in enumerate(passed) if crashpoints.POINTS[n].scenario == "backup"]
             for run in range(TWICE_RUNS):
-                # A random pass of a clean backup's; then, on the restart, one
-                # of the points a start passes or of those the backup passes
-                # after the first (what is left to do).
-                at = rnd.randrange(len(passed))
+                # A random pass of a clean backup's (past the start: the
+                # backup is asked for once the daemon is ready); then, on the
+                # restart, one of the points a start passes or of those the
+                # backup passes after the first (what is left to do).
+                at = rnd.choice(backup)
                 first, nth = passed[at], passed[:at + 1].count(passed[at])
                 second = rnd.choice(sorted(set(starting) | set(passed[at + 1:])))
                 started = time.monotonic()

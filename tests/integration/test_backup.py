@@ -15,6 +15,7 @@ from gridbackupd.format.logreader import read_log
 from gridbackupd.format.logwriter import write_log
 from gridbackupd.model import Deletion, Entry, LogHeader
 from gridbackupd.scan import jobs as jobsmod
+from gridbackupd.scan import reader
 from gridbackupd.scan.jobs import BackupJobs
 from gridbackupd.scan.tolog import LogScan, scan_to_log
 from gridbackupd.scan.values import ScanOptions, ScanProgress, ScanStopped
@@ -257,14 +258,11 @@ class ErrorsAndStatusTests(SynchronousTestCase):
         f = Fixture(self)
         write(os.path.join(f.tree, "ok"), b"o" * 300)
         write(os.path.join(f.tree, "locked"), b"l" * 300)
-        real_open = os.open
-
-        def deny(path, flags, *args, **kwargs):
+        def deny(path):
             if path.endswith(b"/locked"):
                 raise PermissionError(13, "Permission denied")
-            return real_open(path, flags, *args, **kwargs)
 
-        self.patch(os, "open", deny)
+        self.patch(reader, "before_open", deny)
         snapshot_id = f.backup()
         files, errors = f.conn.execute(
             "SELECT files, errors FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
@@ -334,16 +332,13 @@ class ResumeTests(SynchronousTestCase):
 
     def kill_scan_at(self, suffix):
         """A scan (checkpointing at every chance) killed as it opens the file ending in ``suffix``."""
-        real_open = os.open
-
-        def crash(path, flags, *args, **kwargs):
+        def crash(path):
             if path.endswith(suffix):
                 raise KeyboardInterrupt("killed")
-            return real_open(path, flags, *args, **kwargs)
 
-        self.patch(os, "open", crash)
+        self.patch(reader, "before_open", crash)
         self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
-        self.patch(os, "open", real_open)
+        self.patch(reader, "before_open", None)
 
     def scan(self, progress=None, **kw):
         progress = progress or ScanProgress()
@@ -395,46 +390,42 @@ class ResumeTests(SynchronousTestCase):
         self.assertEqual(sorted(os.listdir(self.logs)), ["s1.log"])
 
     def test_interrupted_twice(self):
-        real_open = os.open
         opened = []
 
         def crash_after(n):
-            def patched(path, flags, *args, **kwargs):
+            def patched(path):
                 opened.append(path)
                 if len(opened) == n:
                     raise KeyboardInterrupt("killed")
-                return real_open(path, flags, *args, **kwargs)
             return patched
 
-        self.patch(os, "open", crash_after(700))
+        self.patch(reader, "before_open", crash_after(700))
         self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
         opened.clear()
-        self.patch(os, "open", crash_after(700))
+        self.patch(reader, "before_open", crash_after(700))
         self.assertRaises(KeyboardInterrupt, self.scan, checkpoint_every=0)
         opened.clear()
-        self.patch(os, "open", real_open)
+        self.patch(reader, "before_open", None)
         counts, progress = self.scan(checkpoint_every=0)
         self.assertEqual(counts["resumes"], 2)
         self.assertEqual(read_records(self.log_path)[1], self.reference())
 
     def test_stop_takes_a_checkpoint_and_resumes(self):
         progress = ScanProgress()
-        real_open = os.open
         opened = []
 
-        def stop_after_100(path, flags, *args, **kwargs):
+        def stop_after_100(path):
             opened.append(path)
             if len(opened) == 100:
                 progress.stop_requested = True  # as BackupJobs.stop does, from the reactor
-            return real_open(path, flags, *args, **kwargs)
 
-        self.patch(os, "open", stop_after_100)
+        self.patch(reader, "before_open", stop_after_100)
         self.assertRaises(ScanStopped, self.scan, progress)  # default: 15 s checkpoints
         conn = sqlite3.connect(self.db_path)
         state = load_checkpoint(conn)
         conn.close()
         self.assertEqual(state["progress"]["files"], 100)
-        self.patch(os, "open", real_open)
+        self.patch(reader, "before_open", None)
         counts, progress = self.scan()
         self.assertEqual((counts["resumes"], counts["files"]), (1, 2001))
         self.assertEqual(read_records(self.log_path)[1], self.reference())
@@ -526,23 +517,21 @@ class RecoverTests(SynchronousTestCase):
             for i in range(100):
                 write(os.path.join(f.tree, f"d{d}", f"f{i:03d}"), b"%d.%d" % (d, i) * 100)
         real_scan = jobsmod.scan_to_log
-        real_open = os.open
         opened = []
 
         class Killed(Exception):
             pass
 
-        def dies(path, flags, *args, **kwargs):
+        def dies(path):
             opened.append(path)
             if len(opened) == 400:
                 raise Killed("kill -9")
-            return real_open(path, flags, *args, **kwargs)
 
         def scan_often(scan, progress):
             return real_scan(attr_evolve(scan, checkpoint_every=0), progress)
 
         self.patch(jobsmod, "scan_to_log", scan_often)
-        self.patch(os, "open", dies)
+        self.patch(reader, "before_open", dies)
         snapshot_id = f.jobs.request()
         self.assertEqual(len(self.flushLoggedErrors(Killed)), 1)
         # What a kill -9 leaves: the row still says scanning.
@@ -551,7 +540,7 @@ class RecoverTests(SynchronousTestCase):
             "SELECT count(*) FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,)).fetchone()[0]
         self.assertGreater(queued_before, 200)  # those of the first checkpoint at least
 
-        self.patch(os, "open", real_open)
+        self.patch(reader, "before_open", None)
         jobs = BackupJobs(ThreadlessReactor(), f.conn, StateDir(f.state), InlinePool(), f.config.backup,
                           f.config.hostname, f.scanned.append, Waiters())
         self.assertEqual(jobs.recover_interrupted(), [snapshot_id])

@@ -15,6 +15,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.logreader import LogReader, read_log
 from gridbackupd.maintenance import prune
 from gridbackupd.model import LogHeader
+from gridbackupd.scan import reader
 from gridbackupd.scan.tolog import LogScan, scan_to_log
 from gridbackupd.scan.values import ScanOptions, ScanProgress
 from gridbackupd.state import checkpoints as stored_checkpoints
@@ -251,16 +252,13 @@ class PruneAgainstInterruptedScanTests(SynchronousTestCase):
         committed = {h for (h,) in self.conn.execute("SELECT hash FROM blobs")}
         # A new scan of the same files, killed after a checkpoint half-way;
         # the start requeues it.
-        real_open = os.open
-
-        def crash(path, flags, *args, **kwargs):
-            if os.fsencode(path).endswith(b"/d2/f100"):
+        def crash(path):
+            if path.endswith(b"/d2/f100"):
                 raise KeyboardInterrupt("killed")
-            return real_open(path, flags, *args, **kwargs)
 
-        self.patch(os, "open", crash)
+        self.patch(reader, "before_open", crash)
         self.assertRaises(KeyboardInterrupt, self.scan, "1-new", checkpoint_every=0)
-        self.patch(os, "open", real_open)
+        self.patch(reader, "before_open", None)
         snapshots.requeue(self.conn, "1-new", keep_blobs=True)
         self.assertEqual(self.conn.execute("SELECT count(*) FROM snapshot_blobs").fetchone()[0], 0)
 

@@ -39,6 +39,34 @@ class DatabaseTests(SynchronousTestCase):
             db.open_database(path)
         self.assertIn("newer", str(ctx.exception))
 
+    def test_blob_identity_migration_upgrades_an_existing_database(self):
+        """
+        Migration 6 on a database of schema 5 (as made before it): a pending
+        blob keeps its row, with no identity (the packer then only checks
+        that it reads a regular file), and a new scan's queueing sets it.
+        """
+        from gridbackupd.scan.values import NewBlob
+        from gridbackupd.state import queue
+
+        path = self.path()
+        old = sqlite3.connect(path, isolation_level=None)
+        for script in db.MIGRATIONS[:5]:
+            for statement in script.split(";"):
+                if statement.strip():
+                    old.execute(statement)
+        old.execute("PRAGMA user_version = 5")
+        old.execute("INSERT INTO blobs (hash, size, state, source_path, source_offset, queued, rank) "
+                    "VALUES (?, 10, 'pending', ?, 0, 1, 5)", ("a" * 64, b"/home/x"))
+        old.close()
+        conn = db.open_database(path)
+        self.assertEqual(conn.execute("PRAGMA user_version").fetchone()[0], len(db.MIGRATIONS))
+        self.assertEqual(queue.next_batch(conn, 100, set()),
+                         [queue.QueuedBlob("a" * 64, 10, b"/home/x", 0, None, None, None)])
+        with db.transaction(conn):
+            queue.add_blobs(conn, "s1", [NewBlob("a" * 64, 10, b"/home/y", 0, 0, 7, 8, 5)])
+        self.assertEqual(queue.next_batch(conn, 100, set()),
+                         [queue.QueuedBlob("a" * 64, 10, b"/home/y", 0, 7, 8, 5)])
+
     def test_failed_transaction_rolls_back(self):
         conn = db.open_database(self.path())
         with self.assertRaises(ZeroDivisionError):

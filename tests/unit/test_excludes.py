@@ -193,7 +193,10 @@ class ScannerExclusionTests(SynchronousTestCase):
         # As if the root had been reached from another file system: it is
         # recorded, not entered.
         scanner._root_dev = -1
-        scanner.visit(os.fsencode(self.root), os.lstat(self.root))
+        parent = os.open(os.path.dirname(self.root), os.O_RDONLY | os.O_DIRECTORY)
+        self.addCleanup(os.close, parent)
+        scanner.visit(os.fsencode(self.root), os.lstat(self.root), parent,
+                      os.fsencode(os.path.basename(self.root)))
         self.assertEqual([r.path for r in records], [os.fsencode(self.root)])
         records, _ = scan([self.root], one_file_system=True)
         self.assertIn("/src/a.c", self.rel(records))

@@ -1,19 +1,22 @@
 """Packs: deterministic, self-describing, and never holding changed content."""
 
 import hashlib
+import json
 import os
 import random
 
+import attr
 from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.format.pack import PackFormatError, decode_blob, parse_trailer
 from gridbackupd.state.queue import QueuedBlob
-from gridbackupd.upload.packer import build_pack
+from gridbackupd.upload import packer
+from gridbackupd.upload.packer import build_pack, read_verified
 
 
 class PackTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = self.mktemp()
+        self.dir = os.path.abspath(self.mktemp())
         os.makedirs(self.dir)
         rnd = random.Random(5)
         self.files = {}
@@ -59,7 +62,8 @@ class PackTests(SynchronousTestCase):
         with open(victim.source_path, "wb") as f:
             f.write(b"changed since the scan")
         built = build_pack(blobs, self.dir)
-        self.assertEqual(built.stale, (victim.hash,))
+        self.assertEqual([(s.hash, s.reason) for s in built.stale],
+                         [(victim.hash, "changed since the scan")])
         self.assertNotIn(victim.hash, [b.hash for b in built.blobs])
 
     def test_strict_trailer(self):
@@ -147,7 +151,7 @@ class PackTests(SynchronousTestCase):
         with open(blobs[0].source_path, "wb") as f:
             f.write(b"changed")
         found, stale = read_verified(blobs)
-        self.assertEqual(stale, (blobs[0].hash,))
+        self.assertEqual([s.hash for s in stale], [blobs[0].hash])
         self.assertEqual({hashlib.sha256(d).hexdigest() for d in found.values()}, set(found))
         self.assertEqual(len(found), 2)
 
@@ -159,3 +163,95 @@ class PackTests(SynchronousTestCase):
         for error in (PackFormatError, IndexFormatError):
             self.assertTrue(issubclass(error, FormatError))
             self.assertTrue(issubclass(error, ValueError))
+
+
+class SourceTests(SynchronousTestCase):
+    """
+    The packer reads a blob only from the very file the scan read, reached
+    as the scan reached it; anything else is "changed since the scan".
+    """
+
+    def setUp(self):
+        self.base = os.fsencode(os.path.abspath(self.mktemp()))
+        self.d = os.path.join(self.base, b"root", b"d")
+        os.makedirs(self.d)
+        self.data = random.Random(7).randbytes(3000)
+        self.path = os.path.join(self.d, b"f")
+        with open(self.path, "wb") as f:
+            f.write(self.data)
+        st = os.stat(self.path)
+        self.blob = QueuedBlob(hashlib.sha256(self.data).hexdigest(), len(self.data), self.path, 0,
+                               st.st_dev, st.st_ino, len(self.base))
+        # Elsewhere, a directory with a file of the same name and bytes, as a
+        # state directory's private/rootcap would be under a swapped link.
+        self.other = os.path.join(self.base, b"other")
+        os.makedirs(self.other)
+        with open(os.path.join(self.other, b"f"), "wb") as f:
+            f.write(self.data)
+
+    def read(self, blob=None):
+        found, stale = read_verified([blob or self.blob])
+        return found, [(s.path, s.reason) for s in stale]
+
+    def test_the_scanned_file_is_read(self):
+        self.assertEqual(self.read(), ({self.blob.hash: self.data}, []))
+
+    def test_directory_swapped_for_a_link(self):
+        os.rename(self.d, self.d + b".away")
+        os.symlink(self.other, self.d)
+        self.assertEqual(self.read(), ({}, [(self.path, "changed since the scan")]))
+
+    def test_file_replaced_by_a_link(self):
+        os.unlink(self.path)
+        os.symlink(os.path.join(self.other, b"f"), self.path)
+        self.assertEqual(self.read(), ({}, [(self.path, "changed since the scan")]))
+
+    def test_file_replaced_by_another_with_the_same_bytes(self):
+        os.rename(os.path.join(self.other, b"f"), self.path)
+        self.assertEqual(self.read(), ({}, [(self.path, "changed since the scan")]))
+
+    def test_file_replaced_by_a_fifo(self):
+        os.unlink(self.path)
+        os.mkfifo(self.path)
+        self.assertEqual(self.read(), ({}, [(self.path, "changed since the scan")]))
+
+    def test_deleted(self):
+        os.unlink(self.path)
+        self.assertEqual(self.read(), ({}, [(self.path, "vanished since the scan")]))
+
+    def test_a_row_queued_before_identities_is_still_read_from_a_regular_file(self):
+        legacy = attr.evolve(self.blob, source_dev=None, source_ino=None, source_base=None)
+        self.assertEqual(self.read(legacy), ({self.blob.hash: self.data}, []))
+        os.rename(self.d, self.d + b".away")
+        os.symlink(self.other, self.d)
+        self.assertEqual(self.read(legacy), ({}, [(self.path, "changed since the scan")]))
+
+    def test_hook_runs_before_the_open(self):
+        """The test hook integration tests use to change a file between scan and upload."""
+        self.patch(packer, "before_open", lambda blob: os.unlink(blob.source_path))
+        built = build_pack([self.blob], os.fsdecode(self.base))
+        self.assertEqual((built.blobs, [s.reason for s in built.stale]),
+                         ((), ["vanished since the scan"]))
+
+
+class MarkChangedTests(SynchronousTestCase):
+    """A stale blob is a per-file error of each uploading snapshot that needs it."""
+
+    def test_errors_once_per_file_and_snapshot(self):
+        from gridbackupd.scan.values import NewBlob
+        from gridbackupd.state import db, queue, snapshots
+
+        d = os.path.abspath(self.mktemp())
+        os.makedirs(d)
+        conn = db.open_database(os.path.join(d, "state.sqlite"))
+        for sid, state in (("s1", "uploading"), ("s2", "complete")):
+            conn.execute("INSERT INTO snapshots (id, state, host, requested) VALUES (?, ?, 'h', 1)",
+                         (sid, state))
+        chunks = [NewBlob(f"{n:064x}", 10, b"/big/\xff", 10 * n, 0, 1, 2, 1) for n in range(3)]
+        queue.add_uncommitted(conn, "s1", chunks)
+        queue.add_uncommitted(conn, "s2", chunks[:1])
+        queue.mark_changed(conn, [(b.hash, b.source_path, "changed since the scan") for b in chunks])
+        self.assertEqual(snapshots.stale_blob_count(conn, "s1"), 3)
+        errors = {sid: json.loads(e) for sid, e in conn.execute("SELECT id, errors FROM snapshots")}
+        self.assertEqual(errors, {"s1": [{"path": "/big/\\xff", "reason": "changed since the scan"}],
+                                  "s2": []})

@@ -177,12 +177,13 @@ class KindsTests(SynchronousTestCase):
         real_open = os.open
 
         def watch(path, flags, *a, **kw):
-            opened.append(path)
+            if not flags & os.O_DIRECTORY:
+                opened.append(path)
             return real_open(path, flags, *a, **kw)
 
         self.patch(os, "open", watch)
         records, _, progress = scan([self.root])
-        self.assertEqual(opened, [])
+        self.assertEqual(opened, [])  # only the directories were opened
         self.assertEqual(self.by_name(records)[b"fifo"].kind, FIFO)
 
 
@@ -262,11 +263,12 @@ class ErrorTests(SynchronousTestCase):
         self.b = os.path.join(self.root, b"b")
 
     def patch_open(self, before_open):
+        """Call ``before_open`` just before the scanner opens the file ``self.b`` (by its name)."""
         real_open = os.open
 
         def patched(path, flags, *args, **kwargs):
-            if path == self.b:
-                before_open(path)
+            if path == os.path.basename(self.b) and kwargs.get("dir_fd") is not None:
+                before_open(self.b)
             return real_open(path, flags, *args, **kwargs)
 
         self.patch(os, "open", patched)
@@ -308,10 +310,10 @@ class ErrorTests(SynchronousTestCase):
             f.write(b"x")
         real_scandir = os.scandir
 
-        def scandir(path):
-            if path.endswith(b"/locked"):
+        def scandir(fd):
+            if os.readlink(f"/proc/self/fd/{fd}").endswith("/locked"):
                 raise PermissionError(errno.EACCES, "Permission denied")
-            return real_scandir(path)
+            return real_scandir(fd)
 
         self.patch(os, "scandir", scandir)
         records, _, progress = scan([self.root])
@@ -349,6 +351,8 @@ class ErrorTests(SynchronousTestCase):
         real_open = os.open
 
         def deny(path, flags, *args, **kwargs):
+            if flags & os.O_DIRECTORY:
+                return real_open(path, flags, *args, **kwargs)
             raise PermissionError(errno.EACCES, "Permission denied")
 
         self.patch(os, "open", deny)
@@ -360,7 +364,6 @@ class ErrorTests(SynchronousTestCase):
         listed = progress.error_list()
         self.assertEqual(len(listed), 3)
         self.assertEqual(listed[-1], {"path": None, "reason": "and 6 more errors"})
-        del real_open
 
     def test_undecodable_names_in_errors(self):
         bad = os.path.join(self.root, b"\xff\xfe")
@@ -489,3 +492,162 @@ class SpoolTests(SynchronousTestCase):
         self.assertNotIn(POSSIBLY_INCONSISTENT, f.flags)
         self.assertEqual([b.source_path for b in blobs], [self.file])
         self.assertEqual(os.listdir(self.spool), [])
+
+
+class ChangingTreeTests(SynchronousTestCase):
+    """
+    Files and directories that change while the walk runs, through the
+    walker's and reader's test hooks: each ends as a per-file error or a
+    ``possibly inconsistent`` entry whose hashes match what was read, and a
+    link swapped in is never followed (the daemon reads as root).
+    """
+
+    def setUp(self):
+        self.base = os.fsencode(os.path.abspath(self.mktemp()))
+        self.root = os.path.join(self.base, b"root")
+        self.d = os.path.join(self.root, b"d")
+        os.makedirs(self.d)
+        self.file = os.path.join(self.d, b"f")
+        self.content = os.urandom(5000)
+        with open(self.file, "wb") as f:
+            f.write(self.content)
+        # A state directory as the daemon's, with a root cap in it.
+        self.state = os.path.join(self.base, b"state")
+        os.makedirs(os.path.join(self.state, b"private"))
+        self.rootcap = b"URI:DIR2:secretsecretsecret:publicpublicpublic"
+        with open(os.path.join(self.state, b"private", b"rootcap"), "wb") as f:
+            f.write(self.rootcap)
+
+    def hook(self, module, name, path, action):
+        """Run ``action`` once, when the hook ``name`` of ``module`` is called for ``path``."""
+        done = []
+
+        def hook(seen):
+            if seen == path and not done:
+                done.append(seen)
+                action()
+
+        self.patch(module, name, hook)
+        return done
+
+    def swap_for_link(self, directory, target):
+        os.rename(directory, directory + b".away")
+        os.symlink(target, directory)
+
+    def test_directory_swapped_for_a_link_to_the_state_dir_is_not_followed(self):
+        from gridbackupd.scan import walker
+
+        done = self.hook(walker, "before_opening_dir", self.d,
+                         lambda: self.swap_for_link(self.d, self.state))
+        records, blobs, progress = scan([self.root])
+        self.assertEqual(done, [self.d])
+        self.assertEqual([r.path for r in records], [self.root, self.d])
+        self.assertEqual(progress.errors, [{
+            "path": os.fsdecode(self.d),
+            "reason": "replaced by another file while scanned"}])
+        self.assertEqual(blobs, [])
+        for r in records:
+            self.assertNotIn(self.rootcap, repr(r).encode())
+        # The next scan records the link as a link.
+        records, _, progress = scan([self.root])
+        self.assertEqual([(r.path, r.kind) for r in records][:2],
+                         [(self.root, DIR), (self.d, SYMLINK)])
+        self.assertEqual(progress.errors, [])
+
+    def test_directory_replaced_by_another_directory(self):
+        from gridbackupd.scan import walker
+
+        def replace():
+            os.rename(self.d, self.d + b".old")
+            os.mkdir(self.d)
+
+        self.hook(walker, "before_opening_dir", self.d, replace)
+        records, _, progress = scan([self.root])
+        self.assertEqual([e["reason"] for e in progress.errors],
+                         ["replaced by another file while scanned"])
+
+    def test_directory_renamed_during_the_walk(self):
+        from gridbackupd.scan import walker
+
+        self.hook(walker, "before_opening_dir", self.d,
+                  lambda: os.rename(self.d, os.path.join(self.root, b"e")))
+        records, blobs, progress = scan([self.root])
+        self.assertEqual([r.path for r in records], [self.root])
+        self.assertEqual(progress.errors, [{"path": os.fsdecode(self.d),
+                                            "reason": "vanished while scanned"}])
+        self.assertEqual(blobs, [])
+
+    def test_file_replaced_by_a_link_before_it_is_opened(self):
+        elsewhere = os.path.join(self.base, b"same")
+        with open(elsewhere, "wb") as f:
+            f.write(self.content)
+
+        def to_link():
+            os.unlink(self.file)
+            os.symlink(elsewhere, self.file)
+
+        self.hook(reader, "before_open", self.file, to_link)
+        records, blobs, progress = scan([self.root])
+        self.assertEqual(progress.errors, [{
+            "path": os.fsdecode(self.file),
+            "reason": "replaced by a symbolic link while scanned"}])
+        self.assertEqual(blobs, [])
+
+    def test_file_deleted_after_the_listing(self):
+        self.hook(reader, "before_open", self.file, lambda: os.unlink(self.file))
+        records, blobs, progress = scan([self.root])
+        self.assertEqual([r.path for r in records], [self.root, self.d])
+        self.assertEqual([e["reason"] for e in progress.errors], ["vanished while scanned"])
+
+    def test_appended_while_read(self):
+        def append():
+            with open(self.file, "ab") as f:
+                f.write(b"more")
+
+        self.patch(reader, "while_open", lambda path: append())
+        records, blobs, progress = scan([self.root])
+        f = records[-1]
+        self.assertIn(POSSIBLY_INCONSISTENT, f.flags)
+        self.assertEqual(progress.errors, [])
+        # What the entry says is what one read saw, whole: its hash and its blob's agree.
+        self.assertEqual(f.size, len(self.content) + 4 * reader.REREAD_ATTEMPTS)
+        with open(self.file, "rb") as fh:
+            seen = fh.read(f.size)
+        self.assertEqual(hashlib.sha256(seen).hexdigest(), f.sha256)
+        self.assertEqual([(b.hash, b.size) for b in blobs], [(hashlib.sha256(seen).hexdigest(), f.size)])
+
+    def test_truncated_while_read(self):
+        done = self.hook(reader, "while_open", self.file,
+                         lambda: os.truncate(self.file, 1000))
+        records, blobs, progress = scan([self.root])
+        f = records[-1]
+        self.assertEqual(done, [self.file])
+        # Read again once it held still: the entry is the truncated file, consistent.
+        self.assertEqual((f.size, f.sha256, f.flags),
+                         (1000, hashlib.sha256(self.content[:1000]).hexdigest(), (RACY,)))
+        self.assertEqual([(b.hash, b.size) for b in blobs],
+                         [(hashlib.sha256(self.content[:1000]).hexdigest(), 1000)])
+        self.assertEqual(progress.errors, [])
+
+    def test_blobs_carry_the_identity_of_their_file(self):
+        records, blobs, _ = scan([self.root])
+        st = os.lstat(self.file)
+        base = len(self.base)  # the root's parent is opened by its path
+        self.assertEqual([(b.source_path, b.source_dev, b.source_ino, b.source_base) for b in blobs],
+                         [(self.file, st.st_dev, st.st_ino, base)])
+        # So do those of an unchanged file, reused from the previous snapshot.
+        os.utime(self.file, ns=(OLD, OLD))
+        first, _, _ = scan([self.root])
+        _, again, p2 = scan([self.root], previous=iter(first))
+        self.assertEqual(p2.bytes_hashed, 0)
+        self.assertEqual([(b.source_dev, b.source_ino, b.source_base) for b in again],
+                         [(st.st_dev, st.st_ino, base)])
+
+    def test_root_under_a_linked_directory(self):
+        """The configured path above the root may hold links: it is opened as configured."""
+        link = os.path.join(self.base, b"link")
+        os.symlink(self.root, link)
+        records, blobs, progress = scan([os.path.join(link, b"d")])
+        self.assertEqual(progress.errors, [])
+        self.assertEqual([r.path for r in records], [os.path.join(link, b"d"), os.path.join(link, b"d", b"f")])
+        self.assertEqual(blobs[0].source_path[:blobs[0].source_base], link)

@@ -18,6 +18,11 @@ def reason(e, action):
     """Why ``action`` failed, in words a person acts on."""
     if e.errno == errno.ENOENT:
         return "vanished while scanned"
+    if e.errno == errno.ELOOP:
+        # Only an open with O_NOFOLLOW gives it: the entry became a link.
+        return "replaced by a symbolic link while scanned"
+    if e.errno == errno.ENOTDIR:
+        return "replaced by another file while scanned"
     if e.errno == errno.ENAMETOOLONG:
         return f"path too long ({action})"
     if e.errno in (errno.EACCES, errno.EPERM):

@@ -5,6 +5,11 @@ A file that changes while it is read is read again, up to
 ``REREAD_ATTEMPTS`` times; the last time, what is read is also kept in the
 spool (``ScanOptions.spool_dir``), because the file may never match it
 again.  Runs in the scan's worker thread, like the walk.
+
+A file is opened relative to its directory's descriptor, never followed,
+never as a controlling terminal, never waiting on a FIFO or device; and it
+must still be the regular file the walk saw (device, inode) before a byte
+is read.
 """
 
 import os
@@ -15,6 +20,14 @@ from gridbackupd.scan import chunker
 from gridbackupd.scan.metadata import find_holes, reason
 
 REREAD_ATTEMPTS = 3
+
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+# Test hooks, called with the file's path: before it is opened (an OSError
+# it raises is the open's), and once it is open and checked, before it is
+# read (a test changes the file there).
+before_open = None
+while_open = None
 
 
 class FileReader:
@@ -57,7 +70,14 @@ class FileReader:
                 except OSError:
                     broken.append(True)
                     return
-            kept[chunk_hash] = os.fsencode(target)
+            try:
+                copy = os.stat(target, follow_symlinks=False)
+            except OSError:
+                broken.append(True)
+                return
+            # Where the packer reads it: the spool is opened by its path.
+            kept[chunk_hash] = (os.fsencode(target), copy.st_dev, copy.st_ino,
+                                len(os.fsencode(spool)))
 
         def result():
             if broken:
@@ -68,15 +88,17 @@ class FileReader:
         return sink, result
 
     def _unspool(self, kept):
-        for target in (kept or {}).values():
+        for target, _, _, _ in (kept or {}).values():
             try:
                 os.unlink(target)
             except OSError:
                 pass
 
-    def read(self, path, st):
+    def read(self, path, st, dir_fd, name):
         """
-        Read a regular file, again if it changed meanwhile; None on error.
+        Read the regular file ``name`` of the open directory ``dir_fd``
+        (``path``, for errors; ``st``, its lstat in the walk), again if it
+        changed meanwhile; None on error.
         Returns ``(digest, final stat, flags, holes, spooled)``: ``spooled``
         maps the chunk hashes of a file that never held still to copies of
         what was read (see ``ScanOptions.spool_dir``), else None.
@@ -88,7 +110,9 @@ class FileReader:
                 # far: keep what is read, the file may never match it again.
                 sink, kept = self._spooler(st.st_size)
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                if before_open is not None:
+                    before_open(path)
+                fd = os.open(name, OPEN_FLAGS, dir_fd=dir_fd)
             except OSError as e:
                 self.error(path, reason(e, "cannot open"))
                 return None
@@ -103,6 +127,8 @@ class FileReader:
                     if kept is not None:
                         self._unspool(kept())
                     return None
+                if while_open is not None:
+                    while_open(path)
                 holes = ()
                 if before.st_blocks * 512 < before.st_size:
                     holes = find_holes(fd, before.st_size)

@@ -76,10 +76,20 @@ class ScanStopped(Exception):
 
 @attr.frozen
 class NewBlob:
-    """A blob the scanner read: where to read it again for upload."""
+    """
+    A blob the scanner read: where to read it again for upload, and the
+    identity of the file it was read from (``source_dev``,
+    ``source_ino``), which the packer checks before reading a byte.
+    ``source_base`` is how many leading bytes of ``source_path`` are the
+    directory opened by its path (the root's parent, as configured);
+    every component after it is opened without following a link.
+    """
 
     hash: str
     size: int
     source_path: bytes
     source_offset: int
     mtime_ns: int
+    source_dev: int | None = None
+    source_ino: int | None = None
+    source_base: int | None = None

@@ -10,6 +10,13 @@ logs, so the previous snapshot is compared by a streaming merge
 ``metadata``, reading a changed file in ``reader``, exclusions in
 ``excludes``; checkpoints and resuming in ``tolog`` and ``checkpoints``.
 
+The walk goes by directory file descriptor, never by path: each root's
+parent is opened by its configured path, and every component below it with
+``O_NOFOLLOW | O_DIRECTORY`` relative to its parent's descriptor, then
+checked against the (device, inode) its listing gave.  A directory swapped
+for a symbolic link while the scan runs (to /dev, to the state directory)
+is an error for that entry, never followed: the daemon runs as root.
+
 Errors (an unreadable file, one that vanished, a path too long) are
 recorded in ``ScanProgress`` and the scan goes on.
 """
@@ -28,6 +35,21 @@ from gridbackupd.scan.excludes import Excluder, ExcludeRules
 from gridbackupd.scan.metadata import KINDS_BY_FMT, Names, read_xattrs, reason
 from gridbackupd.scan.reader import FileReader
 from gridbackupd.scan.values import NewBlob, ScanStopped
+
+# Paths this long cannot be restored by path nor shown whole: an error, as
+# they were when the walk went by path.
+PATH_MAX = 4096
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+# Where a name relative to an open directory can be given to calls that
+# take no dir_fd (extended attributes): the kernel resolves the descriptor,
+# then the name, whose last component is not followed.
+_PROC_FD = b"/proc/self/fd/%d/%s"
+
+# A test hook: called with a directory's path after its lstat and before
+# it is opened for listing (a test swaps or renames it there).
+before_opening_dir = None
 
 # A file whose mtime is this close to the time it was read may change again
 # within the same timestamp tick: read it again on the next scan.
@@ -70,6 +92,8 @@ class Scanner:
             excluded_dirs=tuple(options.excluded_dirs),
         ), options.roots)
         self._root_dev = None
+        self._base = 0  # bytes of the current root's path opened by path (its parent)
+        self._proc = os.path.isdir(b"/proc/self/fd")
 
     def error(self, path, why):
         self.progress.add_error(path, why)
@@ -85,16 +109,57 @@ class Scanner:
                 continue
             kept.append(root)
         for root in kept:
+            # The root's parent is opened by its path, as configured; the
+            # root itself, like every entry below it, is never followed.
+            parent, name = os.path.split(root)
+            if not name:
+                parent, name = root, b"."  # the root is "/"
             try:
-                st = os.lstat(root)
+                parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             except OSError as e:
                 self.error(root, reason(e, "cannot read"))
                 continue
-            self._root_dev = st.st_dev
-            self.visit(root, st)
+            try:
+                try:
+                    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                except OSError as e:
+                    self.error(root, reason(e, "cannot read"))
+                    continue
+                self._root_dev = st.st_dev
+                self._base = len(parent)
+                self.visit(root, st, parent_fd, name)
+            finally:
+                os.close(parent_fd)
         self.previous.finish()
 
-    def _resumed(self, path, st):
+    def _at(self, dir_fd, name, path):
+        """A path for ``name`` in the open directory ``dir_fd``, for calls without dir_fd."""
+        return _PROC_FD % (dir_fd, name) if self._proc else path
+
+    def _open_dir(self, path, st, dir_fd, name):
+        """
+        The directory ``name`` in ``dir_fd`` opened for listing; OSError
+        if it is no longer the directory ``st`` describes.
+        """
+        if before_opening_dir is not None:
+            before_opening_dir(path)
+        fd = os.open(name, DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            now = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            os.close(fd)
+            raise OSError(errno.ENOTDIR, "replaced by another file")
+        return fd
+
+    def _list(self, fd):
+        """The entries of the open directory ``fd``: (name bytes, DirEntry), unsorted."""
+        with os.scandir(fd) as it:
+            return [(os.fsencode(e.name), e) for e in it]
+
+    def _resumed(self, path, st, dir_fd, name):
         """
         In a resumed scan, whether ``path`` was recorded before the
         checkpoint; a directory on the way to the checkpoint's path is
@@ -109,16 +174,24 @@ class Scanner:
             self._resume == path or self._resume.startswith(prefix)
         ):
             try:
-                with os.scandir(path) as it:
-                    children = [(e.name, e) for e in it]
+                fd = self._open_dir(path, st, dir_fd, name)
             except OSError as e:
                 self.error(path, reason(e, "cannot list directory"))
                 return True
-            self.walk_children(path, children)
+            try:
+                try:
+                    children = self._list(fd)
+                except OSError as e:
+                    self.error(path, reason(e, "cannot list directory"))
+                    return True
+                self.walk_children(path, children, fd)
+            finally:
+                os.close(fd)
         return True
 
-    def visit(self, path, st):
-        if self._resume_key is not None and self._resumed(path, st):
+    def visit(self, path, st, dir_fd, name):
+        """Record the entry ``name`` of the open directory ``dir_fd`` (``st`` its lstat)."""
+        if self._resume_key is not None and self._resumed(path, st, dir_fd, name):
             return
         self.progress.entries += 1
         kind = KINDS_BY_FMT.get(stat.S_IFMT(st.st_mode))
@@ -138,7 +211,7 @@ class Scanner:
             xattrs = prev.xattrs
         else:
             try:
-                xattrs = read_xattrs(path)
+                xattrs = read_xattrs(self._at(dir_fd, name, path))
             except OSError as e:
                 self.error(path, reason(e, "cannot read extended attributes"))
                 xattrs = ()
@@ -166,15 +239,15 @@ class Scanner:
         if xattrs:
             fields["xattrs"] = xattrs
         if kind == FILE:
-            self.visit_file(path, st, fields, prev, same)
+            self.visit_file(path, st, fields, prev, same, dir_fd, name)
         elif kind == DIR:
-            self.visit_dir(path, st, fields, same)
+            self.visit_dir(path, st, fields, same, dir_fd, name)
         elif kind == SYMLINK:
             if same is not None:
                 self.emit_entry(same)
                 return
             try:
-                target = os.readlink(path)
+                target = os.readlink(name, dir_fd=dir_fd)
             except OSError as e:
                 self.error(path, reason(e, "cannot read link"))
                 return
@@ -186,29 +259,41 @@ class Scanner:
         else:
             self.emit_entry(Entry(**fields))
 
-    def visit_dir(self, path, st, fields, same=None):
+    def visit_dir(self, path, st, fields, same, dir_fd, name):
         """List the directory, decide whether it is left out, record it, recurse."""
         self.progress.current = path
         try:
-            with os.scandir(path) as it:
-                children = [(e.name, e) for e in it]
+            fd = self._open_dir(path, st, dir_fd, name)
         except OSError as e:
-            if self.excluder.dir_excluded(path, st, ()) is not None:
+            self._unlistable(path, st, fields, e)
+            return
+        try:
+            try:
+                children = self._list(fd)
+            except OSError as e:
+                self._unlistable(path, st, fields, e)
                 return
-            self.error(path, reason(e, "cannot list directory"))
-            if e.errno != errno.ENOENT:
-                self.emit_entry(Entry(**fields))  # the directory, without its contents
-            return
-        names = frozenset(name for name, _ in children) if self.excluder.needs_listing else ()
-        if self.excluder.dir_excluded(path, st, names) is not None:
-            self.progress.excluded += 1
-            return
-        self.emit_entry(same if same is not None and same.size == 0 else Entry(**fields))
-        if self.excluder.one_file_system and st.st_dev != self._root_dev:
-            return
-        self.walk_children(path, children)
+            names = frozenset(n for n, _ in children) if self.excluder.needs_listing else ()
+            # The excluder reads a CACHEDIR.TAG by path: give it this very directory's.
+            if self.excluder.dir_excluded(self._at(fd, b"", path), st, names) is not None:
+                self.progress.excluded += 1
+                return
+            self.emit_entry(same if same is not None and same.size == 0 else Entry(**fields))
+            if self.excluder.one_file_system and st.st_dev != self._root_dev:
+                return
+            self.walk_children(path, children, fd)
+        finally:
+            os.close(fd)
 
-    def walk_children(self, path, children):
+    def _unlistable(self, path, st, fields, e):
+        if self.excluder.dir_excluded(path, st, ()) is not None:
+            return
+        self.error(path, reason(e, "cannot list directory"))
+        if e.errno != errno.ENOENT:
+            self.emit_entry(Entry(**fields))  # the directory, without its contents
+
+    def walk_children(self, path, children, dir_fd):
+        """Visit the listed ``children`` of the directory ``path``, open as ``dir_fd``."""
         children.sort(key=lambda c: c[0])
         prefix = path if path.endswith(b"/") else path + b"/"
         excluded = self.excluder.path_excluded
@@ -217,6 +302,9 @@ class Scanner:
             if progress.stop_requested:
                 raise ScanStopped()
             child = prefix + name
+            if len(child) >= PATH_MAX:
+                self.error(child, "path too long (cannot read)")
+                continue
             try:
                 is_dir = entry.is_dir(follow_symlinks=False)
             except OSError:
@@ -229,9 +317,9 @@ class Scanner:
             except OSError as e:
                 self.error(child, reason(e, "cannot read"))
                 continue
-            self.visit(child, child_st)
+            self.visit(child, child_st, dir_fd, name)
 
-    def visit_file(self, path, st, fields, prev, same):
+    def visit_file(self, path, st, fields, prev, same, dir_fd, name):
         self.progress.files += 1
         self.progress.bytes += st.st_size
         if st.st_nlink > 1:
@@ -243,8 +331,9 @@ class Scanner:
         # must have them queued (a resumed scan starts after the entry).
         if unchanged(prev, st):
             offset = 0
+            dev, ino, base = st.st_dev, st.st_ino, self._base
             for h, size in prev.blobs:
-                self.emit_blob(NewBlob(h, size, path, offset, st.st_mtime_ns))
+                self.emit_blob(NewBlob(h, size, path, offset, st.st_mtime_ns, dev, ino, base))
                 offset += size
             if st.st_nlink > 1:
                 self._link(st, path)
@@ -254,7 +343,7 @@ class Scanner:
                 self.emit_entry(attr.evolve(prev, **fields, size=st.st_size))
             return
         self.progress.current = path
-        result = self.reader.read(path, st)
+        result = self.reader.read(path, st, dir_fd, name)
         if result is None:
             return
         digest, final_st, flags, holes, spooled = result
@@ -262,11 +351,15 @@ class Scanner:
             flags = flags + (RACY,)
         fields.update(mtime_ns=final_st.st_mtime_ns, ctime_ns=final_st.st_ctime_ns)
         blobs = tuple((c.hash, c.size) for c in digest.chunks)
+        mtime_ns, dev, ino = final_st.st_mtime_ns, final_st.st_dev, final_st.st_ino
         for c in digest.chunks:
             if spooled and c.hash in spooled:
-                self.emit_blob(NewBlob(c.hash, c.size, spooled[c.hash], 0, final_st.st_mtime_ns))
+                copy, copy_dev, copy_ino, copy_base = spooled[c.hash]
+                self.emit_blob(NewBlob(c.hash, c.size, copy, 0, mtime_ns, copy_dev, copy_ino,
+                                       copy_base))
             else:
-                self.emit_blob(NewBlob(c.hash, c.size, path, c.offset, final_st.st_mtime_ns))
+                self.emit_blob(NewBlob(c.hash, c.size, path, c.offset, mtime_ns, dev, ino,
+                                       self._base))
         if st.st_nlink > 1:
             self._link(st, path)  # only once its entry is certain: later names link to it
         self.emit_entry(Entry(

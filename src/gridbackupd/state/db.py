@@ -135,6 +135,16 @@ MIGRATIONS = [
         PRIMARY KEY (job, item)
     ) WITHOUT ROWID;
     """,
+    # 6: the identity of a pending blob's file as the scan saw it (queue.py,
+    # upload/packer.py): the packer reads only that file, reached as the
+    # scan reached it.  source_base is how many bytes of source_path are the
+    # directory opened by its path (the root's parent); NULL in rows queued
+    # before, which are checked for their type and walked from "/".
+    """
+    ALTER TABLE blobs ADD COLUMN source_dev INTEGER;
+    ALTER TABLE blobs ADD COLUMN source_ino INTEGER;
+    ALTER TABLE blobs ADD COLUMN source_base INTEGER;
+    """,
 ]
 
 

@@ -25,6 +25,7 @@ import attr
 
 from gridbackupd.state import blobs as blobsmod
 from gridbackupd.state import db as dbmod
+from gridbackupd.state import snapshots
 
 USER_ROOTS = (b"/home", b"/root")
 WEIGHTS_KEY = "queue_weights"
@@ -67,10 +68,15 @@ DEFAULT_WEIGHTS = Weights()
 
 @attr.frozen
 class QueuedBlob:
+    """A pending blob, where to read it, and the file it must be read from (None: unknown)."""
+
     hash: str
     size: int
     source_path: bytes
     source_offset: int
+    source_dev: int | None = None
+    source_ino: int | None = None
+    source_base: int | None = None
 
 
 @attr.frozen
@@ -150,13 +156,16 @@ def add_blobs(conn, snapshot_id, blobs, now=None, weights=None):
         mtime_ns = getattr(b, "mtime_ns", None)
         p = priority(mtime_ns, b.size, b.source_path, now, weights)
         rows.append((b.hash, b.size, p, b.source_path, b.source_offset, now, mtime_ns,
-                     rank(p, now, weights), weights.age))
+                     rank(p, now, weights), weights.age, getattr(b, "source_dev", None),
+                     getattr(b, "source_ino", None), getattr(b, "source_base", None)))
     conn.executemany(
         "INSERT INTO blobs (hash, size, state, priority, source_path, source_offset, queued, "
-        "  mtime_ns, rank) "
-        "VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8) "
+        "  mtime_ns, rank, source_dev, source_ino, source_base) "
+        "VALUES (?1, ?2, 'pending', ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12) "
         "ON CONFLICT(hash) DO UPDATE SET "
         "  source_path = excluded.source_path, source_offset = excluded.source_offset, "
+        "  source_dev = excluded.source_dev, source_ino = excluded.source_ino, "
+        "  source_base = excluded.source_base, "
         "  mtime_ns = excluded.mtime_ns, "
         "  priority = max(blobs.priority, excluded.priority), "
         "  rank = max(blobs.priority, excluded.priority) - ?9 * blobs.queued / 3600.0, "
@@ -175,15 +184,15 @@ def next_batch(conn, target_size, exclude):
     batch: list[QueuedBlob] = []
     total = 0
     rows = conn.execute(
-        "SELECT hash, size, source_path, source_offset FROM blobs "
-        "WHERE state = 'pending' ORDER BY rank DESC, hash"
+        "SELECT hash, size, source_path, source_offset, source_dev, source_ino, source_base "
+        "FROM blobs WHERE state = 'pending' ORDER BY rank DESC, hash"
     )
-    for h, size, path, offset in rows:
+    for h, size, path, offset, dev, ino, base in rows:
         if h in exclude:
             continue
         if batch and total + size > target_size:
             break
-        batch.append(QueuedBlob(h, size, bytes(path), offset))
+        batch.append(QueuedBlob(h, size, bytes(path), offset, dev, ino, base))
         total += size
         if total >= target_size:
             break
@@ -227,3 +236,27 @@ def add_uncommitted(conn, snapshot_id, blobs):
             blobs = [b for b in blobs if b.hash not in committed]
         if blobs:
             add_blobs(conn, snapshot_id, blobs)
+
+
+def mark_changed(conn, stale):
+    """
+    Pending blobs whose file no longer holds them (``stale``: ``(hash,
+    source path, reason)``) become ``stale``, and each snapshot still
+    waiting for one gets a per-file error naming the path and why, so an
+    ``incomplete`` snapshot says which files it lacks.
+    """
+    stale = list(stale)
+    told = set()  # a file of many blobs is one error per snapshot
+    with dbmod.transaction(conn):
+        for h, path, why in stale:
+            waiting = conn.execute(
+                "SELECT sb.snapshot FROM snapshot_blobs sb JOIN snapshots s ON s.id = sb.snapshot "
+                "JOIN blobs b ON b.hash = sb.hash "
+                "WHERE sb.hash = ? AND s.state = 'uploading' AND b.state = 'pending'",
+                (h,)).fetchall()
+            shown = bytes(path).decode("utf-8", "backslashreplace") if path is not None else None
+            for (snapshot_id,) in waiting:
+                if (snapshot_id, shown) not in told:
+                    told.add((snapshot_id, shown))
+                    snapshots.add_error(conn, snapshot_id, {"path": shown, "reason": why})
+        blobsmod.mark_stale(conn, [h for h, _, _ in stale])

@@ -324,10 +324,10 @@ class Uploader:
         blobs.mark_inlined(self.conn, found)
         self.inlined_blobs += len(found)
 
-    def _mark_stale(self, hashes):
-        blobs.mark_stale(self.conn, hashes)
+    def _mark_stale(self, stale):
+        queue.mark_changed(self.conn, [(s.hash, s.path, s.reason) for s in stale])
         self.log.warn("{n} blobs changed on disk since their scan; the next scan reads them again",
-                      n=len(hashes))
+                      n=len(stale))
 
     # -- figures for the API -------------------------------------------------
 

@@ -651,3 +651,17 @@ class ChangingTreeTests(SynchronousTestCase):
         self.assertEqual(progress.errors, [])
         self.assertEqual([r.path for r in records], [os.path.join(link, b"d"), os.path.join(link, b"d", b"f")])
         self.assertEqual(blobs[0].source_path[:blobs[0].source_base], link)
+
+    def test_a_tree_too_deep_is_an_error_not_a_descriptor_per_level(self):
+        from gridbackupd.scan import walker
+
+        self.patch(walker, "MAX_DEPTH", 5)
+        deep = os.path.join(self.d, *[b"x"] * 6)
+        os.makedirs(deep)
+        records, _, progress = scan([self.root])
+        too_deep = os.path.join(self.d, *[b"x"] * 4)
+        self.assertEqual([e["path"] for e in progress.errors], [os.fsdecode(too_deep)])
+        self.assertTrue(progress.errors[0]["reason"].startswith("too deep to list"))
+        paths = [r.path for r in records]
+        self.assertIn(too_deep, paths)
+        self.assertNotIn(os.path.join(too_deep, b"x"), paths)

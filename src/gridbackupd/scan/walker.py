@@ -40,6 +40,11 @@ from gridbackupd.scan.values import NewBlob, ScanStopped
 # they were when the walk went by path.
 PATH_MAX = 4096
 
+# The walk holds one descriptor per directory above the one it lists: a
+# deeper directory is recorded without its contents, so that a hostile tree
+# cannot use up the daemon's descriptors (a soft limit is often 1024).
+MAX_DEPTH = 256
+
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 # Where a name relative to an open directory can be given to calls that
@@ -94,6 +99,7 @@ class Scanner:
         self._root_dev = None
         self._base = 0  # bytes of the current root's path opened by path (its parent)
         self._proc = os.path.isdir(b"/proc/self/fd")
+        self._depth = 0  # directories open above the one being listed
 
     def error(self, path, why):
         self.progress.add_error(path, why)
@@ -262,6 +268,10 @@ class Scanner:
     def visit_dir(self, path, st, fields, same, dir_fd, name):
         """List the directory, decide whether it is left out, record it, recurse."""
         self.progress.current = path
+        if self._depth >= MAX_DEPTH:
+            self.error(path, f"too deep to list (more than {MAX_DEPTH} directories below the root)")
+            self.emit_entry(Entry(**fields))  # the directory, without its contents
+            return
         try:
             fd = self._open_dir(path, st, dir_fd, name)
         except OSError as e:
@@ -294,6 +304,13 @@ class Scanner:
 
     def walk_children(self, path, children, dir_fd):
         """Visit the listed ``children`` of the directory ``path``, open as ``dir_fd``."""
+        self._depth += 1
+        try:
+            self._walk_children(path, children, dir_fd)
+        finally:
+            self._depth -= 1
+
+    def _walk_children(self, path, children, dir_fd):
         children.sort(key=lambda c: c[0])
         prefix = path if path.endswith(b"/") else path + b"/"
         excluded = self.excluder.path_excluded

@@ -339,12 +339,35 @@ class _Reader:
         except Exception:
             self.fail(section, key, listen,
                       "expected a Twisted server endpoint such as tcp:7234:interface=127.0.0.1 "
-                      "or unix:/run/gridbackup.sock")
+                      "or unix:/run/gridbackup/api.sock")
         address = getattr(endpoint, "_address", None)
         if isinstance(address, str) and len(os.fsencode(address)) > 107:
             self.fail(section, key, listen,
                       "a unix socket path must be at most 107 bytes long (the kernel's limit)")
+        if isinstance(address, str):
+            self._private_parent(section, key, listen, address)
         return listen
+
+    def _private_parent(self, section, key, listen, address):
+        """
+        A unix socket's directory must keep others out: whoever can search
+        it could connect between the bind and the chmod of an older Twisted,
+        and whoever can write it could put their own socket in its place.
+        A directory that does not exist yet is left to the bind.
+        """
+        parent = os.path.dirname(os.path.abspath(address))
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return
+        if st.st_mode & 0o033:
+            self.fail(section, key, listen,
+                      f"the socket's directory {parent} is mode {st.st_mode & 0o777:o}: it must not be "
+                      "searchable or writable by group or others (chmod 700 it)")
+        if st.st_uid not in (0, os.geteuid()):
+            self.fail(section, key, listen,
+                      f"the socket's directory {parent} belongs to uid {st.st_uid}: it must be root's "
+                      "or the daemon's own")
 
 
 def parse_config(path):

@@ -19,15 +19,18 @@ also while the grid is still starting; scans may run before the grid is up,
 uploads wait for it.
 """
 
+import os
+import stat
+
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from gridbackupd import clock as clockmod
 from gridbackupd import crashpoints
-from gridbackupd.api.http import endpoint_description, make_site
+from gridbackupd.api.http import endpoint_description, listen_unix, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
 from gridbackupd.errors import GridBackupError, ReadOnly, TahoeError, Unavailable, one_line
@@ -100,36 +103,72 @@ class Periodic(Service):
 
 class APIListener(Service):
     """
-    The API's listening port; where it listens is written to ``api_endpoint``
-    for the CLI.  ``bind`` listens before the daemon starts anything else, so
-    that a daemon that cannot listen stops having touched nothing.
+    The API's listening ports: ``[api] listen`` and, always, the unix socket
+    ``state_dir/api.sock`` (the state directory is 0700, so nobody else can
+    even reach it; the CLI prefers it).  Where ``[api] listen`` listens is
+    written to ``api_endpoint`` for the CLI, and removed at a clean stop.
+    ``bind`` listens before the daemon starts anything else, so that a
+    daemon that can listen nowhere stops having touched nothing; one that
+    loses only ``[api] listen`` (its port taken) answers on the socket and
+    says why in ``tcp_error``.
     """
 
     log = Logger()
 
-    def __init__(self, reactor, description, site, endpoint_file, on_failure):
+    def __init__(self, reactor, description, site, endpoint_file, on_failure, socket_path=None):
         self.reactor = reactor
         self.description = description
         self.site = site
         self.endpoint_file = endpoint_file
         self.on_failure = on_failure
-        self.port = None
+        self.socket_path = socket_path
+        self.port = None  # [api] listen's
+        self.socket_port = None  # state_dir/api.sock's
+        self.tcp_error = None  # why [api] listen could not be bound, one line
+        self.socket_error = None  # why api.sock could not be bound, one line
         self._listening_d = None
         self._binding = False
-        self._refused_now = None
+
+    def status(self):
+        """``api`` in GET /v1/status."""
+        return {"tcp_error": self.tcp_error, "socket_error": self.socket_error}
 
     def bind(self):
-        """Listen now; raise GridBackupError (one line) if the endpoint refuses at once."""
+        """Listen now; raise GridBackupError (one line) if no endpoint can listen."""
         if self._listening_d is not None:
             return
         self._binding = True
         try:
+            if self.socket_path is not None:
+                self._bind_socket()
             self._listening_d = api_listen(self.reactor, self.description, self.site)
             self._listening_d.addCallbacks(self._listening, self._failed)
         finally:
             self._binding = False
-        if self._refused_now is not None:
-            raise GridBackupError(self._refused_now)
+        if self.port is None and self.tcp_error is not None:
+            if self.socket_port is None:
+                raise GridBackupError(self._no_listener())
+            self._lost_tcp()
+        elif self.socket_error is not None:
+            self.log.error("{why}", why=self.socket_error)
+
+    def _bind_socket(self):
+        """api.sock: a socket left there by a daemon that was killed is ours to remove (we hold the lock)."""
+        path = self.socket_path
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+        def refused(f):
+            self.socket_error = one_line(f"cannot listen on {path}: {f.getErrorMessage()}")
+
+        d = maybeDeferred(listen_unix, self.reactor, path, self.site)
+        d.addCallbacks(lambda port: setattr(self, "socket_port", port), refused)
+
+    def _no_listener(self):
+        return "; ".join(why for why in (self.tcp_error, self.socket_error) if why)
 
     def startService(self):
         super().startService()
@@ -137,23 +176,37 @@ class APIListener(Service):
 
     def _listening(self, port):
         self.port = port
-        description = endpoint_description(port)
+        self._write_endpoint(endpoint_description(port))
+
+    def _write_endpoint(self, description):
         with open(self.endpoint_file, "w") as f:
             f.write(str(description) + "\n")
         self.log.info("API listening on {where}", where=description)
 
     def _failed(self, f):
-        why = f"cannot listen on {self.description}: {f.getErrorMessage()}"
+        self.tcp_error = one_line(f"cannot listen on {self.description}: {f.getErrorMessage()}")
         if self._binding:
-            self._refused_now = why
             return
-        self.log.error("{why}", why=why)
-        self.on_failure(why)
+        if self.socket_port is None:
+            self.log.error("{why}", why=self.tcp_error)
+            self.on_failure(self._no_listener())
+        else:
+            self._lost_tcp()
+
+    def _lost_tcp(self):
+        self.log.error("{why}; the API answers on {path} only", why=self.tcp_error, path=self.socket_path)
+        self._write_endpoint("unix:" + self.socket_path)
 
     async def _stop(self):
-        if self.port is not None:
-            await self.port.stopListening()
-            await self.site.close_connections()
+        for port in (self.port, self.socket_port):
+            if port is not None:
+                await port.stopListening()
+        await self.site.close_connections()
+        if self.port is not None or self.socket_port is not None:
+            try:
+                os.unlink(self.endpoint_file)
+            except FileNotFoundError:
+                pass
 
     def stopService(self):
         super().stopService()
@@ -282,7 +335,7 @@ class GridBackupDaemon(OrderedServices):
         self.token = self.statedir.ensure_api_token()
         self.site = make_site(router, self, self.token)
         api = APIListener(self.reactor, self.config.api_listen, self.site,
-                          self.statedir.api_endpoint, self._listen_failed)
+                          self.statedir.api_endpoint, self._listen_failed, socket_path=self.statedir.api_socket)
         try:
             api.bind()
         except GridBackupError:

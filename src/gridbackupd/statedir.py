@@ -90,6 +90,11 @@ class StateDir:
         return os.path.join(self.root, "api_endpoint")
 
     @property
+    def api_socket(self):
+        """The API's unix socket, always listened on: only the state directory's owner reaches it."""
+        return os.path.join(self.root, "api.sock")
+
+    @property
     def lock_file(self):
         """Held (flock) by the one daemon that uses this state directory; holds its pid."""
         return os.path.join(self.root, "daemon.lock")
@@ -114,6 +119,25 @@ class StateDir:
         lock = StateLock(self.lock_file, fd)
         lock.claim()
         return lock
+
+    def lock_holder(self):
+        """
+        The pid of the process holding ``daemon.lock`` (from /proc/locks,
+        without taking the lock: a probe that took it, even shared, could
+        make a daemon starting at that moment think the directory busy);
+        None if nobody holds it.  Raises OSError if this cannot be known.
+        """
+        st = os.stat(self.lock_file)
+        wanted = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks") as f:
+            for line in f:
+                fields = line.split()
+                # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF" ("->" marks a waiter).
+                if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+                    continue
+                if fields[5] == wanted:
+                    return int(fields[4])
+        return None
 
     def make(self):
         """The state directory itself, owner only."""

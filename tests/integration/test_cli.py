@@ -16,6 +16,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.cli import client, render
 from gridbackupd.cli import main as cli
+from gridbackupd.statedir import StateDir
 from tests.support import REPO
 from tests.support.daemoncase import DaemonTestCase, write_config
 
@@ -79,6 +80,14 @@ class OfflineTests(SynchronousTestCase):
             f.write("token\n")
         with open(os.path.join(state, "api_endpoint"), "w") as f:
             f.write("tcp:1:interface=127.0.0.1\n")
+        # Nobody holds the state directory's lock: the endpoint is stale, nothing is tried.
+        code, out, err = self.main("--config", path, "status")
+        self.assertEqual(code, 3)
+        self.assertOneLine(err)
+        self.assertIn("not running", err)
+        # A daemon holds it, but answers nowhere.
+        lock = StateDir(os.path.abspath(state)).lock()
+        self.addCleanup(lock.release)
         code, out, err = self.main("--config", path, "status")
         self.assertEqual(code, 3)
         self.assertOneLine(err)
@@ -100,6 +109,8 @@ class OfflineTests(SynchronousTestCase):
         os.makedirs(os.path.join(base, "state"))
         with open(os.path.join(base, "state", "api_endpoint"), "w") as f:
             f.write("tcp:1:interface=127.0.0.1\n")
+        lock = StateDir(os.path.abspath(os.path.join(base, "state"))).lock()
+        self.addCleanup(lock.release)
         code, out, err = self.main("--config", path, "status")
         self.assertEqual(code, 1)
         self.assertOneLine(err)

@@ -204,6 +204,8 @@ class OneDaemonTests(TestCase):
         taken.listen(1)
         port = taken.getsockname()[1]
         config = write_config(base, "http://127.0.0.1:1/", [base], listen=f"tcp:{port}:interface=127.0.0.1")
+        # Nor its unix socket (state_dir/api.sock), which a directory holds.
+        os.makedirs(os.path.join(base, "state", "api.sock"))
         proc = start_twistd(base, config)
         self.addCleanup(stop, proc)
         code = await exited(proc, 30)

@@ -16,7 +16,7 @@ from tests.support import REPO
 SRC = os.path.join(REPO, "src", "gridbackupd")
 
 #: The plain modules every layer may use: values, exceptions, small helpers.
-BASE = {"errors", "model", "waiters", "runner", "statedir", "crashpoints", "clock", "faultpoints"}
+BASE = {"errors", "model", "waiters", "runner", "statedir", "crashpoints", "clock", "faultpoints", "apisign"}
 
 #: Each layer and the layers it may import (besides itself and BASE).
 ALLOWED = {
@@ -28,6 +28,7 @@ ALLOWED = {
     "crashpoints": set(),
     "clock": set(),
     "faultpoints": set(),
+    "apisign": set(),
     "format": set(),
     "state": {"format"},
     "grid": set(),

@@ -1,7 +1,8 @@
 """
 The JSON control API, on twisted.web.
 
-Every request carries ``Authorization: Bearer <token>``; every failure is
+Every request carries a signature made with the token (``api.auth``: what
+the ``gridbackup`` command sends) or ``Authorization: Bearer <token>``; every failure is
 ``{"error": {"code", "message"}}`` with a 4xx or 5xx, never a traceback or an
 HTML page.  Routes are a table of (method, pattern) -> handler; a handler is
 an ``async`` function of the daemon object and the request, returning
@@ -14,7 +15,6 @@ longer become a JSON error: the connection is dropped instead, so that the
 client sees a short body rather than a wrong one.
 """
 
-import hmac
 import io
 import json
 import os
@@ -28,6 +28,7 @@ from twisted.logger import Logger
 from twisted.web import http, resource, server
 from zope.interface import implementer
 
+from gridbackupd.api.auth import Authenticator
 from gridbackupd.api.errors import APIError, answer
 from gridbackupd.errors import NotFound
 
@@ -173,11 +174,11 @@ class Router:
 class APIResource(resource.Resource):
     isLeaf = True
 
-    def __init__(self, router, app, token):
+    def __init__(self, router, app, auth):
         super().__init__()
         self.router = router
         self.app = app
-        self.token = token.encode("ascii")
+        self.auth = auth
 
     def render(self, request):
         if getattr(request, "too_large", False):
@@ -197,12 +198,10 @@ class APIResource(resource.Resource):
     async def _handle(self, request):
         if getattr(request, "too_large", False):
             raise APIError(413, "too_large", f"the request body is larger than {MAX_BODY} bytes")
-        auth = request.getHeader("authorization") or ""
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode("utf-8", "replace"), self.token):
-            raise APIError(
-                401, "unauthorized",
-                "missing or wrong 'Authorization: Bearer <token>' (the token is in state_dir/private/api_token)")
+        nonce = self.auth.check(request.method, request.uri, _body(request),
+                                request.getHeader("authorization") or "")
+        if nonce is not None:
+            request.setHeader(*self.auth.answer_header(nonce))
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
         fn, args = self.router.match(method, path)
@@ -243,6 +242,17 @@ class APIResource(resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         request.write(body)
         request.finish()
+
+
+def _body(request):
+    """The whole request body (at most MAX_BODY), left for the handler to read again."""
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data = content.read()
+    content.seek(0)
+    return data
 
 
 def _raw_json_error(transport, status_line, code, message):
@@ -313,27 +323,62 @@ class APISite(server.Site):
         return DeferredList(waiting)
 
 
+#: The longest path a unix socket address holds (sun_path is 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
+
+
 def listen(reactor, description, site):
     """
     Listen on the Twisted endpoint ``description``; fires with the port.
-    A ``unix:`` socket is created mode 0600 (umask while it is made, then
-    chmod), so only the daemon's user can talk to it.
+    A ``unix:`` socket is made by ``listen_unix``, mode 0600 from the start.
     """
     endpoint = endpoints.serverFromString(reactor, description)
-    if not description.startswith("unix:"):
+    if not isinstance(endpoint, endpoints.UNIXServerEndpoint):
         return endpoint.listen(site)
+    return listen_unix(reactor, endpoint._address, site, backlog=endpoint._backlog, wantPID=endpoint._wantPID)
+
+
+def listen_unix(reactor, path, site, backlog=50, wantPID=False):
+    """
+    A unix socket that only its owner can connect to at any moment: it is
+    bound under umask 0177 and Twisted is told mode 0600 (its default
+    chmods it to 0666 right after the bind, a window in which anyone could
+    connect).  A path longer than the kernel takes is bound through the
+    directory's descriptor (``/proc/self/fd/N/name``), kept open while the
+    port listens (Twisted unlinks the socket through that name at stop).
+    """
+    directory, name = os.path.split(path)
+    dir_fd = None
+    bind_path = path
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        dir_fd = os.open(directory or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        bind_path = f"/proc/self/fd/{dir_fd}/{name}"
+    endpoint = endpoints.UNIXServerEndpoint(reactor, bind_path, backlog=backlog, mode=0o600, wantPID=wantPID)
     old = os.umask(0o177)
     try:
         d = endpoint.listen(site)
     finally:
         os.umask(old)
+    if dir_fd is None:
+        return d
 
-    def restrict(port):
-        name = port.getHost().name
-        os.chmod(name, 0o600)
+    def keep_fd(port):
+        stop = port.connectionLost
+
+        def connectionLost(reason):
+            try:
+                return stop(reason)
+            finally:
+                os.close(dir_fd)
+
+        port.connectionLost = connectionLost
         return port
 
-    return d.addCallback(restrict)
+    def close_fd(failure):
+        os.close(dir_fd)
+        return failure
+
+    return d.addCallbacks(keep_fd, close_fd)
 
 
 def endpoint_description(port):
@@ -346,4 +391,4 @@ def endpoint_description(port):
 
 
 def make_site(router, app, token):
-    return APISite(APIResource(router, app, token))
+    return APISite(APIResource(router, app, Authenticator(token)))

@@ -24,6 +24,7 @@ async def status(daemon, request):
         "grid": daemon.grid_status(),
         "recovery": daemon.recovery,
         "maintenance": daemon.maintenance.status() if daemon.maintenance else None,
+        "api": daemon.api.status() if daemon.api is not None else None,
     }
 
 

@@ -15,7 +15,8 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
+
+from gridbackupd import clock
 
 SCHEME = "GridBackup-HMAC"
 #: Seconds a signature's time may be off the daemon's clock.
@@ -53,7 +54,7 @@ def response_signature(token, nonce):
 
 def authorization(token, method, target, body, now=None, nonce=None):
     """``(Authorization header value, nonce)`` for one request."""
-    ts = int(time.time() if now is None else now)
+    ts = int(clock.wall() if now is None else now)
     nonce = nonce or secrets.token_urlsafe(18)
     sig = request_signature(token, method, target, body, ts, nonce)
     return f"{SCHEME} ts={ts},nonce={nonce},sig={sig}", nonce

@@ -11,9 +11,8 @@ so only a holder of the token can fill the memory.
 """
 
 import hmac
-import time
 
-from gridbackupd import apisign
+from gridbackupd import apisign, clock
 from gridbackupd.api.errors import APIError
 
 BEARER_HINT = ("missing or wrong 'Authorization: Bearer <token>' "
@@ -25,7 +24,7 @@ def _refused(message):
 
 
 class Authenticator:
-    def __init__(self, token, now=time.time, window=apisign.WINDOW):
+    def __init__(self, token, now=clock.wall, window=apisign.WINDOW):
         self.token = token.encode("ascii")
         self.now = now
         self.window = window

@@ -75,3 +75,23 @@ class WallTests(SynchronousTestCase):
     def test_monotonic_goes_forward(self):
         a = clock.monotonic()
         self.assertGreaterEqual(clock.monotonic(), a)
+
+
+class TwistdTests(SynchronousTestCase):
+    def test_the_daemon_under_twistd_makes_its_reactor_steady_first(self):
+        from twisted.application.service import Service
+        from twisted.internet import reactor
+
+        from gridbackupd import tap
+
+        made_steady = []
+        order = []
+
+        class Daemon(Service):
+            def privilegedStartService(self):
+                order.append("daemon")
+
+        self.patch(clock, "steady_reactor", lambda r: (made_steady.append(r), order.append("steady")))
+        tap._OneLineExit(Daemon()).privilegedStartService()
+        self.assertEqual(made_steady, [reactor])
+        self.assertEqual(order, ["steady", "daemon"])

@@ -476,11 +476,25 @@ class GridBackupDaemon(OrderedServices):
             self.log.failure("the daemon could not start its grid side", failure)
 
     async def _poll_grid_async(self, client):
+        """
+        How many storage servers are connected now, and whether that is
+        enough; when it is again, an upload round backing off tries at once.
+        """
+        happy = self.config.tahoe.shares_happy
+        before = self.servers_connected
         try:
             self.servers_connected = await client.connected_servers()
         except TahoeError as e:
             self.servers_connected = 0
-            self.error = str(e)
+            self.error = one_line(e)
+            return
+        if self.servers_connected < happy:
+            self.error = f"{self.servers_connected} storage servers connected, {happy} needed"
+            return
+        self.error = None
+        if before is not None and before < happy and self.uploader is not None:
+            self.log.info("the grid is back ({n} storage servers): uploads go on", n=self.servers_connected)
+            self.uploader.wake()
 
     def _poll_grid(self, client):
         return Deferred.fromCoroutine(self._poll_grid_async(client))

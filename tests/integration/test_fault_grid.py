@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
+from gridbackupd import service
 from gridbackupd.config import parse_config
 from gridbackupd.grid.localgrid import LocalGrid
 from gridbackupd.grid.retry import Backoff, RetryPolicy
@@ -170,6 +171,10 @@ class GridFaultTests(TestCase):
         self.assertEqual(code, 202, body)
         return body["id"]
 
+    async def status_grid_error(self):
+        status = await self.status()
+        return status["grid"]["error"] and status
+
     def pack_counts(self, daemon):
         """(packs recorded, packs none of whose blobs points at them): a pack sent twice leaves one of the latter."""
         conn = daemon.conn
@@ -182,13 +187,16 @@ class GridFaultTests(TestCase):
         """
         With one of 3 storage servers gone (happy 3) pack uploads fail and
         are tried again with backoff; the queue stays, the status says why;
-        once the node is back the backup completes, and the only packs sent
-        again are the ones that failed.
+        once the node is back (the daemon's grid poll sees it) the round
+        backing off tries at once, the backup completes, and the only packs
+        sent again are the ones that failed.
         """
         grid, url = await private_grid()
+        self.patch(service, "GRID_POLL", 0.5)
         daemon = await self.daemon(url)
         daemon.client.retry = QUICK_RETRY
-        daemon.uploader.backoff = QUICK_BACKOFF
+        # Half a second before the first retry, half a minute before the next.
+        daemon.uploader.backoff = Backoff(base=0.5, factor=60.0, cap=30.0)
         uploads = daemon.uploader.client = GatedUploads(daemon.uploader.client, open_for=2)
         snapshot = await self.start_backup()
 
@@ -200,9 +208,10 @@ class GridFaultTests(TestCase):
 
         async def failing_again():
             upload = (await self.status())["upload"]
-            return upload["failed_packs"] >= 2 and upload["retry_at"] is not None and upload
+            return (upload["failed_packs"] >= 2 and upload["retry_at"] is not None
+                    and upload["retry_at"] > time.time() + 15 and upload)
 
-        upload = await until(failing_again, "pack uploads failing twice, and a retry due")
+        upload = await until(failing_again, "pack uploads failing twice, and the next retry far off")
         one_line_for_a_person(self, upload["last_error"])
         self.assertIn("2 server(s)", upload["last_error"])
         print(f"\n  status said: {upload['last_error']}", end=" ")
@@ -210,9 +219,14 @@ class GridFaultTests(TestCase):
         code, body = await self.api.call("GET", f"/v1/snapshots/{snapshot}")
         self.assertEqual(body["state"], "uploading")
         self.assertIsNone(upload["stalled"])
+        status = await until(self.status_grid_error, "the grid's status to say what is missing")
+        self.assertEqual(status["grid"]["error"], "2 storage servers connected, 3 needed")
 
         await grid.start_node("storage3")
         self.assertEqual(await daemon.wait_for_snapshot(snapshot), "complete")
+        # Woken when the grid came back, not at the retry it was waiting for.
+        self.assertLess(time.time(), upload["retry_at"])
+        self.assertIsNone((await self.status())["grid"]["error"])
 
         upload = (await self.status())["upload"]
         self.assertIsNone(upload["last_error"])

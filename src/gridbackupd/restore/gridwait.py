@@ -16,10 +16,9 @@ fewer storage servers than ``shares.happy`` are connected (the client's
 would not bring them back.
 """
 
-import time
-
 from twisted.internet.task import deferLater
 
+from gridbackupd import clock
 from gridbackupd.errors import TahoeError, TahoeSharesMissing, TahoeUnavailable, Unavailable, one_line
 from gridbackupd.grid.retry import Backoff
 
@@ -110,7 +109,7 @@ class GridWait:
         self._waiting += 1
         if self._waiting == 1:
             self.progress.waiting_for = "grid"
-            self.progress.waiting_since = time.time()
+            self.progress.waiting_since = clock.wall()
 
     def _end(self):
         self._waiting -= 1

@@ -10,6 +10,7 @@ SOURCES := setup.cfg pyproject.toml $(shell find src twisted -name '*.py' 2>/dev
 
 # A normal (non-editable) install: twistd only finds the plugin that way.
 $(STAMP): $(SOURCES)
+	@echo "make: installing gridbackupd and its dependencies into $(VENV) with pip (the first time takes a minute)"
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	rm -rf build

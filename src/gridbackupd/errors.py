@@ -34,10 +34,12 @@ class DomainError(GridBackupError):
     status in one table; nothing outside ``api/`` knows a status code.
     """
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, **extra):
         super().__init__(code, message)
         self.code = code
         self.message = message
+        # More fields of the answer's ``error`` object (``paths`` of unknown_path).
+        self.extra = extra
 
     def __str__(self):
         return f"{self.code}: {self.message}"

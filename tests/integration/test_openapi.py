@@ -202,6 +202,7 @@ class ResponseTests(TestCase):
         await self.call("GET", "/v1/restores")
         await self.call("POST", "/v1/restores", body={"target": "relative"})
         await self.call("POST", "/v1/restores", body={"target": "/tmp/x", "snapshot": "nope"})
+        await self.call("POST", "/v1/restores", body={"target": "/tmp/x", "paths": ["/no/such/path"]})
         await self.call("GET", "/v1/uploads/queue")
         status, job = await self.call("POST", "/v1/jobs", body={"kind": "prune"})
         self.assertEqual(status, 202)

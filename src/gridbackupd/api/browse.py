@@ -195,6 +195,26 @@ def has_below(log_paths, top):
     return False
 
 
+def missing_paths(log_paths, wanted):
+    """
+    Those of ``wanted`` (raw paths) that are neither an entry nor above one:
+    what a restore of them would find nothing at (``/`` is never missing).
+    One read of the log, stopped once every path is found.
+    """
+    left = set(wanted) - {b"/"}
+    with entries(log_paths) as records:
+        for entry in records:
+            if not left:
+                break
+            path = entry.path
+            while True:
+                left.discard(path)
+                if path == b"/" or b"/" not in path:
+                    break
+                path = path.rsplit(b"/", 1)[0] or b"/"
+    return sorted(left, key=logpaths.path_key)
+
+
 def _entry_at(log_paths, path):
     """The entry at ``path`` as the log has it, or None: one read, up to that path."""
     wanted = logpaths.path_key(path)

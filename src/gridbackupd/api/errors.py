@@ -19,11 +19,16 @@ from gridbackupd import errors
 class APIError(Exception):
     """An answer with its own HTTP ``status``, a machine-readable ``code`` and a ``message``."""
 
-    def __init__(self, status, code, message):
+    def __init__(self, status, code, message, **extra):
         super().__init__(status, code, message)
         self.status = status
         self.code = code
         self.message = message
+        self.extra = extra
+
+    def body(self):
+        """The answer's document: ``{"error": {"code", "message", ...extra}}``."""
+        return {"error": dict(self.extra, code=self.code, message=self.message)}
 
     def __str__(self):
         return f"{self.status} {self.code}: {self.message}"
@@ -59,5 +64,5 @@ def answer(error):
     if isinstance(error, errors.DomainError):
         for cls in type(error).__mro__:
             if cls in STATUS:
-                return APIError(STATUS[cls], error.code, error.message)
+                return APIError(STATUS[cls], error.code, error.message, **getattr(error, "extra", {}))
     return None

@@ -222,7 +222,7 @@ class APIResource(resource.Resource):
                 request.channel.transport.abortConnection()
             return None
         if error is not None:
-            return self._respond(request, error.status, {"error": {"code": error.code, "message": error.message}})
+            return self._respond(request, error.status, error.body())
         log.failure("API request {method} {path} failed", failure,
                     method=request.method, path=request.path)
         return self._respond(request, 500, {"error": {

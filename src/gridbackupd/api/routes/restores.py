@@ -2,9 +2,14 @@
 
 import os
 
+from twisted.internet.threads import deferToThreadPool
+
+from gridbackupd.api import browse
+from gridbackupd.api.errors import APIError
 from gridbackupd.api.http import Router
 from gridbackupd.api.query import MAX_PAGE, PAGE, bool_field, json_body, query_arg, query_int
-from gridbackupd.errors import Invalid
+from gridbackupd.errors import Conflict, Invalid, NotFound
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.state import restores, snapshots
 
 router = Router()
@@ -32,8 +37,31 @@ async def start_restore(daemon, request):
         raise Invalid("bad_request", "paths must be a list of absolute paths")
     paths = [_check_path(p, "each path") for p in paths]
     flags = {key: bool_field(doc, key) for key in ("overwrite", "dry_run", "verify")}
+    if paths:
+        await _check_paths_exist(daemon, snapshot, paths)
     restore_id = daemon.restorer.request(snapshot, paths, target, **flags)
     return 202, {"id": restore_id}
+
+
+async def _check_paths_exist(daemon, spec, paths):
+    """
+    Refuse (404 unknown_path, naming them) paths the snapshot has nothing at,
+    before the restore is queued: a typo must not "succeed" with 0 files.
+    A log that is not on this machine is not fetched here; the restore
+    itself reads it from the grid.
+    """
+    snapshot_id, _, _ = daemon.restorer.resolve_snapshot(spec)
+    try:
+        logs = browse.log_chain(daemon.conn, snapshot_id)
+        missing = await deferToThreadPool(daemon.reactor, daemon.pool, browse.missing_paths,
+                                          logs, [os.fsencode(p) for p in paths])
+    except (Conflict, LogFormatError, APIError):
+        return
+    if missing:
+        # As the request named them (a JSON string may carry surrogate escapes).
+        shown = [p for p in dict.fromkeys(paths) if os.fsencode(p) in set(missing)]
+        listed = ", ".join(shown[:10]) + (f" and {len(shown) - 10} more" if len(shown) > 10 else "")
+        raise NotFound("unknown_path", f"not in snapshot {snapshot_id}: {listed}", paths=shown)
 
 
 @router.route("GET", "/v1/restores")

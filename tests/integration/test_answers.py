@@ -5,6 +5,9 @@ the shared real grid, asked what a new user asks, answering what happened.
 
 import os
 
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
 from tests.support.daemoncase import DaemonTestCase
 
 
@@ -32,3 +35,35 @@ class RestoreAnswerTests(DaemonTestCase):
             "dry_run": True})
         self.assertEqual(state, "done", status)
         self.assertGreater(status["files_total"], 0)
+
+
+class PauseTests(DaemonTestCase):
+    timeout = 300
+    files = 10
+
+    async def test_pause_survives_a_restart(self):
+        code, body = await self.api.call("GET", "/v1/status")
+        self.assertIsNone(body["upload"]["paused_by"])
+        code, body = await self.api.call("POST", "/v1/uploads/pause")
+        self.assertEqual(code, 200, body)
+        await self.daemon.stopService()
+        await self.start_daemon(self.config_path)
+        code, body = await self.api.call("GET", "/v1/status")
+        self.assertEqual((body["upload"]["paused"], body["upload"]["paused_by"]), (True, "user"))
+        # Uploads do not start by themselves: the snapshot waits with its blobs pending.
+        code, body = await self.api.call("POST", "/v1/backups")
+        snapshot_id = body["id"]
+        done = self.daemon.wait_for_snapshot(snapshot_id)
+        for _ in range(600):  # the scan runs in the daemon's threads: poll it, up to 2 minutes
+            code, snap = await self.api.call("GET", f"/v1/snapshots/{snapshot_id}")
+            if snap["state"] != "scanning" and snap["state"] != "queued":
+                break
+            await deferLater(reactor, 0.2)
+        self.assertEqual(snap["state"], "uploading")
+        code, status = await self.api.call("GET", "/v1/status")
+        self.assertGreater(status["upload"]["pending_bytes"], 0)
+        self.assertEqual(status["upload"]["uploaded_bytes"], 0)
+        code, body = await self.api.call("POST", "/v1/uploads/resume")
+        self.assertEqual(await done, "complete")
+        code, body = await self.api.call("GET", "/v1/status")
+        self.assertIsNone(body["upload"]["paused_by"])

@@ -79,6 +79,9 @@ def cmd_backup(client, args, out):
             upload = client.call("GET", "/v1/status").get("upload") or {}
             pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)
             text = f"uploading: {human_bytes(pending)} to go"
+            if upload.get("paused"):
+                text = (f"uploads paused (by {upload.get('paused_by') or 'user'}; "
+                        f"'gridbackup resume' starts them again): {human_bytes(pending)} to go")
             return text + ("  " + bar(done, done + pending) if tty else "")
         return state
 

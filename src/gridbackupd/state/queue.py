@@ -115,6 +115,23 @@ def rank(prio, queued, weights):
     return prio - weights.age * queued / 3600.0
 
 
+PAUSED_KEY = "uploads_paused_by"
+
+
+def paused_by(conn):
+    """Who paused uploads ("user"), kept across restarts; None when they run."""
+    return dbmod.get_meta(conn, PAUSED_KEY)
+
+
+def set_paused_by(conn, who):
+    """Remember that ``who`` paused uploads, or (None) that they run."""
+    with dbmod.transaction(conn):
+        if who is None:
+            dbmod.delete_meta(conn, PAUSED_KEY)
+        else:
+            dbmod.set_meta(conn, PAUSED_KEY, who)
+
+
 def stored_weights(conn):
     text = dbmod.get_meta(conn, WEIGHTS_KEY)
     return Weights.from_json(text) if text else DEFAULT_WEIGHTS

@@ -70,7 +70,8 @@ class Uploader:
         self.in_flight = set()
         self.packs_in_flight = 0
         self.allowed_parallel = parallel
-        self.paused = False
+        # A pause is kept in the database: a restart does not undo it.
+        self.paused_by = queue.paused_by(conn)
         self.uploaded_bytes = 0
         self.uploaded_packs = 0
         self.inlined_blobs = 0
@@ -88,6 +89,10 @@ class Uploader:
         self._last_commit = reactor.seconds()
         self._recovered_at_start = False
         self.stall = StallWatch(reactor, conn, lambda: self.paused)
+
+    @property
+    def paused(self):
+        return self.paused_by is not None
 
     # -- control -----------------------------------------------------------
 
@@ -109,12 +114,14 @@ class Uploader:
             d, self._wakeup = self._wakeup, None
             d.callback(None)
 
-    def pause(self):
-        """Start no new pack; the ones in flight finish (and are committed)."""
-        self.paused = True
+    def pause(self, who="user"):
+        """Start no new pack; the ones in flight finish (and are committed).  Kept across restarts."""
+        queue.set_paused_by(self.conn, who)
+        self.paused_by = who
 
     def resume(self):
-        self.paused = False
+        queue.set_paused_by(self.conn, None)
+        self.paused_by = None
         self.wake()
 
     def stop(self):
@@ -351,6 +358,7 @@ class Uploader:
             "in_flight_packs": self.packs_in_flight,
             "parallel": self.allowed_parallel,
             "paused": self.paused,
+            "paused_by": self.paused_by,
             "max_rate": self.bucket.rate if self.bucket is not None else None,
             "rate_bytes_per_second": round(rate, 1),
             "eta_seconds": round(pending_bytes / rate, 1) if rate > 0 and pending_bytes else None,

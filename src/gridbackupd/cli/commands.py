@@ -12,7 +12,16 @@ import time
 import urllib.parse
 
 from gridbackupd.cli.client import FAILED, OK, POLL, USAGE, Exit, path_query, raise_error
-from gridbackupd.cli.render import Progress, bar, human_bytes, local_time, mode_string, raw_path, status_lines
+from gridbackupd.cli.render import (
+    Progress,
+    bar,
+    human_bytes,
+    local_time,
+    mode_string,
+    raw_path,
+    snapshot_lines,
+    status_lines,
+)
 
 
 def snapshot_path(path):
@@ -121,6 +130,17 @@ def cmd_snapshots(client, args, out):
         out.write(f"{s['id']:<34} {local_time(s.get('time')):<19} {s.get('kind') or '-':<11} "
                   f"{s.get('files', 0):>8} {human_bytes(s.get('bytes')):>10}  {s['state']}"
                   + (f" ({s['errors']} errors)" if s.get("errors") else "") + "\n")
+    return OK
+
+
+def cmd_show(client, args, out):
+    snap = client.call("GET", f"/v1/snapshots/{urllib.parse.quote(args.snapshot)}")
+    if args.json:
+        json.dump(snap, out, indent=1, sort_keys=True)
+        out.write("\n")
+        return OK
+    for line in snapshot_lines(snap):
+        out.write(line + "\n")
     return OK
 
 

@@ -43,6 +43,9 @@ def build_parser():
     p.add_argument("--wait", action="store_true", help="wait until it is complete, with progress")
     p = subcommands.add_parser("snapshots", help="list the snapshots, oldest first")
     p.add_argument("--json", action="store_true")
+    p = subcommands.add_parser("show", help="a snapshot: its figures, paths and errors")
+    p.add_argument("snapshot", help="a snapshot id, or 'latest'")
+    p.add_argument("--json", action="store_true", help="the API's answer as it is")
     p = subcommands.add_parser("ls", help="list a directory of a snapshot")
     p.add_argument("snapshot", help="a snapshot id, or 'latest'")
     p.add_argument("path", nargs="?", help="a directory (default: /)")
@@ -98,7 +101,7 @@ COMMANDS = {
     "ls": commands.cmd_ls, "cat": commands.cmd_cat, "diff": commands.cmd_diff, "restore": commands.cmd_restore,
     "cancel": commands.cmd_cancel, "pause": commands.cmd_pause, "resume": commands.cmd_resume,
     "take-over": commands.cmd_take_over, "forget": commands.cmd_forget, "job": commands.cmd_job,
-    "jobs": commands.cmd_jobs,
+    "jobs": commands.cmd_jobs, "show": commands.cmd_show,
 }
 
 

@@ -100,6 +100,32 @@ def mode_string(doc):
 # -- commands ------------------------------------------------------------------
 
 
+def snapshot_lines(snap):
+    """``gridbackup show``: a snapshot, its figures against the one before, and its errors."""
+    lines = [
+        f"snapshot {snap['id']}: {snap['state']}" + ("" if snap.get("complete") else " (not complete)"),
+        f"  kind: {snap.get('kind') or '-'}    host: {snap.get('host', '?')}",
+        f"  time: {local_time(snap.get('time'))}    finished: {local_time(snap.get('finished'))}",
+        f"  files: {snap.get('files', 0)}    size: {human_bytes(snap.get('bytes'))}",
+        f"  paths: {', '.join(snap.get('paths') or []) or '-'}",
+    ]
+    if snap.get("tags"):
+        lines.append(f"  tags: {', '.join(snap['tags'])}")
+    figures = snap.get("figures")
+    if figures:
+        since = f"since {figures['parent']}" if figures.get("parent") else "(the first snapshot)"
+        lines.append(f"  changes {since}: {figures.get('files_added', 0)} files added, "
+                     f"{figures.get('files_changed', 0)} changed, {figures.get('files_deleted', 0)} deleted; "
+                     f"{human_bytes(figures.get('bytes_added'))} added, "
+                     f"{human_bytes(figures.get('bytes_deleted'))} deleted")
+    errors = snap.get("errors") or []
+    lines.append(f"  errors: {len(errors)}")
+    for e in errors:
+        lines.append(f"    {e.get('path') or '-'}: {e.get('reason')}")
+    return lines
+
+
+
 def status_lines(status, tty):
     lines = []
     grid = status.get("grid") or {}
@@ -109,6 +135,8 @@ def status_lines(status, tty):
                  + (" (embedded)" if grid.get("embedded") else ""))
     if grid.get("error"):
         lines.append(f"grid problem: {grid['error']}")
+    for warning in status.get("warnings") or []:
+        lines.append(f"configuration warning: {warning}")
     last = status.get("last_snapshot")
     if last:
         lines.append(f"last complete snapshot: {last['id']}, {human_age(last.get('age_seconds'))} "
@@ -133,7 +161,7 @@ def status_lines(status, tty):
         if upload.get("eta_seconds"):
             text += f", about {int(upload['eta_seconds'])} s left"
         if upload.get("paused"):
-            text += " (paused)"
+            text += f" (paused by {upload.get('paused_by') or 'user'}: 'gridbackup resume' starts them again)"
         if tty and pending:
             text += "  " + bar(done, done + pending)
         lines.append(text)

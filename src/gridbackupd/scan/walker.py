@@ -61,6 +61,10 @@ before_opening_dir = None
 RACY_WINDOW_NS = 1_000_000_000
 
 
+# A configured path that is not there, not a file that went away during the scan.
+MISSING_ROOT = "does not exist (a path of [backup] paths)"
+
+
 class Scanner:
     """
     One scan: walk, compare with ``previous`` entries (the previous
@@ -122,12 +126,18 @@ class Scanner:
                 parent, name = root, b"."  # the root is "/"
             try:
                 parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                self.error(root, MISSING_ROOT)
+                continue
             except OSError as e:
                 self.error(root, reason(e, "cannot read"))
                 continue
             try:
                 try:
                     st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    self.error(root, MISSING_ROOT)
+                    continue
                 except OSError as e:
                     self.error(root, reason(e, "cannot read"))
                     continue

@@ -1,8 +1,9 @@
 """The daemon as a whole: its status, a backup started now, and the Prometheus metrics."""
 
+import os
 import time
 
-from gridbackupd.api import metrics
+from gridbackupd.api import browse, metrics
 from gridbackupd.api.http import Raw, Router
 from gridbackupd.api.routes.snapshots import summary_doc
 from gridbackupd.state import snapshots
@@ -25,7 +26,21 @@ async def status(daemon, request):
         "recovery": daemon.recovery,
         "maintenance": daemon.maintenance.status() if daemon.maintenance else None,
         "api": daemon.api.status() if daemon.api is not None else None,
+        "warnings": config_warnings(daemon.config),
     }
+
+
+def config_warnings(config):
+    """
+    What in the configuration is likely a mistake, one line each: a backup
+    path that does not exist (each snapshot also lists it as an error).
+    """
+    warnings = []
+    for path in config.backup.paths:
+        if not os.path.lexists(path):
+            shown = browse.path_doc(os.fsencode(path))["path"]
+            warnings.append(f"[backup] paths: {shown} does not exist")
+    return warnings
 
 
 @router.route("POST", "/v1/backups")

@@ -5,9 +5,11 @@ the shared real grid, asked what a new user asks, answering what happened.
 
 import os
 
+import yaml
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
+from tests.support import REPO
 from tests.support.daemoncase import DaemonTestCase
 
 
@@ -35,6 +37,18 @@ class RestoreAnswerTests(DaemonTestCase):
             "dry_run": True})
         self.assertEqual(state, "done", status)
         self.assertGreater(status["files_total"], 0)
+
+    async def test_metrics_cover_every_restore_state(self):
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with open(os.path.join(REPO, "docs", "openapi.yaml")) as f:
+            documented = yaml.safe_load(f)["components"]["schemas"]["Restore"]["properties"]["state"]["enum"]
+        response = await self.api.http.get(self.api.base + "/metrics",
+                                           headers={"Authorization": [f"Bearer {self.api.token}"]})
+        text = (await response.content()).decode()
+        shown = {s.labels["state"] for family in text_string_to_metric_families(text)
+                 for s in family.samples if s.name == "gridbackup_restores"}
+        self.assertEqual(shown, set(documented))
 
 
 class PauseTests(DaemonTestCase):

@@ -240,7 +240,7 @@ def find_entry(log_paths, path):
     try:
         return hardlinks.follow(found, lambda target: _entry_at(log_paths, target))
     except hardlinks.LinkError as e:
-        raise Conflict("bad_hard_link", f"{os.fsdecode(path)!r}: {e}") from None
+        raise Conflict("bad_hard_link", f"{logpaths.shown(path)}: {e}") from None
 
 
 def _compared(entry):

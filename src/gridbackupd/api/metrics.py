@@ -21,7 +21,7 @@ from gridbackupd.state import restores, snapshots
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _SNAPSHOT_STATES = ("queued", "scanning", "uploading", "complete", "incomplete", "failed")
-_RESTORE_STATES = ("queued", "running", "done", "failed")
+_RESTORE_STATES = restores.STATES
 
 
 def _gauge(name, doc, value, labels=None):

@@ -12,7 +12,7 @@ import math
 import re
 
 from gridbackupd.errors import FormatError
-from gridbackupd.format.logpaths import path_problem, validate_path
+from gridbackupd.format.logpaths import path_problem, shown, validate_path
 from gridbackupd.model import FILE, FLAGS, HARDLINK, KINDS, SYMLINK, LogHeader
 
 FORMAT_NAME = "gridbackup-log"
@@ -120,7 +120,7 @@ def check_header(header):
     for path in header.paths:
         validate_path(path)
         if path in seen:
-            raise ValueError(f"header path {path!r} is listed twice")
+            raise ValueError(f"header path {shown(path)} is listed twice")
         seen.add(path)
     if type(header.tags) is not tuple:
         raise ValueError("header tags must be a tuple")

@@ -5,7 +5,7 @@ The entries of a snapshot given as a chain of logs, merged streaming.
 import heapq
 
 from gridbackupd.format.logfields import LogFormatError
-from gridbackupd.format.logpaths import path_key
+from gridbackupd.format.logpaths import path_key, shown
 from gridbackupd.model import Deletion
 
 __all__ = ["merge_records"]
@@ -28,7 +28,7 @@ def merge_records(base, *changes):
         # A full log alone: its records are the entries (it has no deletions).
         for record in base:
             if type(record) is Deletion:
-                raise LogFormatError(f"a full log deletes {record.path!r}")
+                raise LogFormatError(f"a full log deletes {shown(record.path)}")
             yield record
         return
 
@@ -50,7 +50,7 @@ def merge_records(base, *changes):
         if type(record) is Deletion:
             if present is None:
                 raise LogFormatError(
-                    f"incremental log {layer} deletes {record.path!r}, "
+                    f"incremental log {layer} deletes {shown(record.path)}, "
                     f"which the snapshot before it does not have"
                 )
             present = None

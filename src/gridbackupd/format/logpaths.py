@@ -8,7 +8,19 @@ can compare with the previous log by a streaming merge, and a restore finds
 a sub-tree as one contiguous run (see ``is_in_subtree``).
 """
 
-__all__ = ["is_in_subtree", "path_key", "path_problem", "validate_path"]
+import os
+
+__all__ = ["is_in_subtree", "path_key", "path_problem", "shown", "validate_path"]
+
+
+def shown(path):
+    """
+    A path in a message a person reads: text, never a bytes repr; bytes
+    that are not UTF-8 as \\xNN escapes (JSON answers add ``path_b64``).
+    """
+    if isinstance(path, str):
+        path = os.fsencode(path)
+    return path.decode("utf-8", "backslashreplace")
 
 
 def path_key(path):
@@ -53,9 +65,9 @@ def path_problem(path):
     if path == b"/":
         return None
     if not path.startswith(b"/"):
-        return f"path {path!r} is not absolute"
+        return f"path {shown(path)} is not absolute"
     if b"\0" in path:
-        return f"path {path!r} contains NUL"
+        return f"path {shown(path)} contains NUL"
     if (
         path.endswith(b"/")
         or b"//" in path
@@ -64,7 +76,7 @@ def path_problem(path):
         or path.endswith(b"/.")
         or path.endswith(b"/..")
     ):
-        return f"path {path!r} has an empty, '.' or '..' component"
+        return f"path {shown(path)} has an empty, '.' or '..' component"
     return None
 
 

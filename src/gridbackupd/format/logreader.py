@@ -29,7 +29,7 @@ from gridbackupd.format.logfields import (
     json_type,
 )
 from gridbackupd.format.logframe import FrameError, FrameReader
-from gridbackupd.format.logpaths import path_key, path_problem
+from gridbackupd.format.logpaths import path_key, path_problem, shown
 from gridbackupd.model import KINDS, Deletion, Entry, LogHeader
 
 __all__ = ["LogReader", "read_log", "read_partial"]
@@ -451,8 +451,8 @@ class LogReader:
             key = path_key(record.path)
             if last_key is not None and key <= last_key:
                 if key == last_key:
-                    raise self._fail(f"path {record.path!r} appears twice")
-                raise self._fail(f"path {record.path!r} is out of order")
+                    raise self._fail(f"path {shown(record.path)} appears twice")
+                raise self._fail(f"path {shown(record.path)} is out of order")
             last_key = key
             count += 1
             if type(record) is Entry and len(record.blobs) == BLOBS_PER_LINE:

@@ -20,7 +20,7 @@ from gridbackupd.format.logfields import (
     check_entry,
     check_header,
 )
-from gridbackupd.format.logpaths import path_key, validate_path
+from gridbackupd.format.logpaths import path_key, shown, validate_path
 from gridbackupd.model import Deletion, Entry
 
 __all__ = ["LogWriter", "write_log"]
@@ -159,10 +159,10 @@ class LogWriter:
         key = path_key(record.path)
         if self._last_key is not None and key <= self._last_key:
             raise ValueError(
-                f"path {record.path!r} does not sort after the previous record's path"
+                f"path {shown(record.path)} does not sort after the previous record's path"
             )
         if type(record) is Entry:
-            line = _encode_line(_entry_object(record), f"the entry for {record.path!r}")
+            line = _encode_line(_entry_object(record), f"the entry for {shown(record.path)}")
         else:
             line = _encode_line({"t": "d", "path": _encode_bytes(record.path)}, "a deletion")
         self._last_key = key

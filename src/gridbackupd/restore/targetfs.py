@@ -34,6 +34,7 @@ import stat
 import threading
 
 from gridbackupd import crashpoints
+from gridbackupd.format.logpaths import shown
 from gridbackupd.model import BLOCKDEV, CHARDEV, FIFO, SOCKET
 
 READ_BLOCK = 1024 * 1024
@@ -121,13 +122,13 @@ def _check_content(fd, entry):
 def components(path):
     """The components of an absolute snapshot path, refusing anything hostile."""
     if not isinstance(path, bytes) or not path.startswith(b"/") or b"\0" in path:
-        raise UnsafePath(f"not an absolute path: {path!r}")
+        raise UnsafePath(f"not an absolute path: {shown(path)}")
     parts = path.split(b"/")[1:]
     if parts == [b""]:
         return []
     for part in parts:
         if part in (b"", b".", b".."):
-            raise UnsafePath(f"path has an empty, '.' or '..' component: {path!r}")
+            raise UnsafePath(f"path has an empty, '.' or '..' component: {shown(path)}")
     return parts
 
 
@@ -249,7 +250,7 @@ class TargetWriter:
                 except OSError as e:
                     if e.errno in (errno.ELOOP, errno.ENOTDIR):
                         raise UnsafePath(
-                            f"{os.fsdecode(part)!r} in the target is not a directory (a symlink?)"
+                            f"{shown(part)} in the target is not a directory (a symlink?)"
                         )
                     raise
                 os.close(fd)
@@ -337,7 +338,7 @@ class TargetWriter:
                 # Without root, trusted.* and security.* cannot be set; a
                 # file system without xattrs refuses them all.  The file
                 # itself is still restored: say what is missing.
-                self._warn(entry, f"extended attribute {os.fsdecode(name)!r} not set: {e.strerror}")
+                self._warn(entry, f"extended attribute {shown(name)} not set: {e.strerror}")
 
     def _mode(self, entry):
         """
@@ -401,7 +402,7 @@ class TargetWriter:
             except FileExistsError:
                 st = os.stat(name, dir_fd=fd, follow_symlinks=False)
                 if not stat.S_ISDIR(st.st_mode):
-                    raise UnsafePath(f"{os.fsdecode(entry.path)!r} exists and is not a directory")
+                    raise UnsafePath(f"{shown(entry.path)} exists and is not a directory")
 
     def finish_dir(self, entry):
         if entry.path == b"/":

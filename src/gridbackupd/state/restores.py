@@ -12,6 +12,9 @@ import json
 
 from gridbackupd.state import db as dbmod
 
+# Every state a restore can be in, in the order a restore goes through them.
+STATES = ("queued", "running", "done", "failed", "cancelled")
+
 FIELDS = ("id", "snapshot", "options", "target", "state", "created", "finished", "files_done",
           "files_total", "bytes_done", "bytes_total", "errors", "result")
 

@@ -10,7 +10,6 @@ picks it, as it does for a restore.  Reading a log runs in a worker thread
 import collections
 import itertools
 import json
-import os
 
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
@@ -21,6 +20,7 @@ from gridbackupd.api.http import STREAMED, Pacer, Raw, Router
 from gridbackupd.api.query import MAX_PAGE, PAGE, path_arg, query_arg, query_int
 from gridbackupd.errors import Conflict, DomainError, Invalid, NotFound, TahoeError
 from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logpaths import shown
 from gridbackupd.model import FILE
 from gridbackupd.restore.gridwait import GridWait
 from gridbackupd.state import snapshots
@@ -145,7 +145,7 @@ async def list_files(daemon, request, snapshot_id):
         logs, top, recursive in ("true", "1"), cursor, limit)
     if top_entry is None and top != b"/" and not found and cursor is None:
         if not await _reading(daemon, browse.has_below, logs, top):
-            raise NotFound("unknown_path", f"{os.fsdecode(top)!r} is not in snapshot {snapshot_id}")
+            raise NotFound("unknown_path", f"{shown(top)} is not in snapshot {snapshot_id}")
     doc = {"snapshot": snapshot_id, "entry": browse.entry_doc(top_entry) if top_entry else None,
            "entries": found, "next_cursor": next_cursor}
     doc.update(browse.path_doc(top))
@@ -161,9 +161,9 @@ async def get_content(daemon, request, snapshot_id):
     logs = browse.log_chain(daemon.conn, snapshot_id)
     entry = await _reading(daemon, browse.find_entry, logs, path)
     if entry is None:
-        raise NotFound("unknown_path", f"{os.fsdecode(path)!r} is not in snapshot {snapshot_id}")
+        raise NotFound("unknown_path", f"{shown(path)} is not in snapshot {snapshot_id}")
     if entry.kind != FILE:
-        raise Invalid("not_a_file", f"{os.fsdecode(path)!r} is a {entry.kind}, not a file")
+        raise Invalid("not_a_file", f"{shown(path)} is a {entry.kind}, not a file")
     if entry.inline is not None or entry.size == 0:
         return 200, Raw(entry.inline or b"", "application/octet-stream")
     # Where each blob is (restore.locate): (pack cap, offset, length,
@@ -173,7 +173,7 @@ async def get_content(daemon, request, snapshot_id):
         location = locate(daemon.conn, blob_hash)
         if location is None:
             raise Conflict("not_uploaded",
-                           f"the content of {os.fsdecode(path)!r} is not on the grid yet")
+                           f"the content of {shown(path)} is not on the grid yet")
         locations.append((blob_hash, size, location))
     # While the grid is away (the daemon connecting, the node restarting) the
     # read waits for it, up to [tahoe] grid_wait, then answers 503.
@@ -193,7 +193,7 @@ async def get_content(daemon, request, snapshot_id):
         try:
             return await deferToThreadPool(daemon.reactor, daemon.pool, browse.decode_run, run, stored, start)
         except (browse.CorruptContent, ValueError) as e:
-            raise APIError(502, "corrupt_content", f"{os.fsdecode(path)!r}: {e}")
+            raise APIError(502, "corrupt_content", f"{shown(path)}: {e}")
 
     # Up to CONTENT_AHEAD runs are fetched while the one before is written:
     # the grid's latency overlaps, and memory stays at a few runs.  The
@@ -225,7 +225,7 @@ async def get_content(daemon, request, snapshot_id):
             d.addErrback(lambda f: None)
             d.cancel()
     if pacer is None:
-        raise APIError(502, "corrupt_content", f"{os.fsdecode(path)!r}: no content runs")
+        raise APIError(502, "corrupt_content", f"{shown(path)}: no content runs")
     pacer.finish()
     return STREAMED
 

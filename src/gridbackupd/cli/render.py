@@ -161,10 +161,13 @@ def status_lines(status, tty):
         if upload.get("eta_seconds"):
             text += f", about {int(upload['eta_seconds'])} s left"
         if upload.get("paused"):
-            text += f" (paused by {upload.get('paused_by') or 'user'}: 'gridbackup resume' starts them again)"
+            text += " (paused)"
         if tty and pending:
             text += "  " + bar(done, done + pending)
         lines.append(text)
+        if upload.get("paused"):
+            lines.append(f"uploads paused by {upload.get('paused_by') or 'user'} "
+                         "(kept across restarts): 'gridbackup resume' starts them again")
         if upload.get("last_error"):
             lines.append(f"upload problem: {upload['last_error']}")
     else:

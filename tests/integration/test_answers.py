@@ -38,6 +38,23 @@ class RestoreAnswerTests(DaemonTestCase):
         self.assertEqual(state, "done", status)
         self.assertGreater(status["files_total"], 0)
 
+    async def test_identical_files_reported_unchanged_and_verified(self):
+        await self.backup()
+        target = os.path.join(self.base, "restored")
+        docs = os.path.join(self.tree, "docs")
+        state, first = await self.restore({"target": target, "paths": [docs]})
+        self.assertEqual((state, first["unchanged"]), ("done", 0), first)
+        state, again = await self.restore({"target": target, "paths": [docs], "verify": True})
+        self.assertEqual(state, "done", again)
+        self.assertEqual(again["unchanged"], first["files_total"])
+        self.assertGreater(again["unchanged"], 0)
+        self.assertEqual(again["files_verified"], again["files_total"])
+        # A changed copy is neither unchanged nor overwritten: an error says so.
+        with open(os.path.join(target, docs.lstrip("/"), "letter.txt"), "ab") as f:
+            f.write(b"changed\n")
+        state, third = await self.restore({"target": target, "paths": [docs]})
+        self.assertEqual((state, third["unchanged"]), ("failed", first["files_total"] - 1), third)
+
     async def test_metrics_cover_every_restore_state(self):
         from prometheus_client.parser import text_string_to_metric_families
 

@@ -49,6 +49,8 @@ class RestoreProgress:
     waiting_since: float | None = None
     # Files whose set-uid/set-gid bits were dropped: the owner was not restored (not root).
     setid_dropped: int = 0
+    # Files the target already held as the snapshot has them (checked by content): left as they are.
+    unchanged: int = 0
 
 
 def within(path, wanted):
@@ -192,8 +194,9 @@ class RestoreEngine:
         try:
             dirs = [e for e in entries if e.kind == DIR]
             await self._each(progress, dirs, writer.make_dir)
+            unchanged = []
             if not overwrite:
-                files = await self._skip_restored(writer, files, progress)
+                files, unchanged = await self._skip_restored(writer, files, progress)
             jobs = await self._restore_files(writer, files, progress, grid)
             if self.stopping:
                 return
@@ -211,7 +214,7 @@ class RestoreEngine:
             # Nothing is reported restored before it is on the disk.
             await deferToThreadPool(self.reactor, self.pool, writer.sync)
             if verify:
-                await self._verify(writer, jobs, progress)
+                await self._verify(writer, [j.entry for j in jobs if j.done] + unchanged, progress)
         finally:
             for path, reason in writer.warnings:
                 progress.errors.append({"path": os.fsdecode(path), "reason": reason})
@@ -222,19 +225,22 @@ class RestoreEngine:
         """
         The files the target does not already hold as the snapshot has them
         (a restore resumed after a restart, or run twice): those are counted
-        done, checked by their content, and nothing is fetched for them.
+        done, checked by their content, and nothing is fetched for them;
+        they are reported as ``unchanged``.  Returns (files to write, those).
         """
-        keep = []
+        keep, unchanged = [], []
 
         def check(entry):
             if (entry.inline is not None or entry.blobs) and writer.matches(entry):
                 progress.files_done += 1
                 progress.bytes_done += entry.size
+                progress.unchanged += 1
+                unchanged.append(entry)
             else:
                 keep.append(entry)
 
         await self._each(progress, files, check)
-        return keep
+        return keep, unchanged
 
     async def _plan_summary(self, entries, files, progress):
         jobs, spans, pending = await self._plan(files)
@@ -255,7 +261,8 @@ class RestoreEngine:
             "pending_files": len(pending),
         }
 
-    async def _verify(self, writer, jobs, progress):
+    async def _verify(self, writer, entries, progress):
+        """Read back ``entries`` (files written, and those found unchanged) and check their hash."""
         progress.files_verified = 0
 
         def verify(entry):
@@ -265,7 +272,7 @@ class RestoreEngine:
             except VerifyFailed as e:
                 raise OSError(f"verify: {e}")
 
-        await self._each(progress, [j.entry for j in jobs if j.done], verify)
+        await self._each(progress, entries, verify)
 
     # Entries are handed to the worker thread in batches: one thread hop
     # per entry cost more than the work itself for small files.

@@ -104,6 +104,7 @@ class Restorer(QueuedRunner):
         if "files_verified" in extra:
             result["files_verified"] = extra["files_verified"]
         result["setid_dropped"] = extra.get("setid_dropped", 0)
+        result["unchanged"] = extra.get("unchanged", 0)
         result["waiting_for"] = result["waiting_since"] = None
         live = self.progress.get(restore_id)
         if live is not None:
@@ -112,7 +113,7 @@ class Restorer(QueuedRunner):
                 bytes_done=live.bytes_done, bytes_total=live.bytes_total,
                 errors=list(live.errors), pending=list(live.pending),
                 waiting_for=live.waiting_for, waiting_since=live.waiting_since,
-                setid_dropped=live.setid_dropped,
+                setid_dropped=live.setid_dropped, unchanged=live.unchanged,
             )
             if live.cancelled:
                 result["cancel_requested"] = True
@@ -175,6 +176,8 @@ class Restorer(QueuedRunner):
             extra["files_verified"] = progress.files_verified
         if progress.setid_dropped:
             extra["setid_dropped"] = progress.setid_dropped
+        if progress.unchanged:
+            extra["unchanged"] = progress.unchanged
         restores.finish(self.conn, restore_id, state, time.time(), progress.files_done,
                         progress.files_total, progress.bytes_done, progress.bytes_total,
                         progress.errors, extra)

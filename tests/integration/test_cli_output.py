@@ -8,8 +8,10 @@ import io
 import os
 
 from twisted.internet.threads import deferToThread
+from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.cli import main as cli
+from gridbackupd.cli import render
 from tests.support.daemoncase import TCP_ANY_PORT, DaemonTestCase, write_config
 from tests.support.sharedgrid import shared_node_url
 
@@ -68,3 +70,64 @@ class OutputTests(DaemonTestCase):
         self.assertIn(typo, err)
         self.assertNotIn(os.path.join(self.tree, "docs,"), err)
         self.assertFalse(os.path.exists(target))
+
+        # --dry-run prints the plan; --verify the count verified.
+        code, out, err = await self.gb("restore", snapshot_id, os.path.join(self.tree, "docs"),
+                                       "--target", target, "--dry-run")
+        self.assertEqual(code, 0, err)
+        text = out.decode()
+        self.assertIn("would restore ", text)
+        self.assertRegex(text, r"from \d+ packs in \d+ ranged GETs")
+        self.assertIn("pending (not uploaded yet): 0 files", text)
+        self.assertIn("dry run: nothing written", text)
+        self.assertNotIn("0/", text)
+        self.assertFalse(os.path.exists(target))
+        code, out, err = await self.gb("restore", snapshot_id, "--target", target, "--verify")
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out.decode().splitlines()[-1], r"; [1-9]\d* files verified$")
+        code, out, err = await self.gb("restore", snapshot_id, "--target", target, "--verify")
+        self.assertEqual(code, 0, err)
+        self.assertRegex(out.decode().splitlines()[-1],
+                         r"\(([1-9]\d*) already there and unchanged\); \1 files verified$")
+
+        # ls /: the directories above the backed-up paths, without question marks.
+        code, out, err = await self.gb("ls", snapshot_id, "/")
+        self.assertEqual(code, 0, err)
+        self.assertNotIn(b"?", out)
+        top = self.base.split("/")[1]
+        self.assertRegex(out.decode(), rf"(?m)^d +- \(not backed up\) +/{top}$")
+
+        # forget without a policy: a configuration matter (exit 2), with the way to set one.
+        code, out, err = await self.gb("forget", "--dry-run")
+        self.assertEqual(code, 2, err)
+        self.assertEqual(err.count("\n"), 1, err)
+        self.assertIn("[retention]", err)
+        self.assertIn("keep_daily = 7", err)
+
+        # jobs as the API lists them: newest first.
+        first_job = (await self.gb("job", "prune"))[1].decode().splitlines()[0]
+        second_job = (await self.gb("job", "prune"))[1].decode().splitlines()[0]
+        code, out, err = await self.gb("jobs")
+        self.assertEqual(code, 0, err)
+        ids = [line.split()[0] for line in out.decode().splitlines()]
+        self.assertLess(ids.index(second_job), ids.index(first_job))
+
+
+class RenderTests(SynchronousTestCase):
+    def test_restore_progress_never_shows_0_of_0(self):
+        self.assertEqual(render.restore_progress({"state": "queued", "files_total": 0}, False), "queued")
+        self.assertEqual(render.restore_progress({"state": "running", "files_total": 0, "files_done": 0}, False),
+                         "running: reading the snapshot")
+        self.assertEqual(render.restore_progress({"state": "running", "files_total": 0, "waiting_for": "grid"},
+                                                 False), "running: waiting for the grid")
+        self.assertIn("1/2 files", render.restore_progress(
+            {"state": "running", "files_total": 2, "files_done": 1, "bytes_done": 1, "bytes_total": 2}, False))
+
+    def test_backup_wait_names_a_pause(self):
+        self.assertEqual(render.upload_progress({"paused": True, "paused_by": "user", "pending_bytes": 2048}, False),
+                         "uploads paused by user ('gridbackup resume' starts them again): 2.0 KiB to go")
+        self.assertEqual(render.upload_progress({"paused": False, "pending_bytes": 2048}, False),
+                         "uploading: 2.0 KiB to go")
+        lines = render.status_lines({"state": "ready", "upload": {"paused": True, "paused_by": "user"}}, False)
+        self.assertIn("uploads paused by user (kept across restarts): 'gridbackup resume' starts them again",
+                      lines)

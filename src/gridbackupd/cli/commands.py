@@ -18,9 +18,12 @@ from gridbackupd.cli.render import (
     human_bytes,
     local_time,
     mode_string,
+    plan_lines,
     raw_path,
+    restore_progress,
     snapshot_lines,
     status_lines,
+    upload_progress,
 )
 
 
@@ -41,11 +44,7 @@ def cmd_status(client, args, out):
     restores = client.call("GET", "/v1/restores").get("restores", [])
     for r in restores:
         if r.get("state") in ("queued", "running"):
-            text = (f"restore {r['id']}: {r['state']}, {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
-                    f"{human_bytes(r.get('bytes_done'))} of {human_bytes(r.get('bytes_total'))}")
-            if tty and r.get("bytes_total"):
-                text += "  " + bar(r.get("bytes_done", 0), r["bytes_total"])
-            out.write(text + "\n")
+            out.write(f"restore {r['id']}: {restore_progress(r, tty)}\n")
     return OK
 
 
@@ -85,13 +84,7 @@ def cmd_backup(client, args, out):
             p = snap["progress"]
             return f"scanning: {p.get('entries', 0)} entries, {human_bytes(p.get('bytes_hashed'))} read"
         if state == "uploading":
-            upload = client.call("GET", "/v1/status").get("upload") or {}
-            pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)
-            text = f"uploading: {human_bytes(pending)} to go"
-            if upload.get("paused"):
-                text = (f"uploads paused (by {upload.get('paused_by') or 'user'}; "
-                        f"'gridbackup resume' starts them again): {human_bytes(pending)} to go")
-            return text + ("  " + bar(done, done + pending) if tty else "")
+            return upload_progress(client.call("GET", "/v1/status").get("upload") or {}, tty)
         return state
 
     snap = follow(client, f"/v1/snapshots/{snapshot_id}", out,
@@ -162,7 +155,8 @@ def cmd_ls(client, args, out):
         if e.get("kind") == "symlink" and "target" in e:
             name += b" -> " + raw_path(e, "target")
         if e.get("virtual"):
-            line = b"d?????????" + b" " * 24 + b" " + name
+            # Above the backed-up paths: a directory on the way, not itself backed up.
+            line = f"{'d':<10} {'-':>12} {'(not backed up)':<16} ".encode() + name
         else:
             mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.get("mtime_ns", 0) / 1e9))
             line = (f"{mode_string(e)} {e.get('size', 0):>12} {mtime} ").encode() + name
@@ -255,18 +249,23 @@ def cmd_restore(client, args, out):
         return OK
 
     def describe(r, tty):
-        text = (f"{r['state']}: {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
-                f"{human_bytes(r.get('bytes_done'))} of {human_bytes(r.get('bytes_total'))}")
-        if tty and r.get("bytes_total"):
-            text += "  " + bar(r.get("bytes_done", 0), r["bytes_total"])
-        return text
+        return restore_progress(r, tty)
 
     r = follow(client, f"/v1/restores/{restore_id}", out,
                lambda r: r["state"] in ("done", "failed", "cancelled"), describe,
                f"stopped waiting; restore {restore_id} goes on "
                f"('gridbackup cancel {restore_id}' stops it)")
-    summary = (f"restore {restore_id}: {r['state']}, {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
-               f"{human_bytes(r.get('bytes_done'))} into {request['target']}")
+    if r.get("plan") is not None:
+        for line in plan_lines(r["plan"], r.get("pending") or []):
+            out.write(line + "\n")
+        summary = f"restore {restore_id}: {r['state']}, dry run: nothing written"
+    else:
+        summary = (f"restore {restore_id}: {r['state']}, {r.get('files_done', 0)}/{r.get('files_total', 0)} files, "
+                   f"{human_bytes(r.get('bytes_done'))} into {request['target']}")
+        if r.get("unchanged"):
+            summary += f" ({r['unchanged']} already there and unchanged)"
+        if r.get("files_verified") is not None:
+            summary += f"; {r['files_verified']} files verified"
     if r["state"] == "done":
         out.write(summary + "\n")
         return OK
@@ -340,8 +339,22 @@ def cmd_forget(client, args, out):
     request = {"dry_run": args.dry_run, "prune": not args.no_prune}
     if args.snapshots:
         request["snapshots"] = args.snapshots
-    doc = client.call("POST", "/v1/forget", request,
-                      missing="this daemon cannot forget snapshots (no /v1/forget)")
+    conn, response = client.open("POST", "/v1/forget", request)
+    try:
+        raw = response.read()
+    finally:
+        conn.close()
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        raise Exit(FAILED, f"the daemon answered {response.status} with something that is not JSON")
+    if response.status >= 400:
+        if (doc.get("error") or {}).get("code") == "no_policy":
+            # A configuration matter (exit 2), and the way to set one.
+            raise Exit(USAGE, "no retention policy is configured: add one to the daemon's configuration, "
+                              "e.g. '[retention]' with 'keep_daily = 7' and 'keep_weekly = 4', and restart "
+                              "it; or name the snapshots to forget")
+        raise_error(response.status, doc, "this daemon cannot forget snapshots (no /v1/forget)")
     for snapshot_id in doc["forget"]:
         out.write(f"{'would forget' if args.dry_run else 'forget'} {snapshot_id}\n")
     for kept in doc["keep"]:
@@ -370,7 +383,7 @@ def cmd_job(client, args, out):
 
 def cmd_jobs(client, args, out):
     jobs = client.call("GET", "/v1/jobs", missing="this daemon has no maintenance jobs (no /v1/jobs)")["jobs"]
-    for job in reversed(jobs):
+    for job in jobs:  # as the API lists them: newest first
         when = job["finished"] or job["started"] or job["requested"]
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
         out.write(f"{job['id']}  {job['kind']:<7} {job['state']:<8} {stamp}"

@@ -100,6 +100,47 @@ def mode_string(doc):
 # -- commands ------------------------------------------------------------------
 
 
+def upload_progress(upload, tty):
+    """``backup --wait`` while its snapshot uploads: what is left, and why it waits if uploads are paused."""
+    pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)
+    text = f"uploading: {human_bytes(pending)} to go"
+    if upload.get("paused"):
+        text = (f"uploads paused by {upload.get('paused_by') or 'user'} "
+                f"('gridbackup resume' starts them again): {human_bytes(pending)} to go")
+    return text + ("  " + bar(done, done + pending) if tty else "")
+
+
+def restore_progress(r, tty):
+    """A queued or running restore's progress; no 0/0 before its totals are known."""
+    if r.get("waiting_for"):
+        return f"{r['state']}: waiting for the {r['waiting_for']}"
+    if not r.get("files_total"):
+        return "queued" if r["state"] == "queued" else f"{r['state']}: reading the snapshot"
+    text = (f"{r['state']}: {r.get('files_done', 0)}/{r['files_total']} files, "
+            f"{human_bytes(r.get('bytes_done'))} of {human_bytes(r.get('bytes_total'))}")
+    if tty and r.get("bytes_total"):
+        text += "  " + bar(r.get("bytes_done", 0), r["bytes_total"])
+    return text
+
+
+def plan_lines(plan, pending):
+    """``restore --dry-run``: what the restore would write and fetch."""
+    lines = [
+        f"would restore {plan.get('files', 0)} files, {human_bytes(plan.get('bytes'))}",
+        f"  from {plan.get('packs', 0)} packs in {plan.get('gets', 0)} ranged GETs "
+        f"({human_bytes(plan.get('fetch_bytes'))}); {plan.get('inline_files', 0)} files held in the index",
+    ]
+    entries = plan.get("entries") or {}
+    if entries:
+        lines.append("  entries: " + ", ".join(f"{n} {kind}" for kind, n in entries.items()))
+    lines.append(f"  pending (not uploaded yet): {plan.get('pending_files', len(pending))} files")
+    for p in pending[:10]:
+        lines.append(f"    {p.get('path')}: {p.get('reason')}")
+    if len(pending) > 10:
+        lines.append(f"    ... and {len(pending) - 10} more")
+    return lines
+
+
 def snapshot_lines(snap):
     """``gridbackup show``: a snapshot, its figures against the one before, and its errors."""
     lines = [

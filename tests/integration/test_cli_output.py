@@ -60,6 +60,9 @@ class OutputTests(DaemonTestCase):
         self.assertNotIn("vanished", text)
         self.assertIn("changes (the first snapshot): ", text)
         self.assertIn(f"paths: {self.tree}, {self.missing}", text)
+        code, out, err = await self.gb("show", "latest")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn(f"snapshot {snapshot_id}: ".encode(), out)
 
         target = os.path.join(self.base, "restored")
         typo = os.path.join(self.tree, "dcos")

@@ -255,6 +255,14 @@ class RestoreTests(TestCase):
         with open(self.out(b"/home/shared-1"), "rb") as f:
             self.assertEqual(f.read(), data["shared"])
 
+    async def test_paths_not_in_the_snapshot_are_errors(self):
+        """The engine's own check (a log fetched from the grid is not checked by the API first)."""
+        self.standard_set()
+        state, status = await self.restore(paths=["/home/shared-1", "/home/typo", "/elsewhere"])
+        self.assertEqual((state, status["files_done"]), ("failed", 1))
+        self.assertEqual([(e["path"], e["reason"]) for e in status["errors"]],
+                         [("/home/typo", "not in this snapshot"), ("/elsewhere", "not in this snapshot")])
+
     async def test_hard_link_whose_target_is_not_restored(self):
         self.standard_set()
         state, status = await self.restore(paths=["/home/text-again"])

@@ -75,6 +75,19 @@ def selected(path, wanted):
     return any(path == b"/" or w.startswith(path + b"/") for w in wanted)
 
 
+def missing(entries, wanted):
+    """Those of ``wanted`` that no entry is at or below (``/`` never is missing), in their order."""
+    left = set(wanted) - {b"/"}
+    for entry in entries:
+        if not left:
+            break
+        path = entry.path
+        while path != b"/":
+            left.discard(path)
+            path = path.rsplit(b"/", 1)[0] or b"/"
+    return [w for w in dict.fromkeys(wanted) if w in left]
+
+
 def hard_links(entries, wanted):
     """
     The hard links among ``entries`` to make, each with its target replaced
@@ -184,6 +197,10 @@ class RestoreEngine:
         self._check_cancelled(progress)
         if wanted:
             entries = [e for e in entries if e.kind == DIR or within(e.path, wanted)]
+            # The API refuses such paths when the log is here; a log read from
+            # the grid is checked now: a typo is an error, never 0 files "done".
+            for w in missing(entries, wanted):
+                progress.errors.append({"path": os.fsdecode(w), "reason": "not in this snapshot"})
         files = [e for e in entries if e.kind == FILE]
         progress.files_total = len(files)
         progress.bytes_total = sum(e.size for e in files)

@@ -52,17 +52,22 @@ class _Option:
     section: str | None = None  # for Config's own fields: the section they are read from
 
 
-def option(default, read, key=None, section=None, **args):
+def option(default, read, key=None, section=None, secret=False, **args):
     """
     A config field that is also an INI option: its default is written here
-    once, and the parser and the list of known keys are made from it.
+    once, and the parser and the list of known keys are made from it.  A
+    ``secret`` one stays out of the repr (and so out of logs).
     """
-    return attr.field(default=default, metadata={_INI: _Option(read, args, key, section)})
+    return attr.field(default=default, repr=not secret, metadata={_INI: _Option(read, args, key, section)})
 
 
 @attr.frozen
 class TahoeConfig:
-    node_url: str = option(attr.NOTHING, "node_url")  # "embedded" or an http(s) URL ending in "/"
+    # "embedded" or an http(s) URL ending in "/"; None with an introducer.
+    node_url: str | None = option(None, "node_url")
+    # Another grid's introducer FURL: the daemon runs its own client node
+    # joined to it (a secret: whoever has it may use the grid's storage).
+    introducer: str | None = option(None, "introducer", secret=True)
     storage_nodes: int = option(3, "integer", minimum=1, maximum=32)
     shares_needed: int = option(2, "integer", minimum=1, maximum=256)
     shares_happy: int = option(3, "integer", minimum=1, maximum=256)
@@ -296,14 +301,23 @@ class _Reader:
         return os.path.normpath(state_dir)
 
     def node_url(self, section, key, default):
-        node_url = self.string(section, key, required=True)
-        if node_url != "embedded":
+        node_url = self.string(section, key)
+        if node_url is not None and node_url != "embedded":
             if not re.fullmatch(r"https?://[^/\s]+/?", node_url):
                 self.fail(section, key, node_url,
                           "expected 'embedded' or the URL of a Tahoe client node such as http://127.0.0.1:3456")
             if not node_url.endswith("/"):
                 node_url += "/"
         return node_url
+
+    def introducer(self, section, key, default):
+        furl = self.string(section, key)
+        if furl is not None and not re.fullmatch(r"pb://[a-z2-7]+@[^/\s]+/[^/\s]+", furl):
+            # The part after the last / is the secret: never shown.
+            self.fail(section, key, re.sub(r"/[^/]*$", "/...", furl),
+                      "expected an introducer FURL, pb://TUBID@HOST:PORT/SWISSNUM "
+                      "(the introducer's private/introducer.furl)")
+        return furl
 
     def abs_paths(self, section, key, default):
         normalized = []
@@ -428,6 +442,15 @@ def _read_section(r, section):
 
 
 def _check_tahoe(r, values):
+    if values["introducer"] is not None and values["node_url"] is not None:
+        raise ConfigError(
+            f"{r.path}: [tahoe] introducer and node_url are both set: expected one of them "
+            "(introducer: the daemon runs its own client node joined to that grid; "
+            "node_url: 'embedded' or a client node you run)")
+    if values["introducer"] is None and values["node_url"] is None:
+        raise ConfigError(
+            f"{r.path}: [tahoe] node_url is missing: expected 'embedded', the URL of a Tahoe "
+            "client node, or [tahoe] introducer = pb://... to join a grid")
     needed, happy, total = values["shares_needed"], values["shares_happy"], values["shares_total"]
     if needed > total:
         r.fail("tahoe", "shares_needed", str(needed), f"expected at most shares_total ({total})")

@@ -25,6 +25,7 @@ import stat
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import LoopingCall, deferLater
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -34,9 +35,11 @@ from gridbackupd.api.http import endpoint_description, listen_unix, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
 from gridbackupd.errors import GridBackupError, ReadOnly, TahoeError, Unavailable, one_line
+from gridbackupd.grid.answers import announced_hosts, connected_count, offsite
 from gridbackupd.grid.caps import is_read_only
 from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
+from gridbackupd.grid.nodes import cached_announcements
 from gridbackupd.grid.retry import Backoff
 from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.scheduler import Maintenance
@@ -296,6 +299,7 @@ class GridBackupDaemon(OrderedServices):
         self.maintenance = None
         self.rootcap = None
         self.servers_connected = None
+        self.offsite = None  # the connected servers all elsewhere (grid.answers.offsite)
         self.read_only = False  # the root cap gives read access only
         self.recovering = False  # rebuilding the local state from the grid
         self.recovery = None  # what the last recovery found (RecoveryReport.as_dict())
@@ -444,7 +448,7 @@ class GridBackupDaemon(OrderedServices):
         delays = GRID_WAIT.delays()
         while True:
             try:
-                self.servers_connected = await client.connected_servers()
+                await self._saw_servers(await client.servers())
             except TahoeError as e:
                 self.error = str(e)
             else:
@@ -483,7 +487,7 @@ class GridBackupDaemon(OrderedServices):
         happy = self.config.tahoe.shares_happy
         before = self.servers_connected
         try:
-            self.servers_connected = await client.connected_servers()
+            await self._saw_servers(await client.servers())
         except TahoeError as e:
             self.servers_connected = 0
             self.error = one_line(e)
@@ -495,6 +499,13 @@ class GridBackupDaemon(OrderedServices):
         if before is not None and before < happy and self.uploader is not None:
             self.log.info("the grid is back ({n} storage servers): uploads go on", n=self.servers_connected)
             self.uploader.wake()
+
+    async def _saw_servers(self, servers):
+        """What the client node's welcome page says of the storage servers, and (our own node) where they are."""
+        self.servers_connected = connected_count(servers)
+        if self.config.tahoe.introducer is not None:
+            cached = await deferToThreadPool(self.reactor, self.pool, cached_announcements, self.grid.client_dir)
+            self.offsite = offsite(servers, announced_hosts(cached))
 
     def _poll_grid(self, client):
         return Deferred.fromCoroutine(self._poll_grid_async(client))
@@ -565,6 +576,8 @@ class GridBackupDaemon(OrderedServices):
             "servers_connected": self.servers_connected,
             "servers_needed": self.config.tahoe.shares_happy,
             "error": self.error,
+            # The embedded grid is on this machine's disk: no off-site copy.
+            "offsite": False if self.config.tahoe.embedded else self.offsite,
         }
         if self.grid is not None:
             # Nodes of the embedded grid that exited by themselves and were started again.
@@ -637,9 +650,10 @@ def from_config(reactor, config, lock=None):
     """
     statedir = StateDir(config.state_dir)
     grid = None
-    if config.tahoe.embedded:
-        t = config.tahoe
+    t = config.tahoe
+    if t.embedded or t.introducer is not None:
+        # The embedded grid; with an introducer, only a client node joined to that grid.
         grid = LocalGrid(reactor, statedir.grid, storage_nodes=t.storage_nodes,
                          needed=t.shares_needed, happy=t.shares_happy, total=t.shares_total,
-                         restart_exited=True)
+                         restart_exited=True, introducer=t.introducer)
     return GridBackupDaemon(reactor, config, statedir, grid=grid, lock=lock)

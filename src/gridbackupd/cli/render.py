@@ -166,6 +166,13 @@ def snapshot_lines(snap):
     return lines
 
 
+def offsite_warning(grid):
+    """One line when the grid is only on this machine: its disk lost, the backup goes with it."""
+    if grid.get("offsite") is False:
+        return ["warning: the grid is only on this machine, not an off-site backup "
+                "(README.md, \"Backing up off-site\")"]
+    return []
+
 
 def status_lines(status, tty):
     lines = []
@@ -178,6 +185,7 @@ def status_lines(status, tty):
         lines.append(f"grid problem: {grid['error']}")
     for warning in status.get("warnings") or []:
         lines.append(f"configuration warning: {warning}")
+    lines.extend(offsite_warning(grid))
     last = status.get("last_snapshot")
     if last:
         lines.append(f"last complete snapshot: {last['id']}, {human_age(last.get('age_seconds'))} "

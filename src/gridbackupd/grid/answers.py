@@ -10,6 +10,7 @@ rather than a wrong value.
 from __future__ import annotations
 
 import html
+import ipaddress
 import json
 import re
 from contextlib import contextmanager
@@ -37,6 +38,7 @@ __all__ = [
     "check_response",
     "checked_download",
     "connected_count",
+    "offsite",
     "error_from_response",
     "parse_cap",
     "parse_listing",
@@ -281,3 +283,60 @@ def connected_count(servers) -> int:
         1 for server in servers
         if str(server.get("connection_status", "")).lower().startswith("connected")
     )
+
+
+def offsite(servers, announced) -> bool | None:
+    """
+    True when every connected server of a welcome page's ``t=json`` has
+    announced addresses (``announced``: nodeid -> hosts, from
+    ``announced_hosts``) and none of them is loopback; None when that
+    cannot be told: no server connected, one on loopback, one whose
+    announcement is unknown.  (The welcome page itself names no address
+    for a server reached over HTTP.)
+    """
+    connected = [s for s in servers if str(s.get("connection_status", "")).lower().startswith("connected")]
+    if not connected:
+        return None
+    for server in connected:
+        hosts = announced.get(str(server.get("nodeid")))
+        if not hosts or any(host is None or _is_loopback(host) for host in hosts):
+            return None
+    return True
+
+
+def announced_hosts(announcements) -> dict[str, list[str | None]]:
+    """
+    The hosts each storage server announced (its FURL's location hints and
+    its NURLs' hosts), by server id, from the introducer client's cached
+    announcements; None for a hint that names no host.
+    """
+    hosts: dict[str, list[str | None]] = {}
+    for entry in announcements if isinstance(announcements, list) else ():
+        ann = entry.get("ann") if isinstance(entry, dict) else None
+        if not isinstance(ann, dict):
+            continue
+        urls = [ann.get("anonymous-storage-FURL")] + list(ann.get("anonymous-storage-NURLs") or [])
+        found: list[str | None] = []
+        for url in urls:
+            if isinstance(url, str) and url.startswith("pb://") and "@" in url:
+                location = url.split("@", 1)[1].split("/", 1)[0]
+                found.extend(_hint_host(hint) for hint in location.split(","))
+        hosts[str(entry.get("key_s"))] = found
+    return hosts
+def _hint_host(hint: str) -> str | None:
+    """The host of a Foolscap location hint: ``tcp:HOST:PORT``, ``tor:HOST:PORT`` or ``HOST:PORT``."""
+    if hint.count(":") >= 2 and hint.split(":", 1)[0].isalpha() and not hint.startswith("["):
+        hint = hint.split(":", 1)[1]
+    host, _, port = hint.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

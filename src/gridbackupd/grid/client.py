@@ -502,13 +502,19 @@ class TahoeClient:
 
     # -- the grid ----------------------------------------------------------
 
+    async def _servers_once(self, operation: str = "connected_servers") -> list:
+        welcome = await self._json(operation, "GET", self._url("", t="json"))
+        servers = welcome.get("servers") if isinstance(welcome, dict) else None
+        if not isinstance(servers, list):
+            raise TahoeBadResponse(operation, 200, "the welcome page JSON has no server list")
+        return servers
+
     async def _connected_servers_once(self) -> int:
-        welcome = await self._json("connected_servers", "GET", self._url("", t="json"))
-        try:
-            return connected_count(welcome["servers"])
-        except (TypeError, KeyError, AttributeError):
-            raise TahoeBadResponse("connected_servers", 200,
-                                   "the welcome page JSON has no server list") from None
+        return connected_count(await self._servers_once())
+
+    async def servers(self) -> list:
+        """The storage servers the node knows, connected or not, as its welcome page's ``t=json`` lists them."""
+        return await self._retrying("servers", lambda: self._servers_once("servers"))
 
     async def connected_servers(self) -> int:
         """How many storage servers the node is connected to now."""

@@ -94,12 +94,17 @@ class LocalGrid(Service):
         tahoe_command: list[str] | None = None,
         ready_timeout: float = 120.0,
         restart_exited: bool = False,
+        introducer: str | None = None,
     ):
-        if storage_nodes < 1:
+        # introducer: another grid's FURL: only the client node runs here,
+        # joined to that grid (see _start_client_only).
+        if introducer is not None:
+            storage_nodes = 0
+        elif storage_nodes < 1:
             raise ValueError(f"storage_nodes must be at least 1, not {storage_nodes}")
         if not 1 <= needed <= total:
             raise ValueError(f"need 1 <= needed <= total, not needed={needed} total={total}")
-        if not 1 <= happy <= storage_nodes:
+        if introducer is None and not 1 <= happy <= storage_nodes:
             raise ValueError(
                 f"need 1 <= happy <= storage_nodes, not happy={happy} "
                 f"storage_nodes={storage_nodes}: the grid could never be ready"
@@ -113,6 +118,9 @@ class LocalGrid(Service):
         self._command = list(tahoe_command) if tahoe_command else nodes.tahoe_command()
         self.ready_timeout = ready_timeout
         self.restart_exited = restart_exited
+        self._introducer = introducer
+        # The servers the client must reach before the grid counts as started.
+        self._ready_servers = happy if introducer is None else 0
         self.node_url: str | None = None
         # name -> Popen of the nodes this object started and has not
         # seen exit yet.
@@ -272,6 +280,8 @@ class LocalGrid(Service):
         ports = {}
         for name in existing:
             ports[name] = await self._in_thread(nodes.node_port, self.node_dir(name))
+        if self._introducer is not None:
+            return await self._start_client_only(existing, ports, self._introducer)
 
         # The introducer first: the others need its FURL.
         if INTRODUCER not in existing:
@@ -308,6 +318,29 @@ class LocalGrid(Service):
         )
         await self._launch(storage + [CLIENT], ports)
 
+        url = f"http://127.0.0.1:{ports[CLIENT]}/"
+        await self._wait_until_ready(url)
+        self.node_url = url
+        return url
+
+    async def _start_client_only(self, existing: list[str], ports: dict, furl: str) -> str:
+        """
+        Only the client node (no storage), joined to another grid through
+        its introducer's ``furl``; ready once its web API answers: how many servers it
+        reaches is the daemon's to wait for, however long it takes.
+        """
+        if CLIENT not in existing:
+            [ports[CLIENT]] = await self._in_thread(
+                nodes.pick_free_ports, 1, {p for p in ports.values() if p})
+            await self._create(CLIENT, ports[CLIENT], furl)
+        else:
+            # The configured FURL, also when it changed since the node was made.
+            await self._in_thread(nodes.write_introducer, self.client_dir, furl)
+        await self._in_thread(nodes.set_config_values, self.client_dir, "client", {
+            "shares.needed": str(self.needed),
+            "shares.happy": str(self.happy),
+            "shares.total": str(self.total)})
+        await self._launch([CLIENT], ports)
         url = f"http://127.0.0.1:{ports[CLIENT]}/"
         await self._wait_until_ready(url)
         self.node_url = url
@@ -504,7 +537,7 @@ class LocalGrid(Service):
                 except Exception as e:
                     status = f"the client node does not answer ({e.__class__.__name__})"
                 else:
-                    if connected >= self.happy:
+                    if connected >= self._ready_servers:
                         return
                     status = f"{connected} of {self.happy} storage servers connected"
                 self._check_deadline(status)

@@ -23,6 +23,7 @@ __all__ = [
     "STORAGE_PREFIX",
     "GridStartError",
     "accepts_connections",
+    "cached_announcements",
     "client_args",
     "existing_nodes",
     "introducer_args",
@@ -320,3 +321,19 @@ def read_furl(path: str) -> str | None:
     if text.startswith("pb://") and text.endswith("\n"):
         return text.strip()
     return None
+
+
+def cached_announcements(nodedir: str) -> list:
+    """
+    The announcements the node's introducer client keeps in
+    ``private/introducer_default_cache.yaml`` (what each storage server
+    says of itself, its addresses among it); [] without a readable one.
+    """
+    import yaml
+
+    try:
+        with open(os.path.join(nodedir, "private", "introducer_default_cache.yaml"), encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    return data if isinstance(data, list) else []

@@ -133,6 +133,12 @@ class OfflineTests(SynchronousTestCase):
             self.assertEqual(f.read().strip(), cap)
         self.assertEqual(os.stat(installed).st_mode & 0o777, 0o600)
         self.assertEqual(os.stat(os.path.dirname(installed)).st_mode & 0o777, 0o700)
+        # A daemon starting there (its lock taken, no API token yet): the same next step, not an error.
+        lock = StateDir(os.path.abspath(os.path.join(base, "state"))).lock()
+        self.addCleanup(lock.release)
+        code, out, err = self.main("--config", path, "recover")
+        self.assertEqual((code, err), (0, ""))
+        self.assertIn("Start the daemon", out)
         # Another cap is never written over the one in place; garbage is refused.
         with open(cap_file, "w") as f:
             f.write(cap.replace("a", "c") + "\n")

@@ -25,6 +25,9 @@ def cmd_recover(config, args, out):
     elif not os.path.exists(cap_path):
         raise Exit(FAILED, f"no root cap in {cap_path}: give it with --rootcap-file FILE (or - for stdin)")
     try:
+        if not os.path.exists(config.statedir.api_token):
+            # A daemon that never started here has no token yet: nothing to follow.
+            raise Exit(UNREACHABLE, "the daemon has not started here yet")
         client = make_client(config)
         doc = client.call("GET", "/v1/status")
     except Exit as e:

@@ -115,3 +115,10 @@ class PlacementTests(SynchronousTestCase):
                              f"crash point {name!r} is reached at {places[name] or 'no place'}")
         placed = {p.scenario for p in crashpoints.POINTS.values() if places[p.name]}
         self.assertTrue({"backup", "start"} <= placed)
+
+
+class DocumentedTests(SynchronousTestCase):
+    def test_every_point_has_its_invariant_in_the_design_notes(self):
+        with open(os.path.join(REPO, "docs", "DESIGN-NOTES.md"), encoding="utf-8") as f:
+            notes = f.read()
+        self.assertEqual([name for name in crashpoints.POINTS if f"`{name}`" not in notes], [])

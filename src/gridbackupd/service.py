@@ -353,6 +353,10 @@ class GridBackupDaemon(OrderedServices):
         api = self._claim_and_listen()
         fresh = not self.statedir.has_database()
         self.conn = dbmod.open_database(self.statedir.database)
+        moved = snapshots.reroot_logs(self.conn, self.statedir.logs)
+        if moved:
+            self.log.info("state_dir moved: {n} snapshot logs found again under {logs}",
+                          n=moved, logs=self.statedir.logs)
         # A root cap without a database: this is a new machine (or a lost
         # state_dir); rebuild the state from the grid before the first scan.
         existing_cap = self.statedir.read_rootcap()

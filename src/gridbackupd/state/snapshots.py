@@ -117,6 +117,24 @@ def add_error(conn, snapshot_id, error):
         conn.execute("UPDATE snapshots SET errors = ? WHERE id = ?", (json.dumps(errors), snapshot_id))
 
 
+def reroot_logs(conn, logs_dir):
+    """
+    A state_dir moved (or copied back from a backup to another path): each
+    recorded log that is not under ``logs_dir`` but whose ``<id>.log`` is
+    there names it again; the number of rows changed.  Idempotent, so it
+    runs at every start.
+    """
+    prefix = os.path.join(logs_dir, "")
+    rows = conn.execute(
+        "SELECT id, log_path FROM snapshots WHERE log_path IS NOT NULL AND substr(log_path, 1, ?) != ?",
+        (len(prefix), prefix)).fetchall()
+    moved = [(os.path.join(logs_dir, os.path.basename(path)), snapshot_id) for snapshot_id, path in rows
+             if not os.path.exists(path) and os.path.exists(os.path.join(logs_dir, os.path.basename(path)))]
+    with dbmod.transaction(conn):
+        conn.executemany("UPDATE snapshots SET log_path = ? WHERE id = ?", moved)
+    return len(moved)
+
+
 def mark_uploading(conn, snapshot_id, *, kind, parent, started, finished, files, bytes, errors, log_path):
     """A scanned snapshot is ``uploading`` only with its finished log's path and its counts."""
     with dbmod.transaction(conn):

@@ -153,8 +153,8 @@ class Client:
                                         "not signed with the API token): is another program listening there?")
         return conn, response
 
-    def call(self, method, path, body=None, missing=None):
-        """The answer's JSON document; a 4xx/5xx becomes Exit(1) with the daemon's message."""
+    def answer(self, method, path, body=None):
+        """``(status, JSON document)`` of the answer, whatever its status."""
         conn, response = self.open(method, path, body)
         try:
             raw = response.read()
@@ -163,11 +163,15 @@ class Client:
         finally:
             conn.close()
         try:
-            doc = json.loads(raw)
+            return response.status, json.loads(raw)
         except ValueError:
             raise Exit(FAILED, f"the daemon answered {response.status} with something that is not JSON")
-        if response.status >= 400:
-            raise_error(response.status, doc, missing)
+
+    def call(self, method, path, body=None, missing=None):
+        """The answer's JSON document; a 4xx/5xx becomes Exit(1) with the daemon's message."""
+        status, doc = self.answer(method, path, body)
+        if status >= 400:
+            raise_error(status, doc, missing)
         return doc
 
 

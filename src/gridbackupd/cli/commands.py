@@ -339,22 +339,14 @@ def cmd_forget(client, args, out):
     request = {"dry_run": args.dry_run, "prune": not args.no_prune}
     if args.snapshots:
         request["snapshots"] = args.snapshots
-    conn, response = client.open("POST", "/v1/forget", request)
-    try:
-        raw = response.read()
-    finally:
-        conn.close()
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        raise Exit(FAILED, f"the daemon answered {response.status} with something that is not JSON")
-    if response.status >= 400:
+    status, doc = client.answer("POST", "/v1/forget", request)
+    if status >= 400:
         if (doc.get("error") or {}).get("code") == "no_policy":
             # A configuration matter (exit 2), and the way to set one.
             raise Exit(USAGE, "no retention policy is configured: add one to the daemon's configuration, "
                               "e.g. '[retention]' with 'keep_daily = 7' and 'keep_weekly = 4', and restart "
                               "it; or name the snapshots to forget")
-        raise_error(response.status, doc, "this daemon cannot forget snapshots (no /v1/forget)")
+        raise_error(status, doc, "this daemon cannot forget snapshots (no /v1/forget)")
     for snapshot_id in doc["forget"]:
         out.write(f"{'would forget' if args.dry_run else 'forget'} {snapshot_id}\n")
     for kept in doc["keep"]:

@@ -1,6 +1,5 @@
 """The crash-point registry, its trigger, and where the code passes each point."""
 
-import ast
 import collections
 import os
 
@@ -8,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd import crashpoints
 from tests.support import REPO
+from tests.support.sourcecalls import calls_of, literal_name
 
 
 class Exited(Exception):
@@ -74,29 +74,10 @@ class TriggerTests(SynchronousTestCase):
 # and prune); drop a scenario from here once its points are in the code.
 _NOT_YET_PLACED = {"forget", "restore"}
 
-SRC = os.path.join(REPO, "src", "gridbackupd")
-
-
 def _reached_calls():
     """``(name or None, where)`` of every ``crashpoints.reached(...)`` call under src/gridbackupd."""
-    for top, _, files in os.walk(SRC):
-        for file in sorted(files):
-            if not file.endswith(".py"):
-                continue
-            path = os.path.join(top, file)
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), path)
-            for node in ast.walk(tree):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr == "reached" and isinstance(node.func.value, ast.Name)
-                        and node.func.value.id == "crashpoints"):
-                    continue
-                where = f"{os.path.relpath(path, SRC)}:{node.lineno}"
-                arg = node.args[0] if len(node.args) == 1 and not node.keywords else None
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    yield arg.value, where
-                else:
-                    yield None, where
+    for node, where in calls_of("crashpoints", "reached"):
+        yield literal_name(node.args[0] if len(node.args) == 1 and not node.keywords else None), where
 
 
 class PlacementTests(SynchronousTestCase):

@@ -1,6 +1,5 @@
 """The fault-point registry, its trigger, where the code names each point, and a pack write that fails."""
 
-import ast
 import collections
 import errno
 import hashlib
@@ -13,7 +12,7 @@ from gridbackupd import faultpoints
 from gridbackupd.errors import DiskFull, one_line
 from gridbackupd.state.queue import QueuedBlob
 from gridbackupd.upload.packer import build_pack
-from tests.support import REPO
+from tests.support.sourcecalls import calls_of, literal_name
 
 
 def arm(testcase, spec):
@@ -67,29 +66,10 @@ class TriggerTests(SynchronousTestCase):
         self.assertRaises(KeyError, faultpoints.writes, "no.such_point", io.BytesIO())
 
 
-SRC = os.path.join(REPO, "src", "gridbackupd")
-
-
 def _writes_calls():
     """``(name or None, where)`` of every ``faultpoints.writes(...)`` call under src/gridbackupd."""
-    for top, _, files in os.walk(SRC):
-        for file in sorted(files):
-            if not file.endswith(".py"):
-                continue
-            path = os.path.join(top, file)
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read(), path)
-            for node in ast.walk(tree):
-                if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                        and node.func.attr == "writes" and isinstance(node.func.value, ast.Name)
-                        and node.func.value.id == "faultpoints"):
-                    continue
-                where = f"{os.path.relpath(path, SRC)}:{node.lineno}"
-                arg = node.args[0] if node.args else None
-                if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
-                    yield arg.value, where
-                else:
-                    yield None, where
+    for node, where in calls_of("faultpoints", "writes"):
+        yield literal_name(node.args[0] if node.args else None), where
 
 
 class PlacementTests(SynchronousTestCase):

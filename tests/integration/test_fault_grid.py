@@ -261,13 +261,17 @@ class GridFaultTests(TestCase):
         await uploads.reached
         killed = grid.pids()["client"]
         os.kill(killed, signal.SIGKILL)
-        uploads.open()
 
         async def restarted():
             pid = grid.pids().get("client")
             return pid is not None and pid != killed
 
         await until(restarted, "the client node to be started again", timeout=30)
+        # The round's next packs waited at the gate while the node died. (A
+        # pack cut while its shares were being placed is refused as unhappy
+        # by the storage servers until they drop its unfinished shares, 30
+        # minutes in Tahoe: the daemon retries it with backoff meanwhile.)
+        uploads.open()
         self.assertEqual(grid.restarts, restarts + 1)
         one_line_for_a_person(self, grid.last_exit)
         self.assertIn("tahoe node client killed by signal 9", grid.last_exit)

@@ -124,7 +124,12 @@ class CrashMatrixTests(TestCase):
         try:
             passed = await matrix.passes_of_a_backup()
             starting = sorted({n for n in passed if crashpoints.POINTS[n].scenario == "start"})
-            backup = [at for at, n in enumerate(passed) if crashpoints.POINTS[n].scenario == "backup"]
+            # Not the scan's checkpoint: whether a scan takes one depends on
+            # the set's history (an incremental scan takes none), so a pass
+            # counted in the clean trace may not come in the run (seen in CI);
+            # the matrix crashes there on its own.
+            backup = [at for at, n in enumerate(passed)
+                      if crashpoints.POINTS[n].scenario == "backup" and n != "scan.checkpoint_written"]
             for run in range(TWICE_RUNS):
                 # A random pass of a clean backup's (past the start: the
                 # backup is asked for once the daemon is ready); then, on the

@@ -124,28 +124,21 @@ class Scanner:
             parent, name = os.path.split(root)
             if not name:
                 parent, name = root, b"."  # the root is "/"
+            parent_fd = None
             try:
                 parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
             except FileNotFoundError:
                 self.error(root, MISSING_ROOT)
-                continue
             except OSError as e:
                 self.error(root, reason(e, "cannot read"))
-                continue
-            try:
-                try:
-                    st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    self.error(root, MISSING_ROOT)
-                    continue
-                except OSError as e:
-                    self.error(root, reason(e, "cannot read"))
-                    continue
+            else:
                 self._root_dev = st.st_dev
                 self._base = len(parent)
                 self.visit(root, st, parent_fd, name)
             finally:
-                os.close(parent_fd)
+                if parent_fd is not None:
+                    os.close(parent_fd)
         self.previous.finish()
 
     def _at(self, dir_fd, name, path):

@@ -160,6 +160,12 @@ class Config:
     backup: BackupConfig = BackupConfig()
     upload: UploadConfig = UploadConfig()
     api_listen: str = option(DEFAULT_LISTEN, "endpoint", key="listen", section="api")
+    # More names the console may be reached by (a reverse proxy's); 127.0.0.1,
+    # localhost and [::1] always work.
+    api_allowed_hosts: tuple = option((), "host_names", key="allowed_hosts", section="api")
+    # The console shows the newest snapshot's age amber, then red, after these.
+    console_amber_after: float = option(86400.0, "duration", key="console_amber_after", section="api")
+    console_red_after: float = option(3 * 86400.0, "duration", key="console_red_after", section="api")
     retention: RetentionConfig = RetentionConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
 
@@ -326,6 +332,13 @@ class _Reader:
                 self.fail(section, key, p, "expected absolute paths, one per line")
             normalized.append(os.path.normpath(p))
         return tuple(normalized)
+
+    def host_names(self, section, key, default):
+        names = tuple(n.lower() for line in self.lines(section, key, default) for n in line.split())
+        for name in names:
+            if not re.fullmatch(r"[a-z0-9.-]+|\[?[0-9a-f:]+\]?", name):
+                self.fail(section, key, name, "expected host names without ports, separated by spaces")
+        return tuple(n.strip("[]") for n in names)
 
     def marker_names(self, section, key, default):
         names = self.lines(section, key, default)

@@ -51,6 +51,7 @@ from gridbackupd.state import backupset, snapshots
 from gridbackupd.state import db as dbmod
 from gridbackupd.state.queue import Weights
 from gridbackupd.statedir import StateDir
+from gridbackupd.upload import sampler
 from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
 from gridbackupd.waiters import OneShot, Waiters
@@ -337,7 +338,7 @@ class GridBackupDaemon(OrderedServices):
             self.lock = self.statedir.lock()
         self.lock.claim()
         self.token = self.statedir.ensure_api_token()
-        self.site = make_site(router, self, self.token)
+        self.site = make_site(router, self, self.token, self.config.api_allowed_hosts)
         api = APIListener(self.reactor, self.config.api_listen, self.site,
                           self.statedir.api_endpoint, self._listen_failed, socket_path=self.statedir.api_socket)
         try:
@@ -432,6 +433,8 @@ class GridBackupDaemon(OrderedServices):
         self.uploader = uploader(self.reactor, self.conn, self.statedir, self.pool, client,
                                  writer, self.config.upload)
         _RunningPart(self.uploader).setServiceParent(self)
+        Periodic(self.reactor, sampler.INTERVAL, sampler.UploadSampler(self.conn, self.uploader).sample,
+                 now=False).setServiceParent(self)
         self._ready_to_serve(client, jobs, restores)
         self.log.info("ready: grid at {url}", url=node_url)
         jobs.kick()

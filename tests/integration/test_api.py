@@ -129,9 +129,9 @@ class HostileRequestTests(DaemonCase):
         self.assertError(r, 413, "too_large")
 
         # Requests twisted.web cannot parse: still a JSON 400.
-        for raw in (b"GET /v1/status HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n",
-                    b"POST /v1/restores HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
-                    b"POST /v1/restores HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+        for raw in (b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nNo colon here\r\n\r\n",
+                    b"POST /v1/restores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: abc\r\n\r\n",
+                    b"POST /v1/restores HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\n"
                     b"Transfer-Encoding: chunked\r\n\r\n{}",
                     b"GARBAGE\r\n\r\n"):
             self.assertError(await raw_request(tcp_endpoint(self.daemon), raw), 400, "bad_http")
@@ -171,7 +171,7 @@ class UnixSocketTests(DaemonCase):
         path = written[len("unix:"):]
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
         self.assertTrue(stat.S_ISSOCK(os.stat(path).st_mode))
-        data = (f"GET /v1/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        data = (f"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                 f"Authorization: Bearer {self.daemon.token}\r\n\r\n").encode()
         status, headers, body = await raw_request(UNIXClientEndpoint(reactor, path), data)
         self.assertEqual(status, 200)
@@ -220,7 +220,7 @@ class BrowseTests(DaemonCase):
 
         # Content: a chunked large file, a small one, an inline one, a non-UTF-8 name.
         def get(path):
-            data = (f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            data = (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
                     f"Authorization: Bearer {self.daemon.token}\r\n\r\n").encode()
             return raw_request(tcp_endpoint(self.daemon), data)
 
@@ -234,7 +234,7 @@ class BrowseTests(DaemonCase):
             self.assertEqual(hashlib.sha256(body).hexdigest(), hashlib.sha256(expected).hexdigest(), rel)
         # A client that hangs up in the middle of a large file: nothing logged, the daemon goes on.
         hangup = _HangUp((f"GET /v1/snapshots/latest/content?path={tree}/photos/big.raw HTTP/1.1\r\n"
-                          f"Host: x\r\nAuthorization: Bearer {self.daemon.token}\r\n\r\n").encode())
+                          f"Host: 127.0.0.1\r\nAuthorization: Bearer {self.daemon.token}\r\n\r\n").encode())
         await connectProtocol(tcp_endpoint(self.daemon), hangup)
         await hangup.done
         status, headers, body = await get(f"/v1/snapshots/latest/content?path={tree}/tiny")

@@ -191,7 +191,7 @@ def signed(method, target, body=b"", token=None, ts=None, nonce=None, sig=None):
     header, nonce = apisign.authorization(token, method, target, body, now=ts, nonce=nonce)
     if sig is not None:
         header = re.sub(r"sig=\w+", f"sig={sig}", header)
-    data = (f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    data = (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
             f"Authorization: {header}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     return data, nonce
 

@@ -15,6 +15,7 @@ import yaml
 from twisted.internet import reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from gridbackupd.api import console
 from gridbackupd.api.routes import router
 from gridbackupd.config import parse_config
 from gridbackupd.service import from_config
@@ -81,7 +82,7 @@ def route_templates():
     for method, regex, _ in router.routes:
         template = re.sub(r"\(\?P<(\w+)>\[\^/\]\+\)", r"{\1}", regex.pattern)
         result.add((method.lower(), template.strip("^$")))
-    return result
+    return result | console.ROUTES
 
 
 class SpecTests(SynchronousTestCase):
@@ -128,7 +129,7 @@ class ResponseTests(TestCase):
     async def call(self, method, template, path=None, body=None, auth=True):
         """Make the request; check its answer against the spec; return (status, document)."""
         path = path or template
-        lines = [f"{method} {path} HTTP/1.1", "Host: x", "Connection: close"]
+        lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close"]
         if auth:
             lines.append(f"Authorization: Bearer {self.daemon.token}")
         data = b""
@@ -215,5 +216,16 @@ class ResponseTests(TestCase):
         await self.call("POST", "/v1/uploads/pause")
         await self.call("POST", "/v1/uploads/resume")
         await self.call("POST", "/v1/uploads/take-over")
+        await self.call("GET", "/v1/series")
+        await self.call("GET", "/", auth=False)
+        await self.call("GET", "/static/{name}", "/static/no-such-file.js", auth=False)
+        status, code = await self.call("POST", "/v1/ui/code")
+        await self.call("GET", "/v1/session")
+        await self.call("GET", "/v1/session", auth=False)
+        await self.call("GET", "/login", code["path"], auth=False)
+        await self.call("GET", "/login", "/login?code=spent", auth=False)
+        await self.call("POST", "/v1/session", body={"token": "wrong"}, auth=False)
+        await self.call("POST", "/v1/session", body={"token": self.daemon.token}, auth=False)
+        await self.call("DELETE", "/v1/session")
 
         self.assertEqual(self.seen, route_templates())

@@ -42,6 +42,7 @@ ALLOWED = {
     "service": {"config", "format", "state", "grid", "scan", "upload", "restore", "maintenance", "api"},
     "tap": {"config", "service"},
     "testing": {"grid", "format"},
+    "console": set(),
 }
 
 #: The server side of twisted.web: only api/ (and the test fakes) may use it.

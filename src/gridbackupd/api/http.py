@@ -29,6 +29,7 @@ from twisted.web import http, resource, server
 from zope.interface import implementer
 
 from gridbackupd.api.auth import Authenticator
+from gridbackupd.api.console import Console, Page
 from gridbackupd.api.errors import APIError, answer
 from gridbackupd.errors import NotFound
 
@@ -174,15 +175,17 @@ class Router:
 class APIResource(resource.Resource):
     isLeaf = True
 
-    def __init__(self, router, app, auth):
+    def __init__(self, router, app, auth, console):
         super().__init__()
         self.router = router
         self.app = app
         self.auth = auth
+        self.console = console
 
     def render(self, request):
         if getattr(request, "too_large", False):
             return server.NOT_DONE_YET  # answered already, from the Content-Length
+        self.console.add_security_headers(request)
         d = Deferred.fromCoroutine(self._handle(request))
         d.addCallback(self._answer, request)
         d.addErrback(self._failed, request)
@@ -193,17 +196,30 @@ class APIResource(resource.Resource):
     def _answer(self, result, request):
         if result is STREAMED:
             return None
+        if isinstance(result, Page):
+            return self._respond_page(request, result)
         return self._respond(request, *result)
 
     async def _handle(self, request):
         if getattr(request, "too_large", False):
             raise APIError(413, "too_large", f"the request body is larger than {MAX_BODY} bytes")
-        nonce = self.auth.check(request.method, request.uri, _body(request),
-                                request.getHeader("authorization") or "")
-        if nonce is not None:
-            request.setHeader(*self.auth.answer_header(nonce))
+        self.console.check_host(request)
         method = request.method.decode("ascii", "replace")
         path = request.path.decode("utf-8", "replace")
+        if self.console.is_page(path):
+            return self.console.page(request, method, path)
+        if (method, path) == ("POST", "/v1/session"):
+            return self.console.sign_in(request)
+        header = request.getHeader("authorization")
+        request.console_session = None
+        if not header:
+            request.console_session = self.console.check_cookie(request, method)
+        if request.console_session is None:
+            nonce = self.auth.check(request.method, request.uri, _body(request), header or "")
+            if nonce is not None:
+                request.setHeader(*self.auth.answer_header(nonce))
+        if path in self.console.SESSION_PATHS:
+            return self.console.session_call(request, method, path, self.app)
         fn, args = self.router.match(method, path)
         return await fn(self.app, request, **args)
 
@@ -227,6 +243,20 @@ class APIResource(resource.Resource):
                     method=request.method, path=request.path)
         return self._respond(request, 500, {"error": {
             "code": "internal_error", "message": "internal error; the daemon's log has the details"}})
+
+    def _respond_page(self, request, page):
+        if request.finished or request._disconnected:
+            return
+        request.setResponseCode(page.status)
+        for name, value in page.headers:
+            request.responseHeaders.addRawHeader(name, value)
+        request.setHeader(b"content-type", page.content_type.encode("ascii"))
+        request.setHeader(b"content-length", str(len(page.body)).encode("ascii"))
+        if not request.responseHeaders.hasHeader(b"cache-control"):
+            request.setHeader(b"cache-control", b"no-store")
+        if request.method != b"HEAD":
+            request.write(page.body)
+        request.finish()
 
     def _respond(self, request, status, document):
         if request.finished or request._disconnected:
@@ -390,5 +420,5 @@ def endpoint_description(port):
     return f"tcp:{address.port}:interface={address.host}"
 
 
-def make_site(router, app, token):
-    return APISite(APIResource(router, app, Authenticator(token)))
+def make_site(router, app, token, allowed_hosts=()):
+    return APISite(APIResource(router, app, Authenticator(token), Console(token, allowed_hosts)))

@@ -249,7 +249,16 @@ def make_client(config):
         raise Exit(FAILED, f"cannot see the state directory {statedir.root}: {e.strerror}")
     if _socket_reachable(statedir.api_socket, owner):
         return Client(("unix", statedir.api_socket), token, statedir.api_socket, owner)
-    endpoint_file = statedir.api_endpoint
+    description, endpoint = listener(config)
+    return Client(endpoint, token, description, owner)
+
+
+def listener(config):
+    """
+    ``(description, parsed)`` of the daemon's ``[api] listen`` port as it
+    bound it (state_dir/api_endpoint holds the port that ``tcp:0`` got).
+    """
+    endpoint_file = config.statedir.api_endpoint
     try:
         with open(endpoint_file) as f:
             description = f.read().strip()
@@ -261,7 +270,7 @@ def make_client(config):
         raise Exit(USAGE, f"{config.path}: [api] listen: {e}")
     if endpoint[0] == "tcp" and endpoint[2] == 0:
         raise Exit(UNREACHABLE, f"the daemon has not written {endpoint_file} (is gridbackupd running?)")
-    return Client(endpoint, token, description, owner)
+    return description, endpoint
 
 
 def path_query(path):

@@ -11,7 +11,8 @@ import os
 import time
 import urllib.parse
 
-from gridbackupd.cli.client import FAILED, OK, POLL, USAGE, Exit, path_query, raise_error
+from gridbackupd.cli.browser import open_browser
+from gridbackupd.cli.client import FAILED, OK, POLL, USAGE, Exit, listener, path_query, raise_error
 from gridbackupd.cli.render import (
     Progress,
     bar,
@@ -380,4 +381,28 @@ def cmd_jobs(client, args, out):
         stamp = time.strftime("%Y-%m-%d %H:%M", time.localtime(when))
         out.write(f"{job['id']}  {job['kind']:<7} {job['state']:<8} {stamp}"
                   f"{'  ' + job['error'] if job.get('error') else ''}\n")
+    return OK
+
+
+def cmd_ui(client, args, out, config):
+    """
+    A one-time sign-in URL for the web console (first line of stdout), and a
+    browser opened on it where there is a screen.  The token itself never
+    goes into the URL: the code is spent at the first use and lasts 5 minutes.
+    """
+    kind, *where = listener(config)[1]
+    if kind != "tcp":
+        raise Exit(FAILED, f"the daemon listens only on a unix socket ({where[0]}); the console needs a TCP "
+                           "listener: set [api] listen = tcp:7234:interface=127.0.0.1, or tunnel the socket "
+                           "(ssh -L 7234:SOCKET host) and open http://127.0.0.1:7234/")
+    host, port = where
+    r = client.call("POST", "/v1/ui/code", missing="this daemon has no web console (its API has no /v1/ui/code)")
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}{r['path']}"
+    out.write(url + "\n")
+    out.write("open it within 5 minutes; it works once (from another machine: "
+              f"ssh -L {port}:127.0.0.1:{port} this-host, then open it there)\n")
+    out.flush()
+    if not args.no_browser:
+        open_browser(url)
     return OK

@@ -85,6 +85,8 @@ def build_parser():
     p.add_argument("--files", type=int, help="drill: how many files to restore and check")
     p.add_argument("--no-wait", action="store_true", help="print the job id and return")
     subcommands.add_parser("jobs", help="the recent maintenance jobs")
+    p = subcommands.add_parser("ui", help="a one-time sign-in URL for the web console")
+    p.add_argument("--no-browser", action="store_true", help="only print the URL")
     p = subcommands.add_parser("recover", help="rebuild the local state from the grid (on a new machine)")
     p.add_argument("--rootcap-file", metavar="FILE",
                    help="the root cap to recover from (- for stdin), written to state_dir/private/rootcap")
@@ -103,6 +105,8 @@ COMMANDS = {
     "take-over": commands.cmd_take_over, "forget": commands.cmd_forget, "job": commands.cmd_job,
     "jobs": commands.cmd_jobs, "show": commands.cmd_show,
 }
+#: Commands that also need the configuration (where the daemon listens).
+WITH_CONFIG = {"ui": commands.cmd_ui}
 
 
 def main(argv=None, out=None, err=None):
@@ -118,6 +122,8 @@ def main(argv=None, out=None, err=None):
             return rootcap.cmd_key_show(config, args, out)
         if args.command == "recover":
             return rootcap.cmd_recover(config, args, out)
+        if args.command in WITH_CONFIG:
+            return WITH_CONFIG[args.command](make_client(config), args, out, config)
         return COMMANDS[args.command](make_client(config), args, out)
     except Exit as e:
         out.flush()

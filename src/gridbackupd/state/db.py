@@ -145,6 +145,16 @@ MIGRATIONS = [
     ALTER TABLE blobs ADD COLUMN source_ino INTEGER;
     ALTER TABLE blobs ADD COLUMN source_base INTEGER;
     """,
+    # upload_samples: what the uploader did, one row a minute, for the
+    # console's plots (state/series.py); two days are kept.
+    """
+    CREATE TABLE upload_samples (
+        time REAL PRIMARY KEY,
+        uploaded_bytes INTEGER NOT NULL,
+        backlog_bytes INTEGER NOT NULL,
+        backlog_blobs INTEGER NOT NULL
+    );
+    """,
 ]
 
 

@@ -27,6 +27,8 @@ async def status(daemon, request):
         "maintenance": daemon.maintenance.status() if daemon.maintenance else None,
         "api": daemon.api.status() if daemon.api is not None else None,
         "warnings": config_warnings(daemon.config),
+        "console": {"amber_after": daemon.config.console_amber_after,
+                    "red_after": daemon.config.console_red_after},
     }
 
 

@@ -72,6 +72,8 @@ class BackupJobs(QueuedRunner):
         self.current_kind = None
         self.last_error = None  # why the last scan failed, one line; None after one that did not
         self._started_mono = 0.0
+        # Queued watched scans: snapshot id -> the directories to walk.
+        self._changed: dict[str, frozenset] = {}
         # Held by each scan and by forget and prune (maintenance.py): a scan
         # dedups against committed blobs, which a prune may be dropping.
         self.scan_lock = DeferredLock()
@@ -97,14 +99,32 @@ class BackupJobs(QueuedRunner):
                 self.log.info("scan of {id} was interrupted; it starts again", id=snapshot_id)
         return ids
 
-    def request(self, tags=()):
-        """Queue a scan (or join the one already waiting); return its snapshot id."""
+    def request(self, tags=(), changed=None):
+        """
+        Queue a scan (or join the one already waiting); return its snapshot id.
+
+        ``changed`` None asks for a full walk; a set of absolute directory
+        paths (bytes) for a watched scan, which walks only those and takes
+        every other entry from the parent.  A request joining a waiting
+        scan adds its directories to the waiting one's; a full walk asked
+        by either makes it a full walk.  The sets live in memory only: a
+        scan queued before a restart is a full walk.
+        """
         waiting = snapshots.next_queued(self.conn)
         if waiting is not None:
+            if waiting in self._changed:
+                if changed is None:
+                    del self._changed[waiting]
+                    snapshots.set_scan(self.conn, waiting, "full")
+                else:
+                    self._changed[waiting] = self._changed[waiting] | frozenset(changed)
             return waiting
         now = self.not_before_the_newest(clockmod.wall(), 0.001)
         snapshot_id = new_snapshot_id(now)
-        snapshots.create_queued(self.conn, snapshot_id, self.hostname, self.backup.paths, tags, now)
+        snapshots.create_queued(self.conn, snapshot_id, self.hostname, self.backup.paths, tags, now,
+                                scan="full" if changed is None else "watched")
+        if changed is not None:
+            self._changed[snapshot_id] = frozenset(changed)
         self.kick()
         return snapshot_id
 
@@ -192,6 +212,7 @@ class BackupJobs(QueuedRunner):
         snapshots.mark_scanning(self.conn, snapshot_id, started)
         self.current = snapshot_id
         self.current_kind = None
+        changed = self._changed.pop(snapshot_id, None)
         progress = self.progress = ScanProgress(started=started)
         env = {"GRIDBACKUP_SNAPSHOT": snapshot_id}
         if self.backup.pre_command:
@@ -207,7 +228,7 @@ class BackupJobs(QueuedRunner):
                 self.waiters.fire(snapshot_id, "failed")
                 return
         try:
-            await self._scan(snapshot_id, started, progress)
+            await self._scan(snapshot_id, started, progress, changed)
         finally:
             if self.backup.pre_command or self.backup.post_command:
                 await self._post_command(snapshot_id, env)
@@ -230,9 +251,12 @@ class BackupJobs(QueuedRunner):
             self.log.info("{name}: {line}", name=name, line=line)
         return done
 
-    async def _scan(self, snapshot_id, started, progress):
+    async def _scan(self, snapshot_id, started, progress, changed):
         kind, parent, parent_chain = self.plan()
+        if changed is not None and parent is None:
+            changed = None  # nothing to take the other entries from: a full walk
         snapshots.set_kind(self.conn, snapshot_id, kind, parent)
+        snapshots.set_scan(self.conn, snapshot_id, "full" if changed is None else "watched")
         self.current_kind = kind
         progress.current = b""
         os.makedirs(self.logs_dir, exist_ok=True)

@@ -155,6 +155,12 @@ MIGRATIONS = [
         backlog_blobs INTEGER NOT NULL
     );
     """,
+    # scan: how a snapshot's scan found its entries (scan/jobs.py): 'full', a
+    # walk of every path, or 'watched', a walk of the directories a watcher
+    # saw change, the rest taken from the parent.  Earlier ones were full.
+    """
+    ALTER TABLE snapshots ADD COLUMN scan TEXT NOT NULL DEFAULT 'full';
+    """,
 ]
 
 

@@ -29,14 +29,20 @@ from gridbackupd.state import db as dbmod
 # -- from request to scan ------------------------------------------------------
 
 
-def create_queued(conn, snapshot_id, host, paths, tags, requested):
+def create_queued(conn, snapshot_id, host, paths, tags, requested, scan="full"):
     """A new request is ``queued``, with no start, no errors and no log."""
     with dbmod.transaction(conn):
         conn.execute(
-            "INSERT INTO snapshots (id, state, host, paths, tags, requested) "
-            "VALUES (?, 'queued', ?, ?, ?, ?)",
-            (snapshot_id, host, json.dumps(list(paths)), json.dumps(list(tags)), requested),
+            "INSERT INTO snapshots (id, state, host, paths, tags, requested, scan) "
+            "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+            (snapshot_id, host, json.dumps(list(paths)), json.dumps(list(tags)), requested, scan),
         )
+
+
+def set_scan(conn, snapshot_id, scan):
+    """How the snapshot's entries are found: 'full' (every path walked) or 'watched'."""
+    with dbmod.transaction(conn):
+        conn.execute("UPDATE snapshots SET scan = ? WHERE id = ?", (scan, snapshot_id))
 
 
 def next_queued(conn):
@@ -339,7 +345,7 @@ def state_of(conn, snapshot_id):
 # The columns of a snapshot's summary, in the order ``summaries`` and
 # ``summary`` return them.
 SUMMARY = ("id", "state", "kind", "host", "requested", "started", "finished", "files", "bytes",
-           "errors", "complete")
+           "errors", "complete", "scan")
 _SUMMARY = ", ".join(SUMMARY)
 
 SPEC_HELP = 'snapshot must be "latest", a snapshot id, or {"as_of": "<ISO 8601 time>"}'

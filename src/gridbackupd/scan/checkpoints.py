@@ -89,7 +89,7 @@ class Checkpoints:
             "has_last": writer.last_path is not None,
             "progress": {
                 k: getattr(progress, k)
-                for k in ("entries", "files", "bytes", "bytes_hashed", "excluded", "error_count")
+                for k in ("entries", "visited", "files", "bytes", "bytes_hashed", "excluded", "error_count")
             },
             "errors": progress.errors,
             "resumes": resumes,

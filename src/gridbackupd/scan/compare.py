@@ -80,6 +80,40 @@ class Previous:
             self.changed += 1
         self._out(entry)
 
+    # -- a watched scan: what it does not walk comes from here --------------
+
+    def next_below(self, path):
+        """The next previous entry below the directory ``path`` (the walk is past the others), or None."""
+        if self._key is not None and self._key.startswith(_below(path)):
+            return self._head
+        return None
+
+    def copy_below(self, path, each):
+        """
+        A directory a watched scan does not walk: the previous entries
+        below ``path`` are the snapshot's, unchanged; ``each(entry)`` is
+        called for each.
+        """
+        prefix = _below(path)
+        while self._key is not None and self._key.startswith(prefix):
+            head = self._head
+            each(head)
+            self.unchanged += 1
+            if not self._incremental:
+                self._out(head)
+            self._advance()
+
+    def drop_through(self, path):
+        """The previous entries at and below ``path`` not emitted by now are gone."""
+        key, prefix = path_key(path), _below(path)
+        while self._head is not None and self._key is not None and (
+                self._key == key or self._key.startswith(prefix)):
+            head = self._head
+            self.deleted += 1
+            if self._incremental:
+                self._out(Deletion(head.path))
+            self._advance()
+
     def skip_done(self, key):
         """A resumed scan: the previous entries up to ``key`` were merged before."""
         while self._head is not None and self._key <= key:
@@ -92,6 +126,11 @@ class Previous:
             if self._incremental:
                 self._out(Deletion(self._head.path))
             self._advance()
+
+
+def _below(path):
+    """The ``path_key`` prefix of every path below the directory ``path``."""
+    return b"\0" if path == b"/" else path_key(path) + b"\0"
 
 
 def unchanged(prev, st):

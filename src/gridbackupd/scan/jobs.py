@@ -74,6 +74,8 @@ class BackupJobs(QueuedRunner):
         self._started_mono = 0.0
         # Queued watched scans: snapshot id -> the directories to walk.
         self._changed: dict[str, frozenset] = {}
+        # (id, ScanOptions) of this process's last scan: a watched scan's parent.
+        self._scanned_with = None
         # Held by each scan and by forget and prune (maintenance.py): a scan
         # dedups against committed blobs, which a prune may be dropping.
         self.scan_lock = DeferredLock()
@@ -253,14 +255,6 @@ class BackupJobs(QueuedRunner):
 
     async def _scan(self, snapshot_id, started, progress, changed):
         kind, parent, parent_chain = self.plan()
-        if changed is not None and parent is None:
-            changed = None  # nothing to take the other entries from: a full walk
-        snapshots.set_kind(self.conn, snapshot_id, kind, parent)
-        snapshots.set_scan(self.conn, snapshot_id, "full" if changed is None else "watched")
-        self.current_kind = kind
-        progress.current = b""
-        os.makedirs(self.logs_dir, exist_ok=True)
-        log_path = self.statedir.log_path(snapshot_id)
         options = ScanOptions(
             roots=self.backup.paths,
             exclude=self.backup.exclude,
@@ -273,6 +267,13 @@ class BackupJobs(QueuedRunner):
             tiny_max=self.backup.tiny_max,
             chunk_threshold=self.backup.chunk_threshold,
         )
+        changed = self._watchable(changed, parent, options)
+        snapshots.set_kind(self.conn, snapshot_id, kind, parent)
+        snapshots.set_scan(self.conn, snapshot_id, "full" if changed is None else "watched")
+        self.current_kind = kind
+        progress.current = b""
+        os.makedirs(self.logs_dir, exist_ok=True)
+        log_path = self.statedir.log_path(snapshot_id)
         header = LogHeader(
             snapshot=snapshot_id, kind=kind, host=self.hostname,
             parent=parent if kind == "incremental" else None,
@@ -283,7 +284,8 @@ class BackupJobs(QueuedRunner):
         try:
             scan = LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
                            options=options, log_path=log_path, previous_logs=parent_chain,
-                           checkpoint_every=self.backup.checkpoint_interval)
+                           checkpoint_every=self.backup.checkpoint_interval, changed=changed,
+                           copy_blobs=snapshots.state_of(self.conn, parent) != "complete")
             counts = await deferToThreadPool(self.reactor, self.pool, scan_to_log, scan, progress)
         except ScanStopped:
             # The row stays 'scanning' with its checkpoint: the next start
@@ -305,6 +307,8 @@ class BackupJobs(QueuedRunner):
             self.current = None
         kind = counts["kind"]
         self.last_error = None
+        self._scanned_with = (snapshot_id, options)
+        snapshots.set_scan(self.conn, snapshot_id, counts["scan"])
         snapshots.mark_uploading(
             self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
             finished=max(counts["started"], self._finished(started)), files=counts["files"], bytes=counts["bytes"],
@@ -312,12 +316,35 @@ class BackupJobs(QueuedRunner):
         )
         crashpoints.reached("scan.log_finished")
         self.log.info(
-            "scanned {id} ({kind}): {files} files, {bytes} bytes, {records} records, "
-            "{errors} errors",
-            id=snapshot_id, kind=kind, files=counts["files"], bytes=counts["bytes"],
+            "scanned {id} ({kind}, {scan} scan visiting {visited} entries): {files} files, "
+            "{bytes} bytes, {records} records, {errors} errors",
+            id=snapshot_id, kind=kind, scan=counts["scan"], visited=counts["visited"],
+            files=counts["files"], bytes=counts["bytes"],
             records=counts["records"], errors=progress.error_count,
         )
         self.on_scanned(snapshot_id)
+
+    def _watchable(self, changed, parent, options):
+        """
+        The directories a watched scan lists, or None for a full walk: the
+        parent must be this process's last scan, made with the same
+        settings (a watcher saw the changes since that scan only).  The
+        paths the parent's scan could not read are listed again.
+        """
+        if changed is None or parent is None or self._scanned_with != (parent, options):
+            return None
+        changed = set(changed)
+        for error in snapshots.errors_of(self.conn, parent):
+            path = error.get("path")
+            if path is None:
+                if error.get("reason", "").startswith("and "):
+                    return None  # more errors than listed: where, is not known
+                continue
+            if not isinstance(path, str) or not path.startswith("/") or "\\" in path:
+                return None  # not a path that can be told back as bytes (see display_path)
+            path = os.fsencode(path)
+            changed.update((path, os.path.dirname(path)))
+        return frozenset(changed)
 
     def _finished(self, started):
         """When the scan that started at ``started`` (wall) finished: that plus its monotonic duration."""

@@ -21,12 +21,14 @@ from twisted.logger import Logger
 
 from gridbackupd import faultpoints
 from gridbackupd.errors import DiskFull, disk_full, is_disk_full
+from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.model import LogHeader
 from gridbackupd.scan import checkpoints
 from gridbackupd.scan.compare import PreviousEntries
 from gridbackupd.scan.values import ScanOptions, ScanStopped
 from gridbackupd.scan.walker import Scanner
+from gridbackupd.scan.watched import WatchedScanner, paths_to_revisit
 from gridbackupd.state import checkpoints as stored
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import queue
@@ -53,6 +55,10 @@ class LogScan:
     log_path: str
     previous_logs: tuple = attr.field(default=(), converter=tuple)
     checkpoint_every: float = checkpoints.CHECKPOINT_SECONDS
+    # A watched scan (``watched``): the directories to list, absolute,
+    # bytes; None for a full walk.  ``copy_blobs``: see WatchedScanner.
+    changed: frozenset | None = None
+    copy_blobs: bool = True
 
     @property
     def logs_dir(self):
@@ -181,12 +187,21 @@ class _Run:
                     if taker.due():
                         taker.take(writer, out, links_out, scanner, progress, batch, resumes)
 
-                scanner = Scanner(
-                    scan.options, previous, emit_record, self.emit_blob, progress,
+                kwargs = dict(
                     incremental=header.kind == "incremental",
                     resume_after=resume_after, links=links,
                     trust_ctime_before=previous.settled_before if previous is not None else 0,
                 )
+                revisit = self._revisit(resume)
+                scanner: Scanner
+                if revisit is not None:
+                    scanner = WatchedScanner(
+                        scan.options, previous, emit_record, self.emit_blob, progress,
+                        dirty=scan.changed, revisit=revisit, copy_blobs=scan.copy_blobs, **kwargs)
+                else:
+                    scanner = Scanner(scan.options, previous, emit_record, self.emit_blob, progress,
+                                      **kwargs)
+                watched = revisit is not None
                 if resume is not None:
                     # The new file holds the checkpoint's records: from now on
                     # it is the one to resume from, and the old one can go.
@@ -198,7 +213,7 @@ class _Run:
                 except ScanStopped:
                     taker.take(writer, out, links_out, scanner, progress, batch, resumes)
                     raise
-                if previous is not None and header.kind == "incremental" and previous.failed:
+                if previous is not None and (header.kind == "incremental" or watched) and previous.failed:
                     writer.abort()
                 else:
                     writer.close()
@@ -207,14 +222,15 @@ class _Run:
         finally:
             if previous is not None:
                 previous.close()
-        if previous is not None and header.kind == "incremental" and previous.failed:
+        if previous is not None and (header.kind == "incremental" or watched) and previous.failed:
             self.flush()
             log.warn("the previous logs of {id} are damaged; a full log is made instead", id=snapshot_id)
             checkpoints.drop(self.conn, snapshot_id, logs_dir)
             _unlink(tmp)
             _unlink(tmp + ".links")
             progress.restart()
-            full = attr.evolve(scan, header=attr.evolve(header, kind="full", parent=None), previous_logs=())
+            full = attr.evolve(scan, header=attr.evolve(header, kind="full", parent=None), previous_logs=(),
+                               changed=None)
             return scan_to_log(full, progress)
         if batch:
             self.flush()
@@ -225,8 +241,25 @@ class _Run:
             "kind": header.kind, "files": progress.files, "bytes": progress.bytes,
             "records": writer.records, "changed": scanner.previous.changed,
             "deleted": scanner.previous.deleted, "resumes": resumes,
-            "started": header.started,
+            "started": header.started, "scan": "watched" if watched else "full",
+            "visited": progress.visited,
         }
+
+    def _revisit(self, resume):
+        """
+        The paths a watched scan looks at beside its dirty directories, or
+        None for a full walk: none was asked, there is no parent, or the
+        scan resumes (what it left to do is walked).
+        """
+        scan = self.scan
+        if scan.changed is None or not scan.previous_logs or resume is not None:
+            return None
+        try:
+            return paths_to_revisit(scan.previous_logs)
+        except (OSError, LogFormatError) as e:
+            log.warn("the previous logs of {id} cannot be read ahead ({error}); every path is walked",
+                     id=scan.snapshot_id, error=e)
+            return None
 
 
 def _unlink(path):

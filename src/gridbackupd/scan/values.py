@@ -40,6 +40,7 @@ class ScanProgress:
     """
 
     entries: int = 0
+    visited: int = 0  # entries looked at on disk (a watched scan takes the others from its parent)
     files: int = 0
     bytes: int = 0
     bytes_hashed: int = 0
@@ -64,7 +65,7 @@ class ScanProgress:
 
     def restart(self):
         """The scan starts over (its previous logs were damaged)."""
-        self.entries = self.files = self.bytes = self.bytes_hashed = self.excluded = 0
+        self.entries = self.visited = self.files = self.bytes = self.bytes_hashed = self.excluded = 0
         self.current = b""
         self.errors = []
         self.error_count = 0

@@ -203,6 +203,7 @@ class Scanner:
         if self._resume_key is not None and self._resumed(path, st, dir_fd, name):
             return
         self.progress.entries += 1
+        self.progress.visited += 1
         kind = KINDS_BY_FMT.get(stat.S_IFMT(st.st_mode))
         if kind is None:
             self.error(path, "unknown file type")

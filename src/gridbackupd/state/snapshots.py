@@ -114,6 +114,15 @@ def mark_failed(conn, snapshot_id, finished, errors):
         )
 
 
+def errors_of(conn, snapshot_id):
+    """A snapshot's errors (dicts with path and reason); an empty list if unknown or unreadable."""
+    row = conn.execute("SELECT errors FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
+    try:
+        return [e for e in json.loads(row[0]) if isinstance(e, dict)] if row else []
+    except ValueError:
+        return []
+
+
 def add_error(conn, snapshot_id, error):
     """Append one error to a snapshot's errors, the others kept."""
     with dbmod.transaction(conn):

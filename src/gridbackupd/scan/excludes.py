@@ -26,6 +26,9 @@ https://bford.info/cachedir/).  No guessing by names: a file called
 - ``one_file_system``: directories on another file system than their root
   are recorded but not entered.
 
+The daemon's own FUSE mounts (``gridbackup mount``, see ``mounts``) are
+always left out.
+
 All the patterns are compiled into one regular expression matched once per
 entry, so an exclusion list costs little whatever its length.
 """
@@ -35,6 +38,8 @@ import re
 import stat
 
 import attr
+
+from gridbackupd.scan import mounts
 
 CACHEDIR_TAG = b"CACHEDIR.TAG"
 CACHEDIR_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
@@ -197,6 +202,12 @@ class Excluder:
             except OSError:
                 continue
             self._excluded_ids.add((st.st_dev, st.st_ino))
+        # The daemon's own FUSE mounts (``mounts``): by path, so that their
+        # mount point is not even looked at, and by device.
+        self._excluded_devs = set()
+        for point, dev in mounts.gridbackup_mounts():
+            self._excluded_paths.add(point)
+            self._excluded_devs.add(dev)
         self.needs_listing = bool(self._markers or self._caches)
 
     def path_excluded(self, path, is_dir):
@@ -213,6 +224,8 @@ class Excluder:
         """
         if (st.st_dev, st.st_ino) in self._excluded_ids:
             return "the daemon's state directory"
+        if st.st_dev in self._excluded_devs:
+            return "a gridbackup mount"
         if self._markers:
             for name in names:
                 if name in self._markers:

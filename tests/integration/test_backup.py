@@ -272,7 +272,7 @@ class ErrorsAndStatusTests(SynchronousTestCase):
 
     def test_status_while_scanning(self):
         f = Fixture(self)
-        self.assertEqual(f.jobs.status(), {"running": False, "last_error": None})
+        self.assertEqual(f.jobs.status(), {"running": False, "last_error": None, "last_scan": None})
         seen = []
         real_scan = scan_to_log
 
@@ -288,7 +288,9 @@ class ErrorsAndStatusTests(SynchronousTestCase):
         for key in ("entries", "files", "bytes", "bytes_hashed", "current_path",
                     "entries_per_second", "bytes_hashed_per_second", "errors", "excluded"):
             self.assertIn(key, status)
-        self.assertEqual(f.jobs.status(), {"running": False, "last_error": None})
+        status = f.jobs.status()
+        self.assertEqual((status["running"], status["last_error"]), (False, None))
+        self.assertEqual((status["last_scan"]["scan"], status["last_scan"]["visited"]), ("full", 1))
 
 
 KILL_CHILD = r"""

@@ -71,6 +71,9 @@ class BackupJobs(QueuedRunner):
         self.current = None
         self.current_kind = None
         self.last_error = None  # why the last scan failed, one line; None after one that did not
+        # The last scan that wrote its log: {"snapshot", "scan", "entries", "visited", "seconds"}.
+        self.last_scan = None
+        self.current_watched = False
         self._started_mono = 0.0
         # Queued watched scans: snapshot id -> the directories to walk.
         self._changed: dict[str, frozenset] = {}
@@ -271,6 +274,7 @@ class BackupJobs(QueuedRunner):
         snapshots.set_kind(self.conn, snapshot_id, kind, parent)
         snapshots.set_scan(self.conn, snapshot_id, "full" if changed is None else "watched")
         self.current_kind = kind
+        self.current_watched = changed is not None
         progress.current = b""
         os.makedirs(self.logs_dir, exist_ok=True)
         log_path = self.statedir.log_path(snapshot_id)
@@ -309,6 +313,10 @@ class BackupJobs(QueuedRunner):
         self.last_error = None
         self._scanned_with = (snapshot_id, options)
         snapshots.set_scan(self.conn, snapshot_id, counts["scan"])
+        self.last_scan = {
+            "snapshot": snapshot_id, "scan": counts["scan"], "entries": progress.entries,
+            "visited": counts["visited"], "seconds": round(clockmod.monotonic() - self._started_mono, 3),
+        }
         snapshots.mark_uploading(
             self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
             finished=max(counts["started"], self._finished(started)), files=counts["files"], bytes=counts["bytes"],
@@ -356,15 +364,18 @@ class BackupJobs(QueuedRunner):
 
     def status(self):
         if self.current is None or self.progress is None:
-            return {"running": False, "last_error": self.last_error}
+            return {"running": False, "last_error": self.last_error, "last_scan": self.last_scan}
         p = self.progress
         elapsed = max(clockmod.monotonic() - self._started_mono, 1e-6)
         return {
             "running": True,
             "last_error": self.last_error,
+            "last_scan": self.last_scan,
             "snapshot": self.current,
             "kind": self.current_kind,
+            "watched": self.current_watched,
             "entries": p.entries,
+            "visited": p.visited,
             "files": p.files,
             "bytes": p.bytes,
             "bytes_hashed": p.bytes_hashed,

@@ -151,6 +151,30 @@ class MaintenanceConfig:
     parallel: int = option(8, "integer", minimum=1, maximum=64)
 
 
+@attr.frozen
+class NotifyConfig:
+    """[notify]: where the daemon says that something is wrong (gridbackupd.notify)."""
+
+    webhook: str | None = option(None, "url", secret=True)
+    webhook_file: str | None = option(None, "secret_file", url=True)
+    webhook_secret_file: str | None = option(None, "secret_file")
+    smtp_host: str | None = option(None, "string")
+    smtp_port: int = option(25, "integer", minimum=1, maximum=65535)
+    smtp_starttls: bool = option(True, "boolean")
+    smtp_user: str | None = option(None, "string")
+    smtp_password_file: str | None = option(None, "secret_file")
+    mail_from: str | None = option(None, "string")
+    mail_to: tuple = option((), "lines")
+    command: str | None = option(None, "string")
+    command_timeout: float = option(60.0, "duration")
+    ping_url: str | None = option(None, "url", secret=True)
+    ping_url_file: str | None = option(None, "secret_file", url=True)
+    # No complete snapshot for this long is a condition (0: never).
+    stale_after: float = option(2 * 86400.0, "duration")
+    # A condition that lasts is announced again at most this often.
+    repeat_every: float = option(86400.0, "duration")
+
+
 @attr.frozen(kw_only=True)
 class Config:
     path: str
@@ -168,6 +192,7 @@ class Config:
     console_red_after: float = option(3 * 86400.0, "duration", key="console_red_after", section="api")
     retention: RetentionConfig = RetentionConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
+    notify: NotifyConfig = NotifyConfig()
 
     @property
     def statedir(self):
@@ -187,6 +212,7 @@ _SECTIONS = {
     "api": Config,
     "retention": RetentionConfig,
     "maintenance": MaintenanceConfig,
+    "notify": NotifyConfig,
 }
 
 
@@ -324,6 +350,31 @@ class _Reader:
                       "expected an introducer FURL, pb://TUBID@HOST:PORT/SWISSNUM "
                       "(the introducer's private/introducer.furl)")
         return furl
+
+    def url(self, section, key, default):
+        """An http(s) URL; a bad one is shown by its host only (a chat URL's path is its key)."""
+        from gridbackupd.notify.secretfile import URL
+
+        url = self.string(section, key)
+        if url is not None and not URL.fullmatch(url):
+            shown = re.sub(r"^(\w+://[^/]*)/.*$", r"\1/...", url)
+            self.fail(section, key, shown, "expected an http:// or https:// URL")
+        return url
+
+    def secret_file(self, section, key, default, url=False):
+        """A file holding a secret: absolute, readable, mode 0600 (or stricter)."""
+        from gridbackupd.notify.secretfile import SecretFileError, read_secret, read_url
+
+        path = self.string(section, key)
+        if path is None:
+            return None
+        if not os.path.isabs(path):
+            self.fail(section, key, path, "expected an absolute path (or one starting with %(here)s)")
+        try:
+            (read_url if url else read_secret)(path)
+        except SecretFileError as e:
+            self.fail(section, key, path, str(e))
+        return path
 
     def abs_paths(self, section, key, default):
         normalized = []
@@ -496,10 +547,36 @@ def _check_maintenance(r, values):
                "expected at most 30d: Tahoe storage servers expire leases after 31 days")
 
 
+def _check_notify(r, values):
+    for one, other in (("webhook", "webhook_file"), ("ping_url", "ping_url_file")):
+        if values[one] and values[other]:
+            r.fail("notify", other, values[other], f"expected {one} or {other}, not both")
+    if values["webhook_secret_file"] and not (values["webhook"] or values["webhook_file"]):
+        r.fail("notify", "webhook_secret_file", values["webhook_secret_file"],
+               "expected only with webhook or webhook_file")
+    mail = ("smtp_user", "smtp_password_file", "mail_from", "mail_to")
+    if not values["smtp_host"]:
+        for key in mail:
+            if values[key]:
+                r.fail("notify", key, r.raw("notify", key), "expected only with smtp_host (the mail server)")
+        return
+    for key in ("mail_from", "mail_to"):
+        if not values[key]:
+            raise ConfigError(f"{r.path}: [notify] {key} is missing: it is required with smtp_host")
+    if bool(values["smtp_user"]) != bool(values["smtp_password_file"]):
+        key = "smtp_user" if values["smtp_user"] else "smtp_password_file"
+        r.fail("notify", key, r.raw("notify", key), "expected smtp_user and smtp_password_file together")
+    for key in ("mail_from", "mail_to"):
+        for address in ((values[key],) if key == "mail_from" else values[key]):
+            if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address):
+                r.fail("notify", key, address, "expected e-mail addresses such as backup@example.org")
+
+
 # What a section's values must agree on, once each is read.
 _CHECKS = {
     "tahoe": _check_tahoe,
     "backup": _check_patterns,
     "upload": _check_upload,
     "maintenance": _check_maintenance,
+    "notify": _check_notify,
 }

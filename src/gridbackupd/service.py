@@ -43,6 +43,7 @@ from gridbackupd.grid.nodes import cached_announcements
 from gridbackupd.grid.retry import Backoff
 from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.scheduler import Maintenance
+from gridbackupd.notify.wiring import notifier as notifier_part
 from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
@@ -305,6 +306,8 @@ class GridBackupDaemon(OrderedServices):
         self.recovering = False  # rebuilding the local state from the grid
         self.recovery = None  # what the last recovery found (RecoveryReport.as_dict())
         self.snapshot_waiters = Waiters()
+        self.notifier = None  # gridbackupd.notify: [notify]'s targets, GET /v1/notifications
+        self.unclean_stop = False  # the last daemon here was killed (its api_endpoint is still there)
         self._ready = None
         # The daemon's state once the grid side is up or gave up, for when_ready.
         self._started = OneShot()
@@ -339,6 +342,7 @@ class GridBackupDaemon(OrderedServices):
         self.lock.claim()
         self.token = self.statedir.ensure_api_token()
         self.site = make_site(router, self, self.token, self.config.api_allowed_hosts)
+        self.unclean_stop = os.path.exists(self.statedir.api_endpoint)
         api = APIListener(self.reactor, self.config.api_listen, self.site,
                           self.statedir.api_endpoint, self._listen_failed, socket_path=self.statedir.api_socket)
         try:
@@ -365,6 +369,8 @@ class GridBackupDaemon(OrderedServices):
         if existing_cap is not None and fresh:
             mark_pending(self.conn)
         self.recovering = needs_recovery(self.conn)
+        self.notifier = notifier_part(self.reactor, self.conn, self.pool, self.config,
+                                      lambda: (self.uploader, self.publisher, None), crashed=self.unclean_stop)
         self.pool.start()
         jobs = self.jobs = backup_jobs(self.reactor, self.conn, self.statedir, self.pool, self.config,
                                        self._scanned, self.snapshot_waiters)
@@ -376,6 +382,7 @@ class GridBackupDaemon(OrderedServices):
         restores.setServiceParent(self)
         # Bound already; a child here so that it stops before the parts it serves.
         api.setServiceParent(self)
+        self.notifier.setServiceParent(self)
         if not self.recovering and not self.read_only:
             self._start_schedule(jobs)
         self._ready = Deferred.fromCoroutine(self._start_grid_side(jobs, restores))

@@ -227,5 +227,9 @@ class ResponseTests(TestCase):
         await self.call("POST", "/v1/session", body={"token": "wrong"}, auth=False)
         await self.call("POST", "/v1/session", body={"token": self.daemon.token}, auth=False)
         await self.call("DELETE", "/v1/session")
+        await self.call("GET", "/v1/notifications")
+        await self.call("GET", "/v1/notifications", "/v1/notifications?limit=0")
+        status, _ = await self.call("POST", "/v1/notifications/test")
+        self.assertEqual(status, 409)  # no [notify] target here
 
         self.assertEqual(self.seen, route_templates())

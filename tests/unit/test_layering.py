@@ -38,11 +38,12 @@ ALLOWED = {
     "maintenance": {"format", "state", "grid", "restore", "upload", "scan"},
     "api": {"format", "state", "restore", "maintenance", "scan", "upload", "config"},
     "cli": {"config"},
-    "config": {"format", "scan", "maintenance"},
-    "service": {"config", "format", "state", "grid", "scan", "upload", "restore", "maintenance", "api"},
+    "config": {"format", "scan", "maintenance", "notify"},
+    "service": {"config", "format", "state", "grid", "scan", "upload", "restore", "maintenance", "api", "notify"},
     "tap": {"config", "service"},
     "testing": {"grid", "format"},
     "console": set(),
+    "notify": {"state", "scan"},
 }
 
 #: The server side of twisted.web: only api/ (and the test fakes) may use it.

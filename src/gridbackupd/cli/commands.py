@@ -406,3 +406,19 @@ def cmd_ui(client, args, out, config):
     if not args.no_browser:
         open_browser(url)
     return OK
+
+
+def cmd_notify(client, args, out):
+    """``notify test``: a test event to every target, each one's result; ``notify list``: the recent."""
+    missing = "this daemon has no notifications (no /v1/notifications)"
+    if args.notify_command == "list":
+        doc = client.call("GET", "/v1/notifications", missing=missing)
+        for n in doc["notifications"]:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(n["time"]))
+            sent = ", ".join(f"{name} {d['state']}" for name, d in sorted(n["deliveries"].items()))
+            out.write(f"{stamp}  {n['event']:<17} {n['message']}" + (f"  [{sent}]" if sent else "") + "\n")
+        return OK
+    results = client.call("POST", "/v1/notifications/test", missing=missing)["results"]
+    for name, r in sorted(results.items()):
+        out.write(f"{name} ({r['where']}): " + ("sent" if r["ok"] else f"FAILED: {r['error']}") + "\n")
+    return OK if all(r["ok"] for r in results.values()) else FAILED

@@ -87,6 +87,9 @@ def build_parser():
     subcommands.add_parser("jobs", help="the recent maintenance jobs")
     p = subcommands.add_parser("ui", help="a one-time sign-in URL for the web console")
     p.add_argument("--no-browser", action="store_true", help="only print the URL")
+    p = subcommands.add_parser("notify", help="notifications: send a test to every target, or list the recent")
+    p.add_argument("notify_command", choices=("test", "list"), metavar="test|list",
+                   help="test: send a test event to every [notify] target; list: the recent notifications")
     p = subcommands.add_parser("recover", help="rebuild the local state from the grid (on a new machine)")
     p.add_argument("--rootcap-file", metavar="FILE",
                    help="the root cap to recover from (- for stdin), written to state_dir/private/rootcap")
@@ -103,7 +106,7 @@ COMMANDS = {
     "ls": commands.cmd_ls, "cat": commands.cmd_cat, "diff": commands.cmd_diff, "restore": commands.cmd_restore,
     "cancel": commands.cmd_cancel, "pause": commands.cmd_pause, "resume": commands.cmd_resume,
     "take-over": commands.cmd_take_over, "forget": commands.cmd_forget, "job": commands.cmd_job,
-    "jobs": commands.cmd_jobs, "show": commands.cmd_show,
+    "jobs": commands.cmd_jobs, "show": commands.cmd_show, "notify": commands.cmd_notify,
 }
 #: Commands that also need the configuration (where the daemon listens).
 WITH_CONFIG = {"ui": commands.cmd_ui}

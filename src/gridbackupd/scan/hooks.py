@@ -47,16 +47,22 @@ def _kill_group(proc):
     proc.wait()
 
 
-def run_command(command, env, timeout=COMMAND_TIMEOUT, tmpdir=None):
+def run_command(command, env, timeout=COMMAND_TIMEOUT, tmpdir=None, stdin=None):
     """
     Run a pre- or post-scan shell command (in a worker thread) and wait for
     the shell alone; ``timeout`` 0 means no limit. A failure's ``why`` gives
-    its exit status and the last line it wrote to stderr.
+    its exit status and the last line it wrote to stderr.  ``stdin``: bytes
+    the command reads (from a file too, so a command that never reads
+    cannot block on a pipe).
     """
-    with tempfile.TemporaryFile(dir=tmpdir) as out, tempfile.TemporaryFile(dir=tmpdir) as err:
+    with tempfile.TemporaryFile(dir=tmpdir) as out, tempfile.TemporaryFile(dir=tmpdir) as err, \
+            tempfile.TemporaryFile(dir=tmpdir) as given:
+        given.write(stdin or b"")
+        given.seek(0)
         try:
             proc = subprocess.Popen(
-                command, shell=True, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+                command, shell=True, env={**os.environ, **env},
+                stdin=given if stdin is not None else subprocess.DEVNULL,
                 stdout=out, stderr=err, start_new_session=True,
             )
         except OSError as e:

@@ -161,6 +161,25 @@ MIGRATIONS = [
     """
     ALTER TABLE snapshots ADD COLUMN scan TEXT NOT NULL DEFAULT 'full';
     """,
+    # notifications (state/notifications.py, gridbackupd.notify): what was
+    # sent to the [notify] targets with each target's delivery state, and the
+    # lasting conditions with when each was last announced (repeat_every
+    # holds across restarts).
+    """
+    CREATE TABLE notifications (
+        id INTEGER PRIMARY KEY,
+        time REAL NOT NULL,
+        event TEXT NOT NULL,
+        condition TEXT,
+        body TEXT NOT NULL,
+        deliveries TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE TABLE notify_conditions (
+        condition TEXT PRIMARY KEY,
+        since REAL NOT NULL,
+        last_sent REAL NOT NULL
+    );
+    """,
 ]
 
 

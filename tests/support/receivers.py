@@ -8,7 +8,7 @@ that records every mail, with password authentication if given one.
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import IRealm, Portal
 from twisted.internet import defer, reactor
-from twisted.mail import smtp
+from twisted.mail import imap4, smtp
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
@@ -116,20 +116,42 @@ class _Realm:
         return smtp.IMessageDelivery, _Delivery(self.received, avatar_id), lambda: None
 
 
+class _ESMTP(smtp.ESMTP):
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        self.factory.connections.discard(self)
+        for d in self.factory.closed.pop(self, []):
+            d.callback(None)
+
+
 class _Factory(smtp.SMTPFactory):
-    protocol = smtp.ESMTP
+    protocol = _ESMTP
+    timeout = None
 
     def __init__(self, received, portal):
         super().__init__(portal)
         self.received = received
+        self.connections = set()
+        self.closed = {}
 
     def buildProtocol(self, addr):
         p = super().buildProtocol(addr)
+        self.connections.add(p)
         if self.portal is None:
             p.delivery = _Delivery(self.received)
         else:
-            p.challengers = {b"LOGIN": smtp.LOGINCredentials, b"PLAIN": smtp.PLAINCredentials}
+            p.challengers = {b"LOGIN": smtp.LOGINCredentials, b"PLAIN": imap4.PLAINCredentials}
         return p
+
+    def close_all(self):
+        """Fires once every connection is closed."""
+        waits = []
+        for p in list(self.connections):
+            d = defer.Deferred()
+            self.closed.setdefault(p, []).append(d)
+            waits.append(d)
+            p.transport.loseConnection()
+        return defer.gatherResults(waits)
 
 
 class SMTPReceiver:
@@ -141,7 +163,9 @@ class SMTPReceiver:
         if user is not None:
             portal = Portal(_Realm(self.received),
                             [InMemoryUsernamePasswordDatabaseDontUse(**{user: password.encode()})])
-        self.port = reactor.listenTCP(0, _Factory(self.received, portal), interface="127.0.0.1")
+        factory = _Factory(self.received, portal)
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        testcase.addCleanup(factory.close_all)
         testcase.addCleanup(self.port.stopListening)
 
     @property

@@ -46,6 +46,7 @@ class Notifier(Service):
         self._loop = None
         self._seen = None  # the newest snapshot id looked at for pings
         self._sending = set()  # Deferreds of deliveries in progress (retries included)
+        self._own = set()  # ids of the notifications this notifier sends (the others: a restart's pending)
         # Called with (notification id, target name, delivery) after each attempt (tests wait on it).
         self.observers = []
 
@@ -55,7 +56,8 @@ class Notifier(Service):
         super().startService()
         self._seen = stored.newest_snapshot_id(self.conn, self.host)
         for row in stored.pending(self.conn):
-            self._resend(row)
+            if row[0] not in self._own:
+                self._resend(row)
         self._loop = LoopingCall(self.tick)
         self._loop.clock = self.clock
         self._loop.start(self.poll, now=False).addErrback(
@@ -113,6 +115,7 @@ class Notifier(Service):
         deliveries = {t.name: {"state": "pending", "attempts": 0, "last_attempt": None, "error": None}
                       for t in targets}
         notification_id = stored.add(self.conn, now, event, doc["condition"], doc, deliveries)
+        self._own.add(notification_id)
         self.log.info("notification {event}: {message}", event=event, message=message)
         for target in targets:
             self._start(self._deliver(notification_id, target, doc, 0))

@@ -27,5 +27,5 @@ class PingTarget:
         await self.ping(True)
 
     async def ping(self, ok):
-        await self._http.request(b"GET", self._url if ok else self._url + "/fail",
+        await self._http.request("GET", self._url if ok else self._url + "/fail",
                                  headers={"User-Agent": ["gridbackupd"]})

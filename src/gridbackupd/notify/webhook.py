@@ -41,4 +41,4 @@ class WebhookTarget:
                    "User-Agent": ["gridbackupd"]}
         if self._secret is not None:
             headers[SIGNATURE_HEADER] = [signature(self._secret, body)]
-        await self._http.request(b"POST", self._url, data=body, headers=headers)
+        await self._http.request("POST", self._url, data=body, headers=headers)

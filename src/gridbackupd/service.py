@@ -370,7 +370,8 @@ class GridBackupDaemon(OrderedServices):
             mark_pending(self.conn)
         self.recovering = needs_recovery(self.conn)
         self.notifier = notifier_part(self.reactor, self.conn, self.pool, self.config,
-                                      lambda: (self.uploader, self.publisher, None), crashed=self.unclean_stop)
+                                      lambda: (self.uploader, self.publisher),
+                                      protected_as_of=self._protected_as_of, crashed=self.unclean_stop)
         self.pool.start()
         jobs = self.jobs = backup_jobs(self.reactor, self.conn, self.statedir, self.pool, self.config,
                                        self._scanned, self.snapshot_waiters)
@@ -579,6 +580,11 @@ class GridBackupDaemon(OrderedServices):
         if self.recovering:
             raise Unavailable("recovering",
                            "the daemon is rebuilding its state from the grid; back up when it is ready")
+
+    def _protected_as_of(self):
+        """Up to when changes are safe, once watching tells (``protected_as_of``); else None (the newest snapshot's)."""
+        protected_as_of = getattr(self, "protected_as_of", None)
+        return protected_as_of() if protected_as_of is not None else None
 
     def _scanned(self, snapshot_id):
         if self.uploader is not None:

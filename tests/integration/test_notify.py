@@ -254,6 +254,12 @@ class DaemonNotifyTests(TestCase):
         self.assertEqual(out.text, f"webhook ({receiver.url('')[7:]}): sent\n")
         test_doc = json.loads(receiver.received.items[-1]["body"])
         self.assertEqual((test_doc["event"], test_doc["active"]), ("test", ["backup_failed"]))
+        out = _Out()
+        self.assertEqual(await deferToThread(cli_main, ["--config", config_path, "notify", "list"], out, err), 0)
+        lines = out.text.splitlines()
+        self.assertEqual(len(lines), 2, out.text)
+        self.assertIn("test              a test notification (gridbackup notify test)  [webhook sent]", lines[0])
+        self.assertIn("backup_failed     snapshot ", lines[1])
 
         # Killed with a scan half-done (its API endpoint file left behind): the
         # restart says so once, and does not repeat backup_failed.

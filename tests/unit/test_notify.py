@@ -258,12 +258,12 @@ class NotifierTests(SynchronousTestCase):
         snapshots.create_queued(self.conn, "s1", "h1", ["/d"], [], T0)
         snapshots.mark_scanning(self.conn, "s1", T0)
         config = parse_config(write_ini(self, ""))
-        n = wired_notifier(self.clock, self.conn, None, config, lambda: (None, None, None), crashed=True)
+        n = wired_notifier(self.clock, self.conn, None, config, lambda: (None, None), crashed=True)
         rows = stored.recent(self.conn, 5)
         self.assertEqual([(r[2], r[4]["message"]) for r in rows], [
             ("crash_recovered", "the daemon was not stopped cleanly; on restart: 1 interrupted scan(s) resumed")])
         self.assertEqual(n.targets, [])
-        wired_notifier(self.clock, self.conn, None, config, lambda: (None, None, None), crashed=False)
+        wired_notifier(self.clock, self.conn, None, config, lambda: (None, None), crashed=False)
         self.assertEqual(len(stored.recent(self.conn, 5)), 1)
 
     def test_every_event_has_a_title(self):

@@ -14,7 +14,7 @@ from twisted.mail.smtp import sendmail
 from gridbackupd.errors import one_line
 from gridbackupd.notify.httpsend import DeliveryError
 
-TIMEOUT = 60.0
+TIMEOUT = 30.0
 
 
 def message(doc, mail_from, mail_to):

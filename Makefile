@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SOURCES := setup.cfg pyproject.toml $(shell find src twisted -name '*.py' 2>/dev/null)
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test bench clean
 
 # A normal (non-editable) install: twistd only finds the plugin that way.
 $(STAMP): $(SOURCES)
@@ -17,7 +17,20 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install --quiet '.[test]'
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) browser
+
+# The console's browser tests drive Debian's chromium through chromium-driver
+# (a browser download does not work here); without them they are skipped.
+browser:
+	@if ! command -v chromium >/dev/null || ! test -x /usr/bin/chromedriver; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "make: installing chromium and chromium-driver for the console's browser tests (apt-get)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+	      || echo "make: chromium could not be installed: the browser tests will be skipped"; \
+	  else \
+	    echo "make: no chromium and chromium-driver (apt-get needs root): the browser tests will be skipped"; \
+	  fi; \
+	fi
 
 # The daemon in the foreground, on its own embedded grid, backing up example/.
 run: install

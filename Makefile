@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SOURCES := setup.cfg pyproject.toml $(shell find src twisted -name '*.py' 2>/dev/null)
+SOURCES := setup.cfg pyproject.toml $(shell find src twisted -name '*.py' 2>/dev/null) $(shell find src/gridbackupd/console/static -type f 2>/dev/null)
 
 .PHONY: install browser run test bench clean
 

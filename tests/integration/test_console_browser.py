@@ -311,8 +311,9 @@ class ConsoleInBrowserTests(SynchronousTestCase):
         b = self.browser
         target = os.path.join(self.dir, "restored")
         self.open(f"restore?snapshot={snapshot}")
-        box = b.wait(lambda: [e for e in b.css("table.listing tr") if "docs/" in e.text], "the tree").pop()
-        box.find_element("css selector", "input[type=checkbox]").click()
+        row = b.wait(lambda: [e for e in b.css("table.listing tbody tr")
+                              if e.find_element("css selector", "a.name").text == "docs/"], "the tree").pop()
+        row.find_element("css selector", "input[type=checkbox]").click()
         self.assertIn(f"{self.tree}/docs", b.text("#restore-selected"))
         b.one("#restore-target").send_keys(target)
         self.assertFalse(b.one("#restore-run").is_enabled())

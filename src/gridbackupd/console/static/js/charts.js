@@ -5,11 +5,14 @@ import {h, s} from "./dom.js";
 
 const M = {left: 70, right: 14, top: 12, bottom: 26};
 
-function niceMax(v) {
+/** A round top for an axis whose quarters are round too; ``base`` 1024 for bytes. */
+function niceMax(v, base = 1000) {
   if (!(v > 0)) return 1;
-  const p = Math.pow(10, Math.floor(Math.log10(v)));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-  return 10 * p;
+  const unit = base === 1024 ? Math.pow(1024, Math.max(0, Math.floor(Math.log(v) / Math.log(1024)))) : 1;
+  const x = v / unit;
+  const p = Math.pow(10, Math.floor(Math.log10(x)));
+  for (const m of [1, 2, 4, 8, 10]) if (m * p >= x) return m * p * unit;
+  return 10 * p * unit;
 }
 
 function frame(width, height, ymax, yFormat, label) {
@@ -35,12 +38,12 @@ function legend(series) {
  * Lines over a shared x axis: ``series`` is [{label, cls, points: [[x, y], ...]}].
  * Returns a figure element (the SVG and its legend).
  */
-export function lineChart({width, height = 190, series, yFormat, xFormat, label, empty}) {
+export function lineChart({width, height = 190, series, yFormat, xFormat, label, empty, base}) {
   width = Math.max(260, Math.floor(width));
   const pts = series.flatMap((x) => x.points);
   if (pts.length < 2) return h("figure", {class: "plot"}, h("p", {class: "muted"}, empty || "Not enough data yet."));
   const xmin = Math.min(...pts.map((p) => p[0])), xmax = Math.max(...pts.map((p) => p[0]));
-  const ymax = niceMax(Math.max(...pts.map((p) => p[1])));
+  const ymax = niceMax(Math.max(...pts.map((p) => p[1])), base);
   const svg = frame(width, height, ymax, yFormat, label);
   const plotW = width - M.left - M.right, plotH = height - M.top - M.bottom;
   const X = (x) => M.left + (xmax === xmin ? plotW : ((x - xmin) / (xmax - xmin)) * plotW);
@@ -64,10 +67,10 @@ export function lineChart({width, height = 190, series, yFormat, xFormat, label,
  * One bar per item: ``items`` is [{label, value, title, onclick}], drawn
  * left (oldest) to right.
  */
-export function barChart({width, height = 170, items, cls, yFormat, label, empty}) {
+export function barChart({width, height = 170, items, cls, yFormat, label, empty, base}) {
   width = Math.max(260, Math.floor(width));
   if (!items.length) return h("figure", {class: "plot"}, h("p", {class: "muted"}, empty || "Nothing yet."));
-  const ymax = niceMax(Math.max(...items.map((x) => x.value)));
+  const ymax = niceMax(Math.max(...items.map((x) => x.value)), base);
   const svg = frame(width, height, ymax, yFormat, label);
   const plotW = width - M.left - M.right, plotH = height - M.top - M.bottom;
   const step = plotW / items.length;

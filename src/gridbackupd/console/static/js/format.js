@@ -120,3 +120,8 @@ export function query(args) {
   const text = q.toString();
   return text ? `?${text}` : "";
 }
+
+/** bytes() without trailing zeros, for an axis: "2 MiB", "1.5 MiB". */
+export function bytesShort(n) {
+  return bytes(n).replace(/(\.\d*?)0+ /, "$1 ").replace(/\. /, " ");
+}

@@ -186,7 +186,7 @@ function seriesPlot(el, series) {
       {label: "uploaded (since the start of the plot)", cls: "s1", points: ups.map((u) => [u.time, u.uploaded_bytes - first])},
       {label: "backlog", cls: "s2", points: ups.map((u) => [u.time, u.backlog_bytes])},
     ],
-    yFormat: fmt.bytes, xFormat: (t) => fmt.time(t).slice(11, 16),
+    yFormat: fmt.bytesShort, base: 1024, xFormat: (t) => fmt.time(t).slice(11, 16),
     empty: "No samples yet: one is taken each minute.",
   }));
 }
@@ -194,20 +194,20 @@ function seriesPlot(el, series) {
 export function render(root, ctx) {
   const top = h("div", {id: "overview-top"});
   const grid1 = h("div", {class: "cards"});
+  const grid2 = h("div", {class: "cards"});
   const plotBox = h("div", {class: "plot-box"});
   const plots = card("Uploaded and backlog, last 24 hours", plotBox);
   const thr = h("div");
   const error = h("div");
-  root.append(error, top, grid1, plots, thr);
+  root.append(error, top, grid1, plots, grid2, thr);
   let status = null, restores = [], series = null;
 
   function draw() {
     if (!status) return;
     fill(top, banner(status, ctx));
-    fill(grid1, running(status, restores), problemsCard(status), backlog(status), grid(status),
-      maintenance(status), ...extras(status));
+    fill(grid1, running(status, restores), problemsCard(status), backlog(status));
+    fill(grid2, grid(status), maintenance(status), ...extras(status));
   }
-
 
   ctx.poll(async () => {
     try {

@@ -17,7 +17,7 @@ function planView(plan) {
   return facts([
     ["Files", `${fmt.count(plan.files)} (${fmt.bytes(plan.bytes)})`],
     ["Entries", plan.entries ? Object.entries(plan.entries).map(([k, v]) => `${fmt.count(v)} ${k}`).join(", ") : null],
-    ["From the grid", plan.gets !== undefined ? `${fmt.count(plan.gets)} reads of ${fmt.count(plan.packs)} packs, ${fmt.bytes(plan.fetch_bytes)}` : null],
+    ["From the grid", plan.gets !== undefined ? `${fmt.count(plan.gets)} ${plan.gets === 1 ? "read" : "reads"} of ${fmt.count(plan.packs)} ${plan.packs === 1 ? "pack" : "packs"}, ${fmt.bytes(plan.fetch_bytes)}` : null],
     ["Inline files", plan.inline_files !== undefined ? fmt.count(plan.inline_files) : null],
     ["Not uploaded yet", plan.pending_files ? `${fmt.count(plan.pending_files)} files (they cannot be restored yet)` : plan.pending_files === 0 ? "none" : null],
   ]);

@@ -52,12 +52,12 @@ function plots(el, snaps, ctx) {
   const open = (snap) => () => ctx.go("browse", {snapshot: snap.id});
   fill(el,
     h("div", {}, h("h3", {}, "Size of each snapshot"), barChart({
-      width, cls: "s1", yFormat: fmt.bytes, label: "snapshot sizes",
+      width, cls: "s1", yFormat: fmt.bytesShort, base: 1024, label: "snapshot sizes",
       items: shown.map((x) => ({label: fmt.time(x.time).slice(5, 16), value: x.bytes, onclick: open(x),
         title: `${x.id}: ${fmt.bytes(x.bytes)}, ${fmt.count(x.files)} files`})),
     })),
     h("div", {}, h("h3", {}, "Bytes added by each snapshot"), barChart({
-      width, cls: "s3", yFormat: fmt.bytes, label: "bytes added by each snapshot",
+      width, cls: "s3", yFormat: fmt.bytesShort, base: 1024, label: "bytes added by each snapshot",
       items: shown.filter((x) => x.figures).map((x) => ({label: fmt.time(x.time).slice(5, 16), value: x.figures.bytes_added, onclick: open(x),
         title: `${x.id}: ${fmt.bytes(x.figures.bytes_added)} added, ${fmt.count(x.figures.files_added)} files added, ${fmt.count(x.figures.files_changed)} changed`})),
       empty: "Figures are loading…",
@@ -66,7 +66,7 @@ function plots(el, snaps, ctx) {
 
 function snapshotRows(snaps, ctx) {
   return snaps.map((x) => h("tr", {},
-    h("td", {}, fmt.time(x.time)),
+    h("td", {class: "when"}, fmt.time(x.time)),
     h("td", {class: "mono small nowrap hide-narrow"}, x.id),
     h("td", {class: "hide-narrow"}, x.kind || "–"),
     h("td", {}, stateBadge(x.state)),

@@ -24,7 +24,7 @@ function row(v, path) {
   return h("tr", {},
     h("td", {class: "nowrap"}, fmt.time(v.time ?? v.snapshot_time)),
     h("td", {class: "mono small"}, h("a", {href: `#/browse?${new URLSearchParams({snapshot: snap, ...pathParams(path)})}`}, snap)),
-    h("td", {}, change ? badge(change, kind) : "–"),
+    h("td", {}, change ? badge(change, kind) : "–", v.complete === false ? [" ", badge("incomplete", "warn")] : null),
     h("td", {class: "num nowrap"}, v.size !== undefined && v.size !== null ? fmt.bytes(v.size) : "–"),
     h("td", {class: "nowrap"}, mtime),
     h("td", {class: "mono small hide-narrow"}, v.sha256 ? v.sha256.slice(0, 12) : ""),
@@ -51,6 +51,7 @@ export function render(root, ctx) {
       const versions = versionsOf(doc).slice().sort((a, b) => (b.time ?? 0) - (a.time ?? 0));
       fill(out,
         h("p", {}, h("span", {class: "path"}, fmt.shownPath(path)), ` — ${fmt.count(versions.length)} versions, newest first`),
+        doc.uncounted ? notice("info", `${fmt.count(doc.uncounted)} snapshots are still being counted: their versions show once done.`) : null,
         versions.length ? table(["snapshot time", "snapshot", "change", "size", "modified", "sha256", ""], versions.map((v) => row(v, path)), "history")
           : h("p", {class: "muted"}, "No snapshot has this path."));
     } catch (e) {

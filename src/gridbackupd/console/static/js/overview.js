@@ -83,6 +83,17 @@ function banner(st, ctx) {
       out));
 }
 
+// Where the uploaded-bytes counter stood when this backlog began (the
+// counter counts since the daemon started): the bar shows this backlog only.
+let backlogBase = null;
+
+function uploadProgress(up) {
+  if (!up.pending_bytes) { backlogBase = null; return null; }
+  if (backlogBase === null || backlogBase > up.uploaded_bytes) backlogBase = up.uploaded_bytes;
+  const done = up.uploaded_bytes - backlogBase;
+  return [done, done + up.pending_bytes];
+}
+
 function running(st, restores) {
   const items = [];
   const scan = st.scan || {};
@@ -93,10 +104,11 @@ function running(st, restores) {
         (scan.errors ? `; ${fmt.count(scan.errors)} unreadable` : ""))));
   }
   const up = st.upload;
+  const bar = up ? uploadProgress(up) : null;
   if (up && (up.pending_blobs || up.in_flight_blobs)) {
-    const total = (up.uploaded_bytes || 0) + (up.pending_bytes || 0);
+    const [done, total] = bar || [0, 0];
     items.push(h("div", {class: "run"}, h("h3", {}, up.paused ? "Upload (paused)" : "Upload"),
-      progress(up.uploaded_bytes || 0, total,
+      progress(done, total,
         `${fmt.bytes(up.pending_bytes)} to go at ${fmt.rate(up.rate_bytes_per_second)}` +
         (up.eta_seconds != null ? `, about ${fmt.duration(up.eta_seconds)} left` : ""))));
   }

@@ -99,7 +99,7 @@ export function render(root, ctx) {
     fill(forgetList, snaps.length ? h("div", {class: "table-wrap scroll-y"}, h("table", {}, h("tbody", {}, snaps.slice().reverse().map((x) => {
       const box = h("input", {type: "checkbox", "aria-label": `forget ${x.id}`});
       ticks.set(x.id, box);
-      return h("tr", {}, h("td", {}, box), h("td", {}, snapLabel(x)), h("td", {class: "num"}, fmt.bytes(x.bytes)));
+      return h("tr", {}, h("td", {class: "tick"}, box), h("td", {}, snapLabel(x)), h("td", {class: "num"}, fmt.bytes(x.bytes)));
     })))) : h("p", {class: "muted"}, "No snapshots."));
   }).catch((e) => fill(forgetList, notice("error", e.message)));
 

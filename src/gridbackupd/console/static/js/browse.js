@@ -93,8 +93,12 @@ export function directory({snapshot, dir, onOpen, selected, onSelect}) {
   let cursor = null;
   const row = (e) => {
     const name = baseName(e);
-    const opener = h("a", {href: "#", class: `name ${e.kind}`, onclick: (ev) => { ev.preventDefault(); onOpen(e); }},
-      e.kind === "dir" ? `${name}/` : name);
+    // With tick boxes, a name that cannot be entered ticks its box.
+    const opener = h("a", {href: "#", class: `name ${e.kind}`, onclick: (ev) => {
+      ev.preventDefault();
+      if (tick && e.kind !== "dir" && !tick.disabled) tick.click();
+      else onOpen(e);
+    }}, e.kind === "dir" ? `${name}/` : name);
     const tick = selected ? h("input", {type: "checkbox", "aria-label": `select ${name}`, checked: selected.has(fmt.shownPath(e)),
       disabled: !!e.virtual || !!e.path_b64,
       title: e.path_b64 ? "Restore its directory instead: a name that is not UTF-8 cannot be picked alone" : null,

@@ -100,6 +100,13 @@ class BackupConfig:
     post_command: str | None = option(None, "string")  # shell command run after each scan
     # A command still running after this is killed with its whole process group (0 = no limit).
     command_timeout: float = option(COMMAND_TIMEOUT, "duration")
+    # Watch the paths for changes (gridbackupd.watch); a change is scanned
+    # settle after the last event, at most settle_max after the first.
+    watch: bool = option(True, "boolean")
+    settle: float = option(10.0, "duration")
+    settle_max: float = option(60.0, "duration")
+    # While watching, a full scan still runs this often (the safety net).
+    full_scan_interval: float = option(86400.0, "duration")
 
 
 @attr.frozen
@@ -536,6 +543,18 @@ def _check_patterns(r, values):
             r.fail("backup", "exclude", pattern, f"not a usable pattern ({e})")
 
 
+def _check_backup(r, values):
+    _check_patterns(r, values)
+    if values["settle"] < 0.1:
+        r.fail("backup", "settle", r.raw("backup", "settle"), "expected a duration of at least 0.1s")
+    if values["settle_max"] < values["settle"]:
+        r.fail("backup", "settle_max", r.raw("backup", "settle_max"),
+               f"expected a duration of at least settle ({values['settle']:g}s)")
+    if values["full_scan_interval"] < 1:
+        r.fail("backup", "full_scan_interval", r.raw("backup", "full_scan_interval"),
+               "expected a duration of at least 1s (the full scan catches what no event shows)")
+
+
 def _check_upload(r, values):
     if values["inline_max"] > 65536:
         r.fail("upload", "inline_max", str(values["inline_max"]), "expected at most 64KiB")
@@ -575,7 +594,7 @@ def _check_notify(r, values):
 # What a section's values must agree on, once each is read.
 _CHECKS = {
     "tahoe": _check_tahoe,
-    "backup": _check_patterns,
+    "backup": _check_backup,
     "upload": _check_upload,
     "maintenance": _check_maintenance,
     "notify": _check_notify,

@@ -56,6 +56,7 @@ from gridbackupd.upload import sampler
 from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
 from gridbackupd.waiters import OneShot, Waiters
+from gridbackupd.watch.watcher import Watcher, off_status, platform_backend
 
 GRID_POLL = 10.0
 # Waits between checks of a grid without enough storage servers: 1, 2, 4 ... 30 s.
@@ -226,6 +227,18 @@ def backup_jobs(reactor, conn, statedir, pool, config, on_scanned, waiters):
     return BackupJobs(reactor, conn, statedir, pool, config.backup, config.hostname, on_scanned, waiters)
 
 
+def watcher(reactor, jobs, pool, backup, statedir, backend_factory=None):
+    """The watcher over ``[backup] paths``, its set-up walks in the worker pool."""
+    return Watcher(reactor, jobs, backup, statedir.root,
+                   lambda f, *args: deferToThreadPool(reactor, pool, f, *args),
+                   backend_factory if backend_factory is not None else _no_backend_here())
+
+
+def _no_backend_here():
+    factory = platform_backend()
+    return factory if factory is not None else (lambda reactor, on_event, on_overflow: None)
+
+
 def restorer(reactor, conn, statedir, pool, client_getter, hostname, config):
     return Restorer(reactor, conn, client_getter, pool, statedir.tmp, hostname=hostname,
                     grid_wait=config.tahoe.grid_wait)
@@ -299,6 +312,7 @@ class GridBackupDaemon(OrderedServices):
         self.publisher = None
         self.uploader = None
         self.maintenance = None
+        self.watcher = None  # the watch over [backup] paths, while the daemon backs up with watch = yes
         self.rootcap = None
         self.servers_connected = None
         self.offsite = None  # the connected servers all elsewhere (grid.answers.offsite)
@@ -396,6 +410,12 @@ class GridBackupDaemon(OrderedServices):
         self.reactor.stop()
 
     def _start_schedule(self, jobs):
+        if self.config.backup.watch and self.config.backup.paths:
+            # The watcher scans at its start, on changes, every full_scan_interval,
+            # and every scan_interval where watching cannot work.
+            self.watcher = watcher(self.reactor, jobs, self.pool, self.config.backup, self.statedir)
+            self.watcher.setServiceParent(self)
+            return
         interval = self.config.backup.scan_interval
         if interval <= 0 or not self.config.backup.paths:
             return
@@ -589,6 +609,30 @@ class GridBackupDaemon(OrderedServices):
     def _scanned(self, snapshot_id):
         if self.uploader is not None:
             self.uploader.wake()
+
+    def watch_status(self):
+        """``watch`` in GET /v1/status."""
+        if self.watcher is not None:
+            return self.watcher.status()
+        if not self.config.backup.watch:
+            return off_status("[backup] watch = no")
+        if not self.config.backup.paths:
+            return off_status("no [backup] paths")
+        if self.read_only:
+            return off_status("the root cap is read-only")
+        return off_status("the daemon is starting")
+
+    def protected_as_of(self):
+        """
+        Up to when every change is in a complete snapshot: now while the
+        watcher is healthy with nothing dirty or in a scan, else the start of
+        the newest complete snapshot (None without one).
+        """
+        if self.watcher is not None and self.watcher.healthy():
+            return clockmod.wall()
+        if self.conn is None:
+            return None
+        return snapshots.newest_complete_started(self.conn)
 
     def grid_status(self):
         status = {

@@ -41,6 +41,7 @@ shares_total = 3
 paths =
     {tree}
 scan_interval = 0
+watch = no
 [api]
 listen = tcp:{port}:interface=127.0.0.1
 """

@@ -40,6 +40,7 @@ node_url = {node_url}
 paths =
     {tree}
 scan_interval = 0
+watch = no
 checkpoint_interval = 0
 # Every new log an increment: a forget of its parent then rewrites it.
 full_every = 1000

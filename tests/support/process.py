@@ -25,6 +25,7 @@ node_url = embedded
 paths =
     {tree}
 scan_interval = 1h
+watch = no
 [api]
 listen = tcp:{port}:interface=127.0.0.1
 """

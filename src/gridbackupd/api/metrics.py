@@ -6,8 +6,9 @@ GET /v1/status shows) and a few short database counts; nothing is kept
 between scrapes.  Each daemon has its own registry, so several daemons in
 one process (the tests) do not mix their figures.
 
-Alert on ``gridbackup_last_complete_snapshot_age_seconds``: it grows without
-bound when backups stop completing.
+Alert on ``gridbackup_protection_age_seconds``: it grows without bound when
+backups stop completing, and stays near 0 while the paths are watched and
+every change is in a complete snapshot (quiet is not stale).
 """
 
 import json
@@ -55,6 +56,15 @@ class DaemonCollector:
                          ("bytes_hashed", "bytes read and hashed by the running scan"),
                          ("errors", "errors (unreadable files and the like) of the running scan")):
             yield _gauge(f"gridbackup_scan_{key}", doc, float(scan.get(key) or 0))
+
+        watch = d.watch_status()
+        g = GaugeMetricFamily("gridbackup_watch_state", "1 for the state the watcher is in", labels=["state"])
+        for s in ("starting", "watching", "degraded", "off"):
+            g.add_metric([s], 1.0 if watch["state"] == s else 0.0)
+        yield g
+        yield _gauge("gridbackup_watch_directories", "directories watched", float(watch["directories"]))
+        yield _gauge("gridbackup_watch_dirty_directories", "directories changed and not yet in a scan",
+                     float(watch["dirty"]))
 
         upload = d.uploader.status() if d.uploader else {}
         yield _gauge("gridbackup_upload_queue_blobs", "blobs waiting for upload (queue depth)",
@@ -106,6 +116,13 @@ class DaemonCollector:
                 yield _gauge("gridbackup_last_complete_snapshot_age_seconds",
                              "seconds since the newest complete snapshot finished",
                              max(0.0, time.time() - float(last)))
+            protected = d.protected_as_of()
+            if protected is not None:
+                yield _gauge("gridbackup_protected_as_of_timestamp_seconds",
+                             "up to when every change is in a complete snapshot (Unix time)", float(protected))
+                yield _gauge("gridbackup_protection_age_seconds",
+                             "seconds since protected_as_of: alert when this grows",
+                             max(0.0, time.time() - float(protected)))
             errors = snapshots.newest_scanned_errors(d.conn)
             if errors is not None:
                 yield _gauge("gridbackup_last_snapshot_errors", "errors recorded in the newest scanned snapshot",

@@ -469,6 +469,14 @@ def newest_complete_time(conn):
     return row[0] if row else None
 
 
+def newest_complete_started(conn):
+    """When the newest complete snapshot (by id) started its scan (else was requested); None if none."""
+    row = conn.execute(
+        "SELECT coalesce(started, requested) FROM snapshots "
+        "WHERE complete = 1 ORDER BY id DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
 def newest_scanned_errors(conn):
     """The errors (JSON text) of the newest snapshot past its scan, or None if there is none."""
     row = conn.execute(

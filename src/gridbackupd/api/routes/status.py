@@ -29,6 +29,8 @@ async def status(daemon, request):
         "warnings": config_warnings(daemon.config),
         "console": {"amber_after": daemon.config.console_amber_after,
                     "red_after": daemon.config.console_red_after},
+        "watch": daemon.watch_status(),
+        "protected_as_of": daemon.protected_as_of(),
     }
 
 

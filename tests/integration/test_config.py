@@ -121,6 +121,21 @@ class ParseTests(SynchronousTestCase):
         self.assertIn("size such as", self.error(GOOD + "\n[upload]\npack_size = 8 parsecs\n"))
         self.assertIn("duration", self.error(GOOD.replace("[backup]", "[backup]\nscan_interval = often")))
 
+    def test_watch_options(self):
+        config = parse_config(self.write(GOOD))
+        self.assertEqual((config.backup.watch, config.backup.settle, config.backup.settle_max,
+                          config.backup.full_scan_interval), (True, 10.0, 60.0, 86400.0))
+        config = parse_config(self.write(GOOD.replace("[backup]", "[backup]\nwatch = no\nsettle = 0.5s")))
+        self.assertEqual((config.backup.watch, config.backup.settle), (False, 0.5))
+        message = self.error(GOOD.replace("[backup]", "[backup]\nsettle = 0.05s"))
+        self.assertIn("[backup] settle = '0.05s': expected a duration of at least 0.1s", message)
+        self.assertNotIn("\n", message)
+        message = self.error(GOOD.replace("[backup]", "[backup]\nsettle = 2m\nsettle_max = 1m"))
+        self.assertIn("[backup] settle_max = '1m': expected a duration of at least settle (120s)", message)
+        message = self.error(GOOD.replace("[backup]", "[backup]\nfull_scan_interval = 0"))
+        self.assertIn("[backup] full_scan_interval = '0'", message)
+        self.assertIn("yes or no", self.error(GOOD.replace("[backup]", "[backup]\nwatch = sometimes")))
+
     def test_shares(self):
         message = self.error(GOOD.replace("node_url = embedded", "node_url = embedded\nshares_needed = 5"))
         self.assertIn("[tahoe] shares_needed = '5'", message)

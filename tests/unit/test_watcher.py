@@ -186,6 +186,19 @@ class WatcherTests(SynchronousTestCase):
         self.on_event(self.tree, b"a", inotify.IN_MOVED_FROM | inotify.IN_ISDIR)
         self.assertEqual(self.backend.removed, [self.tree + b"/a"])
 
+    def test_a_root_gone_falls_back_to_scan_interval(self):
+        w = self.started()
+        self.on_event(self.tree, b"", inotify.IN_DELETE_SELF)
+        self.assertEqual(w.state, "degraded")
+        self.assertIn("moved or deleted", w.reason)
+        self.assertEqual(self.backend.removed, [self.tree])
+        self.assertEqual(self.jobs.requests[-1][2], None)
+        self.jobs.finish(self.jobs.requests[-1][0])
+        self.assertFalse(w.healthy())
+        before = len(self.jobs.requests)
+        self.clock.advance(3600)
+        self.assertGreater(len(self.jobs.requests), before)
+
     def test_overflow_degrades_scans_everything_then_watches_again(self):
         w = self.started()
         self.on_event(self.tree + b"/a", b"f", inotify.IN_MODIFY)

@@ -151,7 +151,8 @@ class InotifyBackend:
     def remove_tree(self, path):
         """Stop watching ``path`` and every watched directory below it (it moved away or was deleted)."""
         prefix = path.rstrip(b"/") + b"/"
-        gone = [p for p in self.wds if p == path or p.startswith(prefix)]
+        # list() copies at once: the set-up walk may be adding in its thread.
+        gone = [p for p in list(self.wds) if p == path or p.startswith(prefix)]
         for p in gone:
             wd = self.wds.pop(p)
             self.paths.pop(wd, None)

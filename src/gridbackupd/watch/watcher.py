@@ -165,8 +165,12 @@ class Watcher(Service):
         if is_dir and mask & inotify.IN_MOVED_FROM:
             self.backend.remove_tree(path)
         if not name and mask & _GONE_SELF:
-            # A root (or a directory whose parent's event says the same) went away.
+            # A directory went away (its parent's event says so too).
             self.backend.remove_tree(directory)
+            if directory in self.roots and self.state != OFF:
+                # Nothing watches a root's parent: a root made again would go unseen.
+                self._cannot_watch(DEGRADED, f"{os.fsdecode(directory)} was moved or deleted: "
+                                   "a full scan every scan_interval until the daemon starts again")
         if is_dir and mask & _NEW_DIR and self.state != OFF:
             self._watch_new(path)
         self._mark((directory,))
@@ -212,9 +216,10 @@ class Watcher(Service):
     def _overflow(self):
         """The kernel dropped events: nobody knows what changed, so everything is looked at."""
         self.log.warn("watching: the event queue overflowed; a full scan runs")
-        self.state = DEGRADED
-        self.reason = ("the kernel's event queue overflowed (fs.inotify.max_queued_events): "
-                       "a full scan runs, then watching resumes")
+        if not self.fallback:
+            self.state = DEGRADED
+            self.reason = ("the kernel's event queue overflowed (fs.inotify.max_queued_events): "
+                           "a full scan runs, then watching resumes")
         self._gen += 1
         self._full_scan(resume=True)
 

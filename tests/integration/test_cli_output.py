@@ -134,3 +134,16 @@ class RenderTests(SynchronousTestCase):
         lines = render.status_lines({"state": "ready", "upload": {"paused": True, "paused_by": "user"}}, False)
         self.assertIn("uploads paused by user (kept across restarts): 'gridbackup resume' starts them again",
                       lines)
+
+    def test_status_says_how_the_watch_goes(self):
+        import time
+
+        lines = render.status_lines({"state": "ready", "protected_as_of": time.time(),
+                                     "watch": {"state": "watching", "reason": None, "directories": 12345}}, False)
+        self.assertIn("watch: watching, 12,345 directories", lines)
+        self.assertIn("protected as of: now", lines)
+        lines = render.status_lines({"state": "ready", "protected_as_of": time.time() - 7200,
+                                     "watch": {"state": "degraded", "directories": 3,
+                                               "reason": "the kernel's event queue overflowed"}}, False)
+        self.assertIn("watch: degraded, 3 directories (the kernel's event queue overflowed)", lines)
+        self.assertIn("protected as of: 2 hours ago", lines)

@@ -174,6 +174,23 @@ def offsite_warning(grid):
     return []
 
 
+def watch_lines(watch, protected_as_of):
+    """The watch over the backup paths and up to when changes are protected (one line each)."""
+    if not watch:
+        return []
+    state = watch.get("state")
+    text = f"watch: {state}"
+    if state in ("starting", "watching", "degraded"):
+        text += f", {watch.get('directories', 0):,} directories"
+    if watch.get("reason"):
+        text += f" ({watch['reason']})"
+    lines = [text]
+    if protected_as_of is not None:
+        age = time.time() - protected_as_of
+        lines.append("protected as of: now" if age < 2 else f"protected as of: {human_age(age)}")
+    return lines
+
+
 def status_lines(status, tty):
     lines = []
     grid = status.get("grid") or {}
@@ -202,6 +219,7 @@ def status_lines(status, tty):
         lines.append(text)
     else:
         lines.append("scan: idle")
+    lines.extend(watch_lines(status.get("watch"), status.get("protected_as_of")))
     upload = status.get("upload")
     if upload:
         pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)

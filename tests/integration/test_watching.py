@@ -6,16 +6,19 @@ with SIGSTOP while more events than the kernel queues are made) degrades
 the watch, a full scan runs, and watching resumes.
 """
 
+import json
 import os
 import signal
 import sys
 import time
 
+from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SkipTest, TestCase
 
 from gridbackupd.testing.configfile import write_config
+from tests.support.daemoncase import DaemonTestCase
 from tests.support.process import Daemon, free_port
 from tests.support.sharedgrid import shared_node_url
 from tests.support.trees import make_tree
@@ -134,3 +137,27 @@ class WatchingDaemonTests(TestCase):
         self.assertGreater(len(after_flood), before)
         code, body = await self.content(after_flood[-1]["id"], os.path.join(flood, "f0"))
         self.assertEqual((code, body), (200, b""))
+
+
+class UnwatchedTests(DaemonTestCase):
+    """``[backup] watch = no``: the watch is off and protection dates from the newest complete snapshot."""
+
+    files = 5
+
+    async def test_protected_as_of_is_the_newest_complete_snapshots_start(self):
+        code, status = await self.api.call("GET", "/v1/status")
+        self.assertEqual(code, 200)
+        self.assertEqual((status["watch"]["state"], status["watch"]["reason"]), ("off", "[backup] watch = no"))
+        self.assertIsNone(status["protected_as_of"])
+        snapshot_id = await self.backup()
+        code, snapshot = await self.api.call("GET", f"/v1/snapshots/{snapshot_id}")
+        code, status = await self.api.call("GET", "/v1/status")
+        self.assertEqual(status["protected_as_of"], snapshot["started"])
+        response = await self.api.http.get(self.api.base + "/metrics",
+                                           headers={"Authorization": [f"Bearer {self.api.token}"]})
+        text = (await response.content()).decode()
+        samples = {s.name + json.dumps(s.labels, sort_keys=True): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        self.assertEqual(samples["gridbackup_protected_as_of_timestamp_seconds{}"], snapshot["started"])
+        self.assertLess(samples["gridbackup_protection_age_seconds{}"], 600)
+        self.assertEqual(samples['gridbackup_watch_state{"state": "off"}'], 1)

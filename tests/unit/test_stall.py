@@ -92,7 +92,7 @@ class StallTests(RecoveryCase):
         self.start()
         daemon = types.SimpleNamespace(
             state="ready", jobs=None, uploader=self.uploader, conn=None, maintenance=None, restorer=None,
-            grid_status=lambda: {})
+            grid_status=lambda: {}, watch_status=lambda: {"state": "off", "directories": 0, "dirty": 0})
 
         def stalled_metric():
             [family] = [f for f in DaemonCollector(daemon).collect()

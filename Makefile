@@ -15,6 +15,8 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	rm -rf build
 	$(BIN)/python -m pip install --quiet '.[test]'
+	@# gridbackup mount needs libfuse 3 and fusermount3 (Debian's fuse3), installed here when missing.
+	command -v fusermount3 >/dev/null || { apt-get update -q && apt-get install -y -q fuse3; }
 	touch $(STAMP)
 
 install: $(STAMP) browser

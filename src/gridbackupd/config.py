@@ -182,6 +182,14 @@ class NotifyConfig:
     repeat_every: float = option(86400.0, "duration")
 
 
+@attr.frozen
+class MountConfig:
+    """[mount]: ``gridbackup mount``."""
+
+    # Blobs read through the mount are kept under state_dir/mount/cache up to this size.
+    cache_size: int = option(1024**3, "size", minimum=0)
+
+
 @attr.frozen(kw_only=True)
 class Config:
     path: str
@@ -200,6 +208,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     maintenance: MaintenanceConfig = MaintenanceConfig()
     notify: NotifyConfig = NotifyConfig()
+    mount: MountConfig = MountConfig()
 
     @property
     def statedir(self):
@@ -220,6 +229,7 @@ _SECTIONS = {
     "retention": RetentionConfig,
     "maintenance": MaintenanceConfig,
     "notify": NotifyConfig,
+    "mount": MountConfig,
 }
 
 

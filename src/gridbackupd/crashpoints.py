@@ -59,6 +59,7 @@ _point("publisher.blobs_committed", "backup", "the commit's row is linked and it
 _point("publisher.log_uploaded", "backup", "a snapshot's log is on the grid, not linked")
 _point("publisher.log_linked", "backup", "a snapshot's log is linked under snapshots/")
 _point("publisher.snapshot_complete", "backup", "the snapshot row is complete")
+_point("mount.index_written", "backup", "a finished snapshot's per-directory mount index is committed")
 # Scenario "start": a restart of a daemon with work left over.
 _point("start.grid_started", "start", "the grid answers with enough storage servers connected")
 _point("start.leftovers_taken_over", "start", "leftover tahoe nodes were stopped or adopted")

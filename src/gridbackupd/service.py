@@ -43,6 +43,7 @@ from gridbackupd.grid.nodes import cached_announcements
 from gridbackupd.grid.retry import Backoff
 from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.scheduler import Maintenance
+from gridbackupd.mount.indexer import MountIndexer
 from gridbackupd.notify.wiring import notifier as notifier_part
 from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
@@ -313,6 +314,7 @@ class GridBackupDaemon(OrderedServices):
         self.uploader = None
         self.maintenance = None
         self.watcher = None  # the watch over [backup] paths, while the daemon backs up with watch = yes
+        self.mount_indexer = None
         self.rootcap = None
         self.servers_connected = None
         self.offsite = None  # the connected servers all elsewhere (grid.answers.offsite)
@@ -472,6 +474,10 @@ class GridBackupDaemon(OrderedServices):
         Periodic(self.reactor, GRID_POLL, lambda: self._poll_grid(client), now=False).setServiceParent(self)
         self.state = "ready"
         restores.kick()
+        # The per-directory index of finished snapshots for `gridbackup mount`.
+        indexer = self.mount_indexer = MountIndexer(self.reactor, self.conn, self.pool, self.statedir)
+        self.snapshot_waiters.listen(indexer.kick)
+        _RunningPart(indexer).setServiceParent(self)
         self.maintenance = maintenance(
             self.reactor, self.conn, self.statedir, self.pool, client, self.rootcap, self.publisher, restores,
             self.config, scan_lock=jobs.scan_lock, require_writable=self.require_writable,

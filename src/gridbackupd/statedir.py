@@ -85,6 +85,16 @@ class StateDir:
         return os.path.join(self.root, "grid")
 
     @property
+    def mount_index(self):
+        """The per-directory index of the snapshots that ``gridbackup mount`` lists (a cache)."""
+        return os.path.join(self.root, "mount", "index.sqlite")
+
+    @property
+    def mount_cache(self):
+        """Blobs ``gridbackup mount`` read from the grid, checked, kept up to ``[mount] cache_size``."""
+        return os.path.join(self.root, "mount", "cache")
+
+    @property
     def api_endpoint(self):
         """Where the API listens, written by the daemon for the CLI."""
         return os.path.join(self.root, "api_endpoint")

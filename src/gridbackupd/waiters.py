@@ -13,6 +13,11 @@ class Waiters:
 
     def __init__(self):
         self._waiting = {}
+        self._listeners = []
+
+    def listen(self, callback):
+        """Call ``callback(key, value)`` at every ``fire``, whoever waits (the mount indexer)."""
+        self._listeners.append(callback)
 
     def wait(self, key):
         d: Deferred = Deferred()
@@ -20,6 +25,9 @@ class Waiters:
         return d
 
     def fire(self, key, value=None):
+        # Listeners first: a waiter woken next may look for what they started.
+        for callback in self._listeners:
+            callback(key, value)
         for d in self._waiting.pop(key, []):
             d.callback(value)
 

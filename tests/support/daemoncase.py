@@ -27,6 +27,7 @@ class DaemonTestCase(TestCase):
     timeout = 240
     files = 120
     listen = None  # an endpoint string; None: TCP on a free loopback port, with self.api
+    extra_config = ""  # more INI lines, after [api]
 
     def make_tree(self):
         make_tree(self.tree, files=self.files)
@@ -41,7 +42,7 @@ class DaemonTestCase(TestCase):
         self.tree = os.path.join(self.base, "data")
         self.make_tree()
         self.config_path = write_config(
-            self.base, self.node_url, [self.tree], listen=self.listen or TCP_ANY_PORT)
+            self.base, self.node_url, [self.tree], listen=self.listen or TCP_ANY_PORT, extra=self.extra_config)
         await self.start_daemon(self.config_path)
 
     async def start_daemon(self, config_path):

@@ -93,6 +93,9 @@ def build_parser():
     p = subcommands.add_parser("recover", help="rebuild the local state from the grid (on a new machine)")
     p.add_argument("--rootcap-file", metavar="FILE",
                    help="the root cap to recover from (- for stdin), written to state_dir/private/rootcap")
+    p = subcommands.add_parser("mount", help="every snapshot as a read-only file system at MOUNTPOINT, "
+                                             "until unmounted or Ctrl-C")
+    p.add_argument("mountpoint", help="an existing directory")
     p = subcommands.add_parser("key", help="the root cap")
     keys = p.add_subparsers(dest="key_command", metavar="show", parser_class=_Parser)
     keys.required = True
@@ -127,6 +130,8 @@ def main(argv=None, out=None, err=None):
             return rootcap.cmd_recover(config, args, out)
         if args.command in WITH_CONFIG:
             return WITH_CONFIG[args.command](make_client(config), args, out, config)
+        if args.command == "mount":
+            return _mount(config, args)
         return COMMANDS[args.command](make_client(config), args, out)
     except Exit as e:
         out.flush()
@@ -143,6 +148,14 @@ def main(argv=None, out=None, err=None):
         except Exception:
             pass
         return OK
+
+
+def _mount(config, args):
+    """The mount process takes over this one (Ctrl-C then reaches it alone)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "gridbackupd.mount", "--config", config.path, os.path.abspath(args.mountpoint)]
+    os.execv(sys.executable, argv)
 
 
 if __name__ == "__main__":

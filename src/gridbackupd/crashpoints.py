@@ -59,7 +59,6 @@ _point("publisher.blobs_committed", "backup", "the commit's row is linked and it
 _point("publisher.log_uploaded", "backup", "a snapshot's log is on the grid, not linked")
 _point("publisher.log_linked", "backup", "a snapshot's log is linked under snapshots/")
 _point("publisher.snapshot_complete", "backup", "the snapshot row is complete")
-_point("mount.index_written", "backup", "a finished snapshot's per-directory mount index is committed")
 # Scenario "start": a restart of a daemon with work left over.
 _point("start.grid_started", "start", "the grid answers with enough storage servers connected")
 _point("start.leftovers_taken_over", "start", "leftover tahoe nodes were stopped or adopted")
@@ -80,6 +79,8 @@ _point("forget.full_log_replaced", "forget_uploading",
        "a kept snapshot's log, not yet on the grid, is replaced by its full log, the row not yet marked full")
 _point("forget.full_log_marked", "forget_uploading",
        "that snapshot's row is marked full (its log is published later, as a full log)")
+# Scenario "mount_index": a backup, then its snapshot's index for gridbackup mount.
+_point("mount.index_written", "mount_index", "a finished snapshot's per-directory mount index is committed")
 # Scenario "restore": a whole-snapshot restore.
 _point("restore.mid_file", "restore", "part of a file's content is written to its temporary name")
 _point("restore.before_rename", "restore", "a file is complete under its temporary name, with its metadata")

@@ -13,7 +13,9 @@ A scenario is the point's ``scenario`` in ``gridbackupd.crashpoints``:
 - ``forget_uploading``: a backup, then a backup of a new 4 MB file and at
   once a forget (with a prune) of the first: the forget waits for the scan
   and rewrites the child's log while its blobs are still uploading;
-- ``restore``: a whole-snapshot restore of the latest snapshot.
+- ``restore``: a whole-snapshot restore of the latest snapshot;
+- ``mount_index``: a backup, finished once its snapshot is also in the
+  mount index (which the daemon builds after the snapshot completes).
 """
 
 import contextlib
@@ -343,7 +345,7 @@ async def _check_latest(matrix, name):
 
 class Backup:
     @staticmethod
-    async def crash(matrix, point):
+    async def crash(matrix, point, also=None):
         matrix.write_file(f"backup-{matrix.files}")
         matrix.daemon.start(point)
         context = {}
@@ -356,7 +358,7 @@ class Backup:
 
         async def finished():
             code, body = await matrix.daemon.call("GET", f"/v1/snapshots/{context['id']}")
-            return code == 200 and body["complete"]
+            return code == 200 and body["complete"] and (also is None or await also(context["id"]))
 
         return await matrix.daemon.died(finished), context
 
@@ -485,5 +487,46 @@ class Restore:
         matrix.compare(context["target"])
 
 
-SCENARIOS = {"backup": Backup, "start": Start, "forget": Forget, "forget_uploading": ForgetUploading,
+def _mount_indexed(matrix, snapshot_id):
+    """Whether the daemon's mount index holds the snapshot."""
+    from gridbackupd.state import mountindex
+
+    try:
+        conn = mountindex.open_index(os.path.join(matrix.daemon.state, "mount", "index.sqlite"), readonly=True)
+    except mountindex.IndexMissing:
+        return False
+    try:
+        return snapshot_id in {row[0] for row in mountindex.snapshots(conn)}
+    finally:
+        conn.close()
+
+
+class MountIndex(Backup):
+    @staticmethod
+    async def crash(matrix, point, also=None):
+        async def indexed_and_alive(snapshot_id):
+            # The index is built in a worker thread: its commit is seen a
+            # moment before the crash point right after it ends the process.
+            if not _mount_indexed(matrix, snapshot_id):
+                return False
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if matrix.daemon.proc.poll() is not None:
+                    return False
+                await deferLater(reactor, 0.1, lambda: None)
+            return True
+
+        return await Backup.crash(matrix, point, also=indexed_and_alive)
+
+    @staticmethod
+    async def restored(matrix, context):
+        await Backup.restored(matrix, context)
+
+        async def indexed():
+            return _mount_indexed(matrix, context["new"])
+
+        await matrix.daemon.eventually(indexed, "the snapshot in the mount index", timeout=SETTLE)
+
+
+SCENARIOS = {"backup": Backup, "mount_index": MountIndex, "start": Start, "forget": Forget, "forget_uploading": ForgetUploading,
              "restore": Restore}

@@ -44,11 +44,9 @@ from gridbackupd.mount.listing import (
     SIZE,
     TARGET,
     UID,
-    XATTRS,
 )
 from gridbackupd.state import mountindex
 
-PENDING_XATTR = "user.gridbackup.pending"
 # Rows of directory listings kept in memory (a few hundred bytes each).
 CACHED_ROWS = 200_000
 # How long the list of snapshots is trusted before the index is asked again.
@@ -151,7 +149,7 @@ class SnapshotFS(mfusepy.Operations):
         parent, _, name = path.rpartition(b"/")
         directory = self._dir(snapshot_id, parent or b"/")
         row = directory.by_name.get(name) if directory is not None else None
-        if row is None:
+        if row is None or row[PENDING]:
             raise _fail(errno.ENOENT)
         nlink = directory.links.get(name, 1)
         if row[KIND] == HARDLINK:
@@ -276,7 +274,8 @@ class SnapshotFS(mfusepy.Operations):
             if directory is None:
                 raise _fail(errno.ENOTDIR)
             for row in directory.rows:
-                yield os.fsdecode(row[NAME]), {"st_mode": _mode(row)}, 0
+                if not row[PENDING]:
+                    yield os.fsdecode(row[NAME]), {"st_mode": _mode(row)}, 0
         else:
             raise _fail(errno.ENOTDIR)
 
@@ -292,9 +291,7 @@ class SnapshotFS(mfusepy.Operations):
         if row[KIND] != FILE:
             raise _fail(errno.EACCES)
         handle: _Inline | FileContent
-        if row[PENDING]:
-            handle = _Inline(b"")
-        elif row[INLINE] is not None:
+        if row[INLINE] is not None:
             handle = _Inline(row[INLINE])
         else:
             handle = FileContent(self.reader, path, [(h.hex(), n) for h, n in row[BLOBS] or ()])
@@ -318,28 +315,6 @@ class SnapshotFS(mfusepy.Operations):
         with self._lock:
             self._handles.pop(fh, None)
         return 0
-
-    def listxattr(self, path):
-        where = self._where(path)
-        if where[0] != "entry" or where[2] == b"/":
-            return []
-        row, _ = self._row(where[1], where[2])
-        names = [os.fsdecode(name) for name, _ in row[XATTRS]]
-        if row[PENDING]:
-            names.append(PENDING_XATTR)
-        return names
-
-    def getxattr(self, path, name, position=0):
-        where = self._where(path)
-        if where[0] == "entry" and where[2] != b"/":
-            row, _ = self._row(where[1], where[2])
-            if name == PENDING_XATTR and row[PENDING]:
-                return b"content not uploaded: the snapshot is incomplete"
-            wanted = os.fsencode(name)
-            for key, value in row[XATTRS]:
-                if key == wanted:
-                    return value
-        raise _fail(errno.ENODATA)
 
     def statfs(self, path):
         return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": 0, "f_bfree": 0, "f_bavail": 0,
@@ -376,8 +351,6 @@ def _attrs(row, nlink):
     size = row[SIZE]
     if kind == SYMLINK:
         size = len(row[TARGET] or b"")
-    elif row[PENDING]:
-        size = 0
     return {"st_mode": _mode(row), "st_nlink": 2 if kind == DIR else nlink, "st_uid": row[UID],
             "st_gid": row[GID], "st_size": size, "st_blocks": (size + 511) // 512,
             "st_atime": row[MTIME], "st_mtime": row[MTIME], "st_ctime": row[CTIME] or row[MTIME],

@@ -283,7 +283,7 @@ class MountTest(DaemonTestCase):
 class MountIndexMissingTest(DaemonTestCase):
     """Without an index, the mount says what to do, in one line."""
 
-    timeout = 120
+    timeout = 240
 
     async def test_no_index(self):
         why = fuse_missing()

@@ -48,6 +48,7 @@ bench: install
 	$(BIN)/python bench/bench_upload.py
 	$(BIN)/python bench/bench_restore.py
 	$(BIN)/python bench/api_browse.py
+	$(BIN)/python bench/bench_mount.py
 
 clean:
 	rm -rf $(VENV) run _trial_temp* build src/*.egg-info

@@ -210,6 +210,9 @@ class MountTest(DaemonTestCase):
         self.assertFalse(os.path.ismount(self.mountpoint))
 
     async def test_survives_daemon_restart(self):
+        # Mounted inside the backed-up tree: the next scan must not enter it.
+        self.mountpoint = os.path.join(self.tree, "mnt")
+        os.mkdir(self.mountpoint)
         self.mount()
         listed = os.listdir(self.in_snapshot())
         await self.daemon.stopService()
@@ -221,6 +224,14 @@ class MountTest(DaemonTestCase):
         await self.start_daemon(self.config_path)
         second = await self.backup()
         await self.daemon.mount_indexer.idle()
+        from gridbackupd.format.chain import snapshot_entries
+        from gridbackupd.format.logpaths import is_in_subtree
+        from gridbackupd.state.snapshots import log_resolver
+
+        inside = os.fsencode(self.mountpoint)
+        below = [e.path for e in snapshot_entries(second, log_resolver(self.daemon.conn))
+                 if is_in_subtree(e.path, inside) and e.path != inside]
+        self.assertEqual(below, [])
         # A snapshot made after the mount started shows up in it.
         wait_until(lambda: second.encode() in os.listdir(os.path.join(os.fsencode(self.mountpoint),
                                                                       b"snapshots")), 10, "the new snapshot")

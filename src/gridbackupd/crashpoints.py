@@ -81,6 +81,18 @@ _point("forget.full_log_marked", "forget_uploading",
        "that snapshot's row is marked full (its log is published later, as a full log)")
 # Scenario "mount_index": a backup, then its snapshot's index for gridbackup mount.
 _point("mount.index_written", "mount_index", "a finished snapshot's per-directory mount index is committed")
+# Scenario "seal": backups in buckets of one second (layout version 2), then a
+# forget of the first: its bucket is sealed, then rewritten without it.
+_point("buckets.opened", "seal", "a new open bucket is linked in its index")
+_point("buckets.sealed_made", "seal", "an open bucket's sealed copy is on the grid, not linked")
+_point("buckets.sealed_linked", "seal", "the sealed bucket is linked in place of the open one")
+_point("buckets.rewritten", "seal", "a sealed bucket rewritten without (or with another) child is linked")
+# Scenario "convert": a set written as layout version 1, then a start that converts it.
+_point("convert.indexes_linked", "convert", "the v2 indexes are linked in the root next to v1")
+_point("convert.bucket_made", "convert", "a sealed bucket of a v1 directory's children is on the grid")
+_point("convert.bucket_linked", "convert", "that bucket is linked in its v2 index")
+_point("convert.settings_written", "convert", "gridbackup.json says version 2; v1 still linked")
+_point("convert.old_unlinked", "convert", "a v1 directory is unlinked from the root")
 # Scenario "restore": a whole-snapshot restore.
 _point("restore.mid_file", "restore", "part of a file's content is written to its temporary name")
 _point("restore.before_rename", "restore", "a file is complete under its temporary name, with its metadata")

@@ -54,6 +54,7 @@ from gridbackupd.state import db as dbmod
 from gridbackupd.state.queue import Weights
 from gridbackupd.statedir import StateDir
 from gridbackupd.upload import sampler
+from gridbackupd.upload.buckets import testing_overrides
 from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
 from gridbackupd.waiters import OneShot, Waiters
@@ -248,7 +249,7 @@ def restorer(reactor, conn, statedir, pool, client_getter, hostname, config):
 def publisher(conn, client, backup, upload, waiters, hostname):
     """The one writer of the backup set's mutable directories, with this set's settings."""
     settings = settings_document(ChunkParams(), backup.tiny_max, backup.chunk_threshold, upload.inline_max)
-    return Publisher(conn, client, settings, waiters, host=hostname)
+    return Publisher(conn, client, settings, waiters, host=hostname, **testing_overrides())
 
 
 def uploader(reactor, conn, statedir, pool, client, publisher, upload):

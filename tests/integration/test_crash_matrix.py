@@ -39,7 +39,7 @@ from tests.support.sharedgrid import shared_node_url
 #: point -> why it fails today.  Must only shrink.
 KNOWN_FAILING: dict[str, str] = {}
 
-ORDER = ("backup", "mount_index", "start", "forget", "forget_uploading", "restore")
+ORDER = ("backup", "mount_index", "start", "forget", "forget_uploading", "restore", "seal", "convert")
 GROUP_LANES = 2
 TWICE_RUNS = 3
 

@@ -52,7 +52,7 @@ class GridSet:
         self.root = await c.mkdir()
         self.snapshots = await c.mkdir()
         self.commits = await c.mkdir()
-        settings = await c.upload_bytes(encode_settings(settings_document(ChunkParams(), 128, 1 << 20)))
+        settings = await c.upload_bytes(encode_settings(settings_document(ChunkParams(), 128, 1 << 20, version=1)))
         await c.set_children(self.root, {"snapshots": self.snapshots, "commits": self.commits,
                                          "gridbackup.json": settings})
 

@@ -65,6 +65,8 @@ class CrashDaemon(Daemon):
         self.state = os.path.join(base, "state")
         # Every crash point each life of this daemon passed, one a line.
         self.trace = os.path.join(base, "trace")
+        # More environment for the next starts (a scenario's test settings).
+        self.extra_env: dict[str, str] = {}
         with open(os.path.join(base, "gridbackup.ini"), "w") as f:
             f.write(CONFIG.format(node_url=node_url, tree=os.path.join(base, "data"), port=port,
                                   parallel=PARALLEL))
@@ -74,6 +76,7 @@ class CrashDaemon(Daemon):
         env.pop(crashpoints.CRASH_AT, None)
         env[crashpoints.TESTING] = "1"
         env[crashpoints.TRACE] = self.trace
+        env.update(self.extra_env)
         if crash_at:
             env[crashpoints.CRASH_AT] = crash_at
         twistd = os.path.join(os.path.dirname(sys.executable), "twistd")

@@ -15,10 +15,16 @@ A scenario is the point's ``scenario`` in ``gridbackupd.crashpoints``:
   and rewrites the child's log while its blobs are still uploading;
 - ``restore``: a whole-snapshot restore of the latest snapshot;
 - ``mount_index``: a backup, finished once its snapshot is also in the
-  mount index (which the daemon builds after the snapshot completes).
+  mount index (which the daemon builds after the snapshot completes);
+- ``seal``: with buckets of one second (on-grid layout version 2), a
+  backup, another in a later bucket (which seals the first's), then a
+  forget of the first with a prune (which rewrites the sealed buckets);
+- ``convert``: a new set written as layout version 1 with a backup, then a
+  start that converts it to version 2.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import time
@@ -28,8 +34,10 @@ from twisted.internet.task import deferLater
 
 from gridbackupd import crashpoints
 from gridbackupd.grid.client import TahoeClient
+from gridbackupd.grid.layout import COMMITS, SETTINGS, SNAPSHOTS
 from gridbackupd.state import db as dbmod
 from gridbackupd.statedir import StateDir
+from gridbackupd.upload.buckets import PERIOD_ENV, VERSION_ENV
 from tests.support.crashrun import PARALLEL, CrashDaemon, NotReached, tahoe_processes, wait_gone
 from tests.support.process import free_port
 from tests.support.reachcheck import missing_from_root
@@ -528,5 +536,87 @@ class MountIndex(Backup):
         await matrix.daemon.eventually(indexed, "the snapshot in the mount index", timeout=SETTLE)
 
 
-SCENARIOS = {"backup": Backup, "mount_index": MountIndex, "start": Start, "forget": Forget, "forget_uploading": ForgetUploading,
-             "restore": Restore}
+class Seal:
+    @staticmethod
+    async def crash(matrix, point):
+        matrix.daemon.extra_env = {PERIOD_ENV: "1"}
+        matrix.daemon.start(point)
+        context: dict = {}
+        try:
+            await matrix.daemon.ready()
+            matrix.write_file(f"sealed-{matrix.files}")
+            context["first"] = await _backup(matrix.daemon)
+            # The next backup's bucket is a later one: a real daemon's wall clock.
+            await deferLater(reactor, 1.1, lambda: None)
+            matrix.write_file(f"sealed-{matrix.files}")
+            context["second"] = await _backup(matrix.daemon)
+            answer = await _post(matrix.daemon, "/v1/forget", {"snapshots": [context["first"]], "prune": True})
+            context["job"] = answer["job"]["id"]
+        except Exception:
+            if matrix.daemon.proc.poll() is None:
+                raise
+
+        async def finished():
+            if "job" not in context:
+                return False
+            code, job = await matrix.daemon.call("GET", f"/v1/jobs/{context['job']}")
+            return code == 200 and job["state"] in ("done", "failed")
+
+        return await matrix.daemon.died(finished), context
+
+    @staticmethod
+    async def done(matrix, context, ids):
+        if "job" in context:
+            if not await Forget.done(matrix, {"forget": context["first"], **context}, ids):
+                return False
+            ids = ids - {context["first"]}
+        matrix.known = set(ids)
+        return True
+
+    @staticmethod
+    async def restored(matrix, context):
+        matrix.daemon.extra_env = {}
+        await _check_latest(matrix, f"seal-{matrix.files}")
+
+
+class Convert:
+    @staticmethod
+    async def crash(matrix, point):
+        matrix._new_state()
+        matrix.daemon.extra_env = {VERSION_ENV: "1"}
+        matrix.daemon.start()
+        await matrix.daemon.ready()
+        matrix.known.add(await _backup(matrix.daemon))
+        matrix.daemon.close()
+        matrix.daemon.extra_env = {}
+        matrix.write_file(f"converted-{matrix.files}")
+        matrix.daemon.start(point)
+
+        async def finished():
+            status = await matrix.daemon.call("GET", "/v1/status")
+            return status[0] == 200 and status[1]["state"] == "ready"
+
+        return await matrix.daemon.died(finished), {}
+
+    @staticmethod
+    async def done(matrix, context, ids):
+        if ids != matrix.known:
+            raise RunFailed(f"snapshots {sorted(ids)} after the conversion, not {sorted(matrix.known)}")
+        with open(os.path.join(matrix.daemon.state, "private", "rootcap")) as f:
+            rootcap = f.read().strip()
+        client = TahoeClient(matrix.current_node_url())
+        try:
+            root = await client.list_dir(rootcap)
+            settings = json.loads(await client.download(root[SETTINGS].cap))
+        finally:
+            await client.close()
+        return settings["version"] == 2 and SNAPSHOTS not in root and COMMITS not in root
+
+    @staticmethod
+    async def restored(matrix, context):
+        await _backup(matrix.daemon)
+        await _check_latest(matrix, f"convert-{matrix.files}")
+
+
+SCENARIOS = {"backup": Backup, "mount_index": MountIndex, "start": Start, "forget": Forget,
+             "forget_uploading": ForgetUploading, "restore": Restore, "seal": Seal, "convert": Convert}

@@ -2,7 +2,8 @@
 What a backup set's root cap alone still holds: every blob of the given
 snapshots must be found by the maintenance walk (``maintenance.reachable``)
 from the root, through the logs linked under ``snapshots/`` and the index
-and packs of the commits linked under ``commits/``.  Nothing of the local
+and packs of the commits linked under ``commits/`` (or their day buckets,
+in layout version 2).  Nothing of the local
 state directory is read.
 """
 
@@ -10,7 +11,7 @@ import os
 
 from gridbackupd.format import chain
 from gridbackupd.format.index import parse_index_segment
-from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SNAPSHOTS
+from gridbackupd.grid.layout import INDEX, PACK_PREFIX, commit_path, log_path
 from gridbackupd.maintenance.reachable import walk
 
 
@@ -25,10 +26,10 @@ async def missing_from_root(client, rootcap, snapshot_ids, workdir):
     logs = {}
     held = set()
     for obj in objects:
-        parts = obj.name.split("/")
-        if len(parts) == 2 and parts[0] == SNAPSHOTS and obj.kind == "filenode":
-            logs[parts[1]] = obj.cap
-        elif len(parts) == 2 and parts[0] == COMMITS and obj.kind == "dirnode":
+        found = commit_path(obj.name)
+        if obj.kind == "filenode" and (snapshot_id := log_path(obj.name)) is not None:
+            logs[snapshot_id] = obj.cap
+        elif found is not None and found[1] is None and obj.kind == "dirnode":
             # Listed here, not taken from the walk's names: a pack kept by a
             # prune is linked in two commits and walked under one name only.
             children = await client.list_dir(obj.cap)
@@ -45,7 +46,7 @@ async def missing_from_root(client, rootcap, snapshot_ids, workdir):
     resolve = chain.dir_resolver(workdir)
     for snapshot_id in snapshot_ids:
         if snapshot_id not in logs:
-            problems.append(f"snapshot {snapshot_id}: no log under {SNAPSHOTS}/")
+            problems.append(f"snapshot {snapshot_id}: no log linked")
             continue
         try:
             missing = {h for entry in chain.snapshot_entries(snapshot_id, resolve)

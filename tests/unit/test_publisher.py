@@ -9,6 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.format.index import (
     IndexFormatError,
+    UnknownLayoutVersion,
     commit_name,
     encode_index_segment,
     encode_settings,
@@ -86,14 +87,33 @@ class SettingsTests(SynchronousTestCase):
         doc = settings_document(ChunkParams(), 128, 1048576, 2048)
         data = encode_settings(doc)
         self.assertTrue(data.startswith(b'{\n "chunking": {\n  "algorithm": "fastcdc",'))
-        self.assertTrue(data.endswith(b' "version": 1\n}\n'))
+        self.assertTrue(data.endswith(b' "version": 2\n}\n'))
         self.assertEqual(parse_settings(data), doc)
-        for key, value in [("version", 2), ("hash", "md5"), ("extra", 1)]:
+        v1 = encode_settings({**doc, "version": 1})
+        self.assertEqual(parse_settings(v1)["version"], 1)
+        for key, value in [("version", 3), ("version", True), ("version", 0), ("hash", "md5"), ("extra", 1)]:
             self.assertRaises(IndexFormatError, parse_settings, encode_settings({**doc, key: value}))
         tiers = {**doc["tiers"], "inline_max": 65537}
         self.assertRaises(IndexFormatError, parse_settings, encode_settings({**doc, "tiers": tiers}))
         chunking = {**doc["chunking"], "min_size": 10**9}
         self.assertRaises(IndexFormatError, parse_settings, encode_settings({**doc, "chunking": chunking}))
+
+
+class UnknownVersionTests(SynchronousTestCase):
+    """A reader that knows only some layout versions refuses the others, saying what to do."""
+
+    def test_v1_reader_refuses_a_v2_set(self):
+        data = encode_settings(settings_document(ChunkParams(), 128, 1048576, 2048))
+        e = self.assertRaises(UnknownLayoutVersion, parse_settings, data, known=(1,))
+        self.assertEqual(str(e), (
+            "gridbackup.json: this backup set has on-grid layout version 2, and this gridbackupd "
+            "knows only version 1: read or write it with a gridbackupd that knows version 2"))
+
+    def test_a_newer_version_is_refused_by_name(self):
+        data = encode_settings({**settings_document(ChunkParams(), 128, 1048576, 2048), "version": 3})
+        e = self.assertRaises(UnknownLayoutVersion, parse_settings, data)
+        self.assertIn("layout version 3", str(e))
+        self.assertIn("knows only versions 1, 2", str(e))
 
 
 def run(coro):

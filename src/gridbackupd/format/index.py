@@ -25,7 +25,9 @@ from gridbackupd.format.pack import MAX_BLOB, MAX_PACK
 INDEX_FORMAT = "gridbackup-index"
 INDEX_VERSION = 1
 SETTINGS_FORMAT = "gridbackup"
-SETTINGS_VERSION = 1
+SETTINGS_VERSION = 2
+# The layout versions this code reads and writes (docs/FORMAT.md "On-grid layout").
+SETTINGS_VERSIONS = (1, 2)
 LOCK_FORMAT = "gridbackup-lock"
 LOCK_VERSION = 1
 # A reader refuses a segment, settings or lock document larger than these,
@@ -212,10 +214,11 @@ _TIER_KEYS = ("tiny_max", "inline_max", "chunk_threshold")
 INLINE_MAX = 2048
 
 
-def settings_document(chunk_params, tiny_max, chunk_threshold, inline_max=INLINE_MAX):
+def settings_document(chunk_params, tiny_max, chunk_threshold, inline_max=INLINE_MAX,
+                      version=SETTINGS_VERSION):
     return {
         "format": SETTINGS_FORMAT,
-        "version": SETTINGS_VERSION,
+        "version": version,
         "hash": "sha256",
         "chunking": {
             "algorithm": "fastcdc",
@@ -231,12 +234,28 @@ def encode_settings(doc):
     return json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=True, allow_nan=False).encode("ascii") + b"\n"
 
 
-def parse_settings(data):
-    """Parse gridbackup.json strictly; returns the document (a dict)."""
+class UnknownLayoutVersion(IndexFormatError):
+    """The backup set has a layout version this code does not know (a newer gridbackupd wrote it)."""
+
+
+def parse_settings(data, known=SETTINGS_VERSIONS):
+    """
+    Parse gridbackup.json strictly; returns the document (a dict).  A
+    version not in ``known`` is refused before anything else is trusted
+    (UnknownLayoutVersion), with a message that says what to do.
+    """
     if len(data) > MAX_SETTINGS:
         raise IndexFormatError(f"gridbackup.json: larger than {MAX_SETTINGS} bytes")
     doc = _load(data, "gridbackup.json")
-    _header(doc, SETTINGS_FORMAT, SETTINGS_VERSION, _SETTINGS_KEYS, "gridbackup.json")
+    version = doc.get("version")
+    if doc.get("format") == SETTINGS_FORMAT and version not in known and type(version) is int:
+        raise UnknownLayoutVersion(
+            f"gridbackup.json: this backup set has on-grid layout version {version}, and this "
+            f"gridbackupd knows only version{'s' if len(known) > 1 else ''} "
+            f"{', '.join(map(str, known))}: read or write it with a gridbackupd that knows "
+            f"version {version}")
+    _header(doc, SETTINGS_FORMAT, version if version in known else known[-1], _SETTINGS_KEYS,
+            "gridbackup.json")
     if doc["hash"] != "sha256":
         raise IndexFormatError(f"gridbackup.json: hash {doc['hash']!r:.40} is not 'sha256'")
     chunking, tiers = doc["chunking"], doc["tiers"]

@@ -22,15 +22,7 @@ from gridbackupd.errors import TahoeBadResponse, TahoeSharesMissing
 from gridbackupd.format.chain import ChainError, snapshot_entries
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.grid.caps import scrub_caps
-from gridbackupd.grid.layout import (
-    COMMIT_PREFIX,
-    COMMITS,
-    INDEX,
-    LOCK,
-    PACK_PREFIX,
-    SETTINGS,
-    SNAPSHOTS,
-)
+from gridbackupd.grid.layout import INDEX, LOCK, PACK_PREFIX, SETTINGS, commit_path, layout_dir, log_path
 from gridbackupd.maintenance.reachable import ROOT, ReachableRun, for_each_reachable
 from gridbackupd.state import blobs, snapshots
 from gridbackupd.state import db as dbmod
@@ -44,11 +36,7 @@ MAX_FILES_LISTED = 100
 # Unhealthy and unrecoverable objects listed in the result.
 MAX_OBJECTS_LISTED = 100
 
-_PACK = re.compile(rf"{COMMITS}/({COMMIT_PREFIX}[0-9a-f]+)/({PACK_PREFIX}[0-9a-f]+)\Z")
-_INDEX = re.compile(rf"{COMMITS}/({COMMIT_PREFIX}[0-9a-f]+)/{INDEX}\Z")
-_COMMIT = re.compile(rf"{COMMITS}/({COMMIT_PREFIX}[0-9a-f]+)\Z")
-_SNAPSHOT_LOG = re.compile(rf"{SNAPSHOTS}/([^/]+)\Z")
-_LAYOUT_DIRS = {ROOT, COMMITS, SNAPSHOTS}
+_PACK = re.compile(rf"({PACK_PREFIX}[0-9a-f]+)\Z")
 _LAYOUT_FILES = {
     SETTINGS: "the backup set's settings: no snapshot can be restored without them",
     LOCK: "the writer lock: a new writer cannot take over safely",
@@ -146,12 +134,14 @@ def _search_logs(conn, wanted, logs_dir):
 
 def _blobs_lost(conn, name):
     """The blob hashes lost with a pack, an index or a commit; None for other objects."""
-    match = _PACK.match(name)
-    if match:
-        return blobs.hashes_in_pack(conn, match.group(2))
-    match = _INDEX.match(name) or _COMMIT.match(name)
-    if match:
-        return blobs.hashes_in_commit(conn, match.group(1))
+    found = commit_path(name)
+    if found is None:
+        return None
+    commit, child = found
+    if child is not None and (pack := _PACK.match(child)) is not None:
+        return blobs.hashes_in_pack(conn, pack.group(1))
+    if child is None or child == INDEX:
+        return blobs.hashes_in_commit(conn, commit)
     return None
 
 
@@ -168,23 +158,23 @@ def affected_by(conn, names, logs_dir: str | None) -> list[dict]:
     """
     reports, wanted = [], {}
     for name in names:
-        if name in _LAYOUT_DIRS:
+        if name == ROOT or layout_dir(name):
             under = "the whole backup set" if name == ROOT else f"everything under {name}/"
             reports.append({"name": name, "kind": "directory", "affects": under})
         elif name in _LAYOUT_FILES:
             reports.append({"name": name, "kind": "file", "affects": _LAYOUT_FILES[name]})
-        elif (log_name := _SNAPSHOT_LOG.match(name)) is not None:
+        elif (log_id := log_path(name)) is not None:
             reports.append({
                 "name": name, "kind": "snapshot-log",
                 "affects": "these snapshots (the snapshot and those whose chain includes it)",
-                "snapshots": _descendants(conn, log_name.group(1))})
+                "snapshots": _descendants(conn, log_id)})
         else:
             hashes = _blobs_lost(conn, name)
             if hashes is None:
                 reports.append({"name": name, "kind": "unknown", "affects":
                                 "not part of the known layout: nothing known depends on it"})
                 continue
-            is_pack = _PACK.match(name) is not None
+            is_pack = (commit_path(name) or (None, None))[1] not in (None, INDEX)
             reports.append({
                 "name": name, "kind": "pack" if is_pack else "commit",
                 "affects": ("the files whose data is in this pack" if is_pack else

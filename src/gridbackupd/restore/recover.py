@@ -5,7 +5,9 @@ the root cap.
 Everything a restore or a deduplicating backup needs is reachable from the
 root (docs/FORMAT.md): ``gridbackup.json``; ``commits/``, whose immutable
 directories hold packs and the index segment that describes them; and
-``snapshots/``, one backup log per snapshot, named by the snapshot's id.
+``snapshots/``, one backup log per snapshot, named by the snapshot's id (in
+layout version 2, ``commit-days/`` and ``snapshot-days/`` hold the same
+children in day buckets).
 ``recover_state`` reads them back into the database:
 
 - every commit: its packs (``packs``), their blobs and the blobs the
@@ -42,6 +44,7 @@ from gridbackupd.format.index import (
     MAX_SEGMENT,
     MAX_SETTINGS,
     IndexFormatError,
+    UnknownLayoutVersion,
     parse_index_segment,
     parse_settings,
 )
@@ -50,7 +53,16 @@ from gridbackupd.format.logframe import MAX_LOG
 from gridbackupd.format.logreader import LogReader
 from gridbackupd.format.pack import FOOTER, PackFormatError, check_pack_size, parse_trailer, trailer_length
 from gridbackupd.grid.caps import expected_size
-from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX, SETTINGS, SNAPSHOTS
+from gridbackupd.grid.layout import (
+    COMMIT_DAYS,
+    COMMITS,
+    INDEX,
+    PACK_PREFIX,
+    SETTINGS,
+    SNAPSHOT_DAYS,
+    SNAPSHOTS,
+    read_index,
+)
 from gridbackupd.model import FILE
 from gridbackupd.state import blobs as blobstate
 from gridbackupd.state import commits as commitstate
@@ -107,13 +119,22 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
         # A new, empty backup set: nothing to recover.
         _finish(conn, report)
         return report
-    missing = [name for name in (SNAPSHOTS, COMMITS, SETTINGS) if name not in root]
-    if missing:
-        raise RecoveryError(f"the root cap does not lead to a gridbackup backup set (no {', '.join(missing)})")
+    if SETTINGS not in root:
+        raise RecoveryError(f"the root cap does not lead to a gridbackup backup set (no {SETTINGS})")
     try:
         settings = parse_settings(await client.download(root[SETTINGS].cap, max_size=MAX_SETTINGS))
+    except UnknownLayoutVersion as e:
+        raise RecoveryError(str(e))
     except (IndexFormatError, TahoeTooLarge) as e:
         raise RecoveryError(f"gridbackup.json: {e}")
+    # Version 2 links logs and commits in day buckets; a conversion cut short
+    # may have left the other version's directories too: the settings say
+    # which version is whole.
+    logs_dir_name, commits_dir_name = (SNAPSHOTS, COMMITS) if settings["version"] == 1 else (
+        SNAPSHOT_DAYS, COMMIT_DAYS)
+    missing = [name for name in (logs_dir_name, commits_dir_name) if name not in root]
+    if missing:
+        raise RecoveryError(f"the root cap does not lead to a gridbackup backup set (no {', '.join(missing)})")
     with dbmod.transaction(conn):
         dbmod.set_meta(conn, "settings", json.dumps(settings, sort_keys=True))
 
@@ -122,7 +143,7 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
     def limited(coro_fn, *args):
         return sem.run(lambda: Deferred.fromCoroutine(coro_fn(*args)))
 
-    commits = await client.list_dir(root[COMMITS].cap)
+    commits = await _children(client, root[commits_dir_name].cap, settings["version"])
     await gatherResults([
         limited(_recover_commit, client, conn, name, child.cap, report)
         for name, child in sorted(commits.items())
@@ -131,7 +152,7 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
              commits=report.commits, packs=report.packs, blobs=report.blobs, inline=report.inline_blobs)
 
     os.makedirs(logs_dir, exist_ok=True)
-    logs = await client.list_dir(root[SNAPSHOTS].cap)
+    logs = await _children(client, root[logs_dir_name].cap, settings["version"])
     paths = {}
 
     async def fetch(name, child):
@@ -155,6 +176,11 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
     log.info("recovered {n} snapshots from the grid ({errors} problems)",
              n=report.snapshots, errors=len(report.errors))
     return report
+
+
+async def _children(client, cap, version):
+    """The logs or commits of a set: one directory's children (v1), or its buckets' (v2)."""
+    return await client.list_dir(cap) if version == 1 else await read_index(client, cap)
 
 
 def _finish(conn, report):

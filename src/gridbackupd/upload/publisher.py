@@ -25,17 +25,22 @@ from gridbackupd import clock as clockmod
 from gridbackupd import crashpoints
 from gridbackupd.errors import GridBackupError, TahoeNotFound
 from gridbackupd.format.index import (
+    MAX_SETTINGS,
+    SETTINGS_VERSION,
     commit_name,
     encode_index_segment,
     encode_settings,
+    parse_settings,
     settings_document,
 )
-from gridbackupd.grid.layout import COMMITS, INDEX, LOCK, SETTINGS, SNAPSHOTS
+from gridbackupd.grid.layout import COMMIT_DAYS, COMMITS, INDEX, LOCK, SETTINGS, SNAPSHOT_DAYS, SNAPSHOTS
 from gridbackupd.model import short_cap
 from gridbackupd.state import blobs as blobsmod
 from gridbackupd.state import commits, snapshots
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import packs as packsmod
+from gridbackupd.upload import convert as convertmod
+from gridbackupd.upload.buckets import DAY, Buckets, bucket_name
 from gridbackupd.upload.writerlock import Heartbeat, WriterLock, WriterLockHeld
 from gridbackupd.waiters import Waiters
 
@@ -44,9 +49,53 @@ __all__ = ["Publisher", "settings_document", "WriterLockHeld"]
 
 @attr.define
 class Layout:
+    """
+    Where a set's logs and commits are linked: version 1's two flat
+    directories, or version 2's two indexes of day buckets.
+    """
+
     root: str = attr.field(repr=False)
-    snapshots: str = attr.field(repr=False)
-    commits: str = attr.field(repr=False)
+    snapshots: str = attr.field(repr=False)  # v1: snapshots/; v2: snapshot-days/
+    commits: str = attr.field(repr=False)  # v1: commits/; v2: commit-days/
+    version: int = 1
+    log_buckets: Buckets | None = attr.field(default=None, repr=False)
+    commit_buckets: Buckets | None = attr.field(default=None, repr=False)
+
+    async def link_commits(self, client, children):
+        if self.commit_buckets is not None:
+            await self.commit_buckets.link(children)
+        else:
+            await client.set_children(self.commits, children)
+
+    async def unlink_commits(self, client, names):
+        """Unlink commits wherever they are (gone already is fine)."""
+        if self.commit_buckets is not None:
+            await self.commit_buckets.change(dict.fromkeys(names))
+            return
+        for name in names:
+            try:
+                await client.unlink(self.commits, name)
+            except TahoeNotFound:
+                pass  # gone already: an earlier run unlinked it before it could say so
+
+    async def link_log(self, client, snapshot_id, cap):
+        """Link a new snapshot's log."""
+        if self.log_buckets is not None:
+            await self.log_buckets.link({snapshot_id: cap})
+        else:
+            await client.set_children(self.snapshots, {snapshot_id: cap})
+
+    async def replace_log(self, client, snapshot_id, cap):
+        """Link ``cap`` in place of a snapshot's log, wherever it is (None: unlink it)."""
+        if self.log_buckets is not None:
+            await self.log_buckets.change({snapshot_id: cap})
+        elif cap is not None:
+            await client.set_children(self.snapshots, {snapshot_id: cap})
+        else:
+            try:
+                await client.unlink(self.snapshots, snapshot_id)
+            except TahoeNotFound:
+                pass
 
 
 @attr.frozen
@@ -67,10 +116,16 @@ class Publisher:
     log = Logger()
 
     def __init__(self, conn, client, settings, waiters=None, writer_id=None, host="localhost",
-                 now=clockmod.wall, monotonic=clockmod.monotonic):
+                 now=clockmod.wall, monotonic=clockmod.monotonic, layout_version=SETTINGS_VERSION,
+                 bucket_period=DAY):
         self.conn = conn
         self.client = client
-        self.settings = settings
+        # The layout version this publisher writes (1 only for tests and
+        # benchmarks that need a set as older code made it).
+        self.layout_version = layout_version
+        self.settings = {**settings, "version": layout_version}
+        self.now = now
+        self.bucket_period = bucket_period
         self.waiters = waiters if waiters is not None else Waiters()
         self.writer_id = writer_id or _writer_id(conn)
         self.host = host
@@ -84,19 +139,43 @@ class Publisher:
         return self.writer.error
 
     async def ensure_layout(self, rootcap):
-        """Find (or create the missing parts of) the directories under the root."""
+        """
+        Find (or create the missing parts of) the directories under the
+        root; convert a version 1 set to version 2 (under the writer lock).
+        A set of a version this publisher does not write is refused
+        (UnknownLayoutVersion, from ``parse_settings``).
+        """
         children = await self.client.list_dir(rootcap)
+        settings = None
+        if SETTINGS in children:
+            settings = parse_settings(
+                await self.client.download(children[SETTINGS].cap, max_size=MAX_SETTINGS),
+                known=tuple(range(1, self.layout_version + 1)))
+            version = settings["version"]
+        elif SNAPSHOTS in children or COMMITS in children:
+            version = 1  # a v1 set whose settings went missing: v1 wrote them with its directories
+        else:
+            version = self.layout_version
+        if self.layout_version >= 2 and settings is not None and convertmod.needs_conversion(children):
+            await self._convert(rootcap, settings)
+            children = await self.client.list_dir(rootcap)
+            version = 2
+        names = (SNAPSHOT_DAYS, COMMIT_DAYS) if version >= 2 else (SNAPSHOTS, COMMITS)
         caps = {}
         missing = {}
-        for name in (SNAPSHOTS, COMMITS):
+        for name in names:
             child = children.get(name)
             if child is not None and child.rw_uri:
                 caps[name] = child.rw_uri
             else:
                 caps[name] = missing[name] = await self.client.mkdir()
         if SETTINGS not in children:
-            missing[SETTINGS] = await self.client.upload_bytes(encode_settings(self.settings))
-        self.layout = Layout(rootcap, caps[SNAPSHOTS], caps[COMMITS])
+            missing[SETTINGS] = await self.client.upload_bytes(
+                encode_settings({**self.settings, "version": version}))
+        self.layout = Layout(rootcap, caps[names[0]], caps[names[1]], version)
+        if version >= 2:
+            self.layout.log_buckets = Buckets(self.client, caps[names[0]], self.now, self.bucket_period)
+            self.layout.commit_buckets = Buckets(self.client, caps[names[1]], self.now, self.bucket_period)
         if missing:
             await self.lock.acquire()
             try:
@@ -104,6 +183,19 @@ class Publisher:
             finally:
                 self.lock.release()
         return self.layout
+
+    async def _convert(self, rootcap, settings):
+        """Convert a version 1 set (or finish converting one) under the writer lock."""
+        await self.lock.acquire()
+        try:
+            await self.writer.hold(rootcap)
+            self.log.info("converting the backup set to on-grid layout version 2")
+            await convertmod.convert(
+                self.client, rootcap, settings,
+                bucket_name(self.now() - self.bucket_period, self.bucket_period),
+                lambda: self.writer.hold(rootcap))
+        finally:
+            self.lock.release()
 
     def _layout(self):
         """The directories found by ``ensure_layout``, which every write needs first."""
@@ -203,7 +295,7 @@ class Publisher:
         """Link the recorded commits not yet in ``commits/``, then unlink retired ones; how many were linked."""
         rows = commits.unlinked(self.conn)
         if rows:
-            await self.client.set_children(self._layout().commits, dict(rows))
+            await self._layout().link_commits(self.client, dict(rows))
             crashpoints.reached("publisher.commit_linked")
             commits.mark_linked(self.conn, [name for name, _ in rows])
             crashpoints.reached("publisher.blobs_committed")
@@ -219,11 +311,8 @@ class Publisher:
         names = commits.retired(self.conn)
         if names:
             crashpoints.reached("prune.commits_linked")
+            await self._layout().unlink_commits(self.client, names)
         for name in names:
-            try:
-                await self.client.unlink(self._layout().commits, name)
-            except TahoeNotFound:
-                pass  # gone already: an earlier run unlinked it before it could say so
             commits.drop_retired(self.conn, name)
             crashpoints.reached("prune.retired_unlinked")
         if names:
@@ -260,17 +349,14 @@ class Publisher:
     # -- snapshot logs -------------------------------------------------------------
 
     async def link_snapshot_log(self, snapshot_id, cap):
-        """Link (or replace) the log of a snapshot in ``snapshots/``."""
+        """Link the log of a snapshot in place of the one linked (in ``snapshots/`` or its bucket)."""
         async with self.writing():
-            await self.client.set_children(self._layout().snapshots, {snapshot_id: cap})
+            await self._layout().replace_log(self.client, snapshot_id, cap)
 
     async def unlink_snapshot_log(self, snapshot_id):
-        """Remove a forgotten snapshot's log from ``snapshots/`` (gone already is fine)."""
+        """Remove a forgotten snapshot's log from ``snapshots/`` or its bucket (gone already is fine)."""
         async with self.writing():
-            try:
-                await self.client.unlink(self._layout().snapshots, snapshot_id)
-            except TahoeNotFound:
-                pass
+            await self._layout().replace_log(self.client, snapshot_id, None)
 
     async def publish_snapshots(self):
         """Upload and link the logs of snapshots that have nothing left to upload."""
@@ -279,7 +365,7 @@ class Publisher:
             async with self.writing():
                 cap = await self.client.upload_file(log_path)
                 crashpoints.reached("publisher.log_uploaded")
-                await self.client.set_children(self._layout().snapshots, {snapshot_id: cap})
+                await self._layout().link_log(self.client, snapshot_id, cap)
                 crashpoints.reached("publisher.log_linked")
                 stale = snapshots.stale_blob_count(self.conn, snapshot_id)
                 snapshots.mark_complete(self.conn, snapshot_id, cap, complete=not stale)

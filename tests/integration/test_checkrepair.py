@@ -20,6 +20,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from gridbackupd.errors import TahoeBadResponse, TahoeError
 from gridbackupd.grid.client import TahoeClient
+from gridbackupd.grid.layout import COMMIT_DAYS, log_path
 from gridbackupd.grid.localgrid import LocalGrid
 from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.maintenance.checkrepair import check_and_repair, classify
@@ -124,6 +125,8 @@ class UnhealthyAnswerTests(DaemonTestCase):
             f.write(b"more")
         second = await self.backup()
         objects = await self.objects_by_name()
+        [log_name] = [n for n in objects if log_path(n) == first]
+
         def blobs_of(pack):
             return {row[0] for row in self.daemon.conn.execute(
                 "SELECT b.hash FROM blobs b JOIN packs p ON p.id = b.pack_id WHERE p.name = ?",
@@ -141,7 +144,7 @@ class UnhealthyAnswerTests(DaemonTestCase):
         gone = check_answer(False, False, "Not Healthy: 0 shares (enc 2-of-3)")
         stub = StubbedChecks(self.daemon.client, {
             objects[pack].cap: lambda repair: repair_answer(gone, gone) if repair else gone,
-            objects[f"snapshots/{first}"].cap: gone,  # a node that ignores repair=true
+            objects[log_name].cap: gone,  # a node that ignores repair=true
             objects[commit].cap: gone,
         })
         ctx = make_context(self.daemon)
@@ -157,15 +160,15 @@ class UnhealthyAnswerTests(DaemonTestCase):
         self.assertEqual(result["healthy"], len(non_literal) - 3)
         self.assertEqual(ctx.progress["errors"], 3)
         self.assertEqual({o["name"] for o in result["unhealthy_objects"]},
-                         {pack, commit, f"snapshots/{first}"})
+                         {pack, commit, log_name})
         self.assertTrue(stub.calls, "the check ran on the grid")
         self.assertTrue(all(c[2] for c in stub.calls), "repair is asked for by default")
         # Unhealthy objects are not marked done: a resumed run looks again.
         self.assertNotIn(pack, ctx.done_items())
-        self.assertIn("commits", ctx.done_items())
+        self.assertIn(COMMIT_DAYS, ctx.done_items())
 
         reports = {r["name"]: r for r in result["unrecoverable_objects"]}
-        self.assertEqual(set(reports), {pack, commit, f"snapshots/{first}"})
+        self.assertEqual(set(reports), {pack, commit, log_name})
         report = reports[pack]
         self.assertEqual(report["kind"], "pack")
         self.assertEqual(report["blobs"], len(pack_hashes))
@@ -182,7 +185,7 @@ class UnhealthyAnswerTests(DaemonTestCase):
         self.assertGreaterEqual(reports[commit]["blobs"], len(pack_hashes))
         self.assertLessEqual(expected, {(f["snapshot"], f["path"])
                                         for f in reports[commit]["files"]})
-        log = reports[f"snapshots/{first}"]
+        log = reports[log_name]
         self.assertEqual(log["kind"], "snapshot-log")
         self.assertEqual(log["snapshots"][0], first)
         parent = self.daemon.conn.execute(
@@ -197,7 +200,7 @@ class UnhealthyAnswerTests(DaemonTestCase):
         await self.backup()
         objects = await self.objects_by_name()
         stub = StubbedChecks(self.daemon.client, {
-            objects["commits"].cap: check_answer(False, True),
+            objects[COMMIT_DAYS].cap: check_answer(False, True),
             objects[ROOT].cap: check_answer(False, False),
         })
         ctx = make_context(self.daemon, {"repair": False, "verify_fraction": 1.0})

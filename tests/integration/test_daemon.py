@@ -31,7 +31,7 @@ class DaemonTests(DaemonTestCase):
         self.assertEqual((code, detail["state"], detail["complete"]), (200, "complete", True))
 
         # The snapshot is on the grid: its log is linked under the root.
-        snapshots = await self.daemon.client.list_dir(self.daemon.publisher.layout.snapshots)
+        snapshots = await self.daemon.publisher.layout.linked_logs(self.daemon.client)
         self.assertIn(snapshot_id, snapshots)
 
         target = os.path.join(self.base, "restored")

@@ -63,9 +63,9 @@ class ForgetAndPruneTests(DaemonTestCase):
 
     async def grid_layout(self):
         client, layout = self.daemon.client, self.daemon.publisher.layout
-        logs = await client.list_dir(layout.snapshots)
+        logs = await layout.linked_logs(client)
         packs = set()
-        for commit in (await client.list_dir(layout.commits)).values():
+        for commit in (await layout.linked_commits(client)).values():
             packs.update(n for n in await client.list_dir(commit.cap) if n.startswith("pack-"))
         return logs, packs
 

@@ -11,6 +11,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from gridbackupd.errors import TahoeServerError
+from gridbackupd.grid.layout import commit_path, log_path
 from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.maintenance import reachable
 from gridbackupd.maintenance.jobs import JobContext, JobStopped
@@ -65,11 +66,10 @@ class RenewLeasesTests(DaemonTestCase):
     def test_walk_names_the_layout(self):
         names = {o.name for o in self.objects}
         self.assertIn(ROOT, names)
-        for name in ("gridbackup.json", "lock", "snapshots", "commits"):
+        for name in ("gridbackup.json", "lock", "snapshot-days", "commit-days"):
             self.assertIn(name, names)
-        self.assertTrue(any(n.startswith("snapshots/") for n in names))
-        self.assertTrue(any(n.startswith("commits/commit-") and n.endswith("/index")
-                            for n in names))
+        self.assertTrue(any(log_path(n) for n in names))
+        self.assertTrue(any((commit_path(n) or (None, None))[1] == "index" for n in names))
         self.assertTrue(any("/pack-" in n for n in names))
         self.assertEqual(len(names), len(self.objects), "each object once")
 

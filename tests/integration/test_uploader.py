@@ -98,7 +98,7 @@ class UploaderTests(SynchronousTestCase):
 
     def grid_index(self):
         """Every blob reachable from the root: hash -> (pack cap or None, entry)."""
-        return grid_index(self, self.client, self.publisher.layout.commits)
+        return grid_index(self, self.client, self.publisher.layout)
 
     def puts(self):
         return sum(1 for r in self.fake.requests if r.method == "PUT")
@@ -122,7 +122,7 @@ class UploaderTests(SynchronousTestCase):
         self.assertEqual(
             self.conn.execute("SELECT state, complete FROM snapshots WHERE id = ?", (sid,)).fetchone(),
             ("complete", 1))
-        snapshots = self.successResultOf(run(self.client.list_dir(self.publisher.layout.snapshots)))
+        snapshots = self.successResultOf(run(self.publisher.layout.linked_logs(self.client)))
         self.assertEqual(set(snapshots), {sid})
         # The same content again, from other files and a new snapshot: no pack goes up.
         before = self.puts()

@@ -42,10 +42,10 @@ def add_uploading_snapshot(conn, base, sid, blobs):
         queue.add_blobs(conn, sid, blobs)
 
 
-def grid_index(case, client, commits_dir):
+def grid_index(case, client, layout):
     """Every blob reachable through the linked commits: hash -> (pack cap or None, entry)."""
     found = {}
-    linked = case.successResultOf(run(client.list_dir(commits_dir)))
+    linked = case.successResultOf(run(layout.linked_commits(client)))
     for child in linked.values():
         listing = case.successResultOf(run(client.list_dir(child.cap)))
         segment = case.successResultOf(run(client.download(listing["index"].cap)))

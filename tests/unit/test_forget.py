@@ -97,7 +97,7 @@ class ForgetPublishRaceTests(SynchronousTestCase):
         return path
 
     def grid_logs(self):
-        return self.successResultOf(run(self.client.list_dir(self.publisher.layout.snapshots)))
+        return self.successResultOf(run(self.publisher.layout.linked_logs(self.client)))
 
     def assert_child_full_on_grid(self):
         logs = self.grid_logs()

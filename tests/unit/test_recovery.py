@@ -70,7 +70,7 @@ class RecoveryCase(SynchronousTestCase):
 
     def grid_blobs(self):
         """The hashes reachable from the root through the linked commits."""
-        return set(grid_index(self, self.client, self.publisher.layout.commits))
+        return set(grid_index(self, self.client, self.publisher.layout))
 
     def state_of(self, sid):
         return self.conn.execute("SELECT state FROM snapshots WHERE id = ?", (sid,)).fetchone()[0]
@@ -80,7 +80,7 @@ class RecoveryCase(SynchronousTestCase):
         self.assertEqual(set(self.conn.execute("SELECT DISTINCT state FROM blobs")), {("committed",)})
         self.assertEqual(commits.unlinked(self.conn), [])
         self.assertTrue(hashes <= self.grid_blobs())
-        published = self.successResultOf(run(self.client.list_dir(self.publisher.layout.snapshots)))
+        published = self.successResultOf(run(self.publisher.layout.linked_logs(self.client)))
         self.assertIn(sid, published)
 
 
@@ -155,12 +155,12 @@ class RecoveryPassTests(RecoveryCase):
         [(name, cap)] = self.conn.execute("SELECT name, cap FROM commits").fetchall()
         # A prune replaced a commit (linked = -1) and was killed before unlinking it.
         old = "commit-" + "0" * 32
-        self.successResultOf(run(self.client.set_children(self.publisher.layout.commits, {old: cap})))
+        self.successResultOf(run(self.publisher.layout.link_commits(self.client, {old: cap})))
         with dbmod.transaction(self.conn):
             self.conn.execute("INSERT INTO commits (name, cap, linked) VALUES (?, ?, -1)", (old, cap))
         self.restart()
         self.assertTrue(self.successResultOf(run(self.uploader.run_once())))
-        linked = self.successResultOf(run(self.client.list_dir(self.publisher.layout.commits)))
+        linked = self.successResultOf(run(self.publisher.layout.linked_commits(self.client)))
         self.assertEqual(set(linked), {name})
         self.assertEqual(commits.retired(self.conn), [])
         self.assertFinished("s1", hashes)

@@ -79,6 +79,11 @@ class Buckets:
         self._open: tuple[str, str] | None = None  # (name, write cap) of the open bucket
         self._sealed: dict[str, frozenset] = {}  # a sealed bucket's cap -> its names
 
+    def forget(self):
+        """Read the index again before the next write (another writer may have changed it)."""
+        self._open = None
+        self._sealed.clear()
+
     async def open_bucket(self):
         """
         The open bucket's write cap: today's, made (and every older open

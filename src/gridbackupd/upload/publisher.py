@@ -33,7 +33,16 @@ from gridbackupd.format.index import (
     parse_settings,
     settings_document,
 )
-from gridbackupd.grid.layout import COMMIT_DAYS, COMMITS, INDEX, LOCK, SETTINGS, SNAPSHOT_DAYS, SNAPSHOTS
+from gridbackupd.grid.layout import (
+    COMMIT_DAYS,
+    COMMITS,
+    INDEX,
+    LOCK,
+    SETTINGS,
+    SNAPSHOT_DAYS,
+    SNAPSHOTS,
+    read_index,
+)
 from gridbackupd.model import short_cap
 from gridbackupd.state import blobs as blobsmod
 from gridbackupd.state import commits, snapshots
@@ -60,6 +69,24 @@ class Layout:
     version: int = 1
     log_buckets: Buckets | None = attr.field(default=None, repr=False)
     commit_buckets: Buckets | None = attr.field(default=None, repr=False)
+
+    async def linked_logs(self, client):
+        """Every linked snapshot log, by snapshot id (either version)."""
+        if self.version >= 2:
+            return await read_index(client, self.snapshots)
+        return await client.list_dir(self.snapshots)
+
+    async def linked_commits(self, client):
+        """Every linked commit, by name (either version)."""
+        if self.version >= 2:
+            return await read_index(client, self.commits)
+        return await client.list_dir(self.commits)
+
+    def forget_buckets(self):
+        """Drop what the buckets remember (the open bucket, sealed names): read them again."""
+        for buckets in (self.log_buckets, self.commit_buckets):
+            if buckets is not None:
+                buckets.forget()
 
     async def link_commits(self, client, children):
         if self.commit_buckets is not None:
@@ -157,9 +184,9 @@ class Publisher:
         else:
             version = self.layout_version
         if self.layout_version >= 2 and settings is not None and convertmod.needs_conversion(children):
-            await self._convert(rootcap, settings)
-            children = await self.client.list_dir(rootcap)
-            version = 2
+            if await self._convert(rootcap, settings):
+                children = await self.client.list_dir(rootcap)
+                version = 2
         names = (SNAPSHOT_DAYS, COMMIT_DAYS) if version >= 2 else (SNAPSHOTS, COMMITS)
         caps = {}
         missing = {}
@@ -185,15 +212,24 @@ class Publisher:
         return self.layout
 
     async def _convert(self, rootcap, settings):
-        """Convert a version 1 set (or finish converting one) under the writer lock."""
+        """
+        Convert a version 1 set (or finish converting one) under the writer
+        lock; False if another daemon holds it (this one writes nothing
+        then, and the conversion waits for a start that holds the lock).
+        """
         await self.lock.acquire()
         try:
-            await self.writer.hold(rootcap)
+            try:
+                await self.writer.hold(rootcap)
+            except WriterLockHeld as e:
+                self.log.warn("not converting the backup set to layout version 2 now: {e}", e=e)
+                return False
             self.log.info("converting the backup set to on-grid layout version 2")
             await convertmod.convert(
                 self.client, rootcap, settings,
                 bucket_name(self.now() - self.bucket_period, self.bucket_period),
                 lambda: self.writer.hold(rootcap))
+            return True
         finally:
             self.lock.release()
 
@@ -219,6 +255,7 @@ class Publisher:
             current = children.get(LOCK)
             other = await self.writer.read(current.cap) if current is not None else None
             await self.writer.take(root, children, force=True)
+            self._layout().forget_buckets()
         finally:
             self.lock.release()
         if other is None or other["writer"] == self.writer_id:
@@ -227,8 +264,15 @@ class Publisher:
         return other["host"]
 
     async def hold_lock(self):
-        """Make sure this daemon holds the writer lock (call with ``self.lock`` held)."""
+        """
+        Make sure this daemon holds the writer lock (call with ``self.lock``
+        held).  Taken anew (not renewed), what this daemon remembered of the
+        buckets may be stale: another daemon may have written meanwhile.
+        """
+        fresh = self.writer.renewed is None
         await self.writer.hold(self._layout().root)
+        if fresh:
+            self._layout().forget_buckets()
 
     async def renew_lock(self):
         """The heartbeat: renew the writer lock we hold when due, even with nothing to write."""

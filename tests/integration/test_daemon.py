@@ -149,7 +149,7 @@ class SecretsTests(TestCase):
         self.assertTrue(rootcap.startswith("URI:DIR2:"))
         # The root holds the layout that a new machine needs.
         children = await daemon.client.list_dir(rootcap)
-        self.assertEqual(set(children), {"snapshots", "commits", "gridbackup.json", "lock"})
+        self.assertEqual(set(children), {"snapshot-days", "commit-days", "gridbackup.json", "lock"})
         # The cap never reaches the daemon's own files other than private/.
         read = []
         for dirpath, _, files in os.walk(os.path.join(base, "state")):

@@ -17,6 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from gridbackupd.config import parse_config
 from gridbackupd.format.index import parse_index_segment, settings_document
 from gridbackupd.format.pack import decode_blob
+from gridbackupd.grid.layout import COMMIT_DAYS, SNAPSHOT_DAYS, read_index
 from gridbackupd.grid.retry import RetryPolicy
 from gridbackupd.scan.chunker import ChunkParams
 from gridbackupd.scan.values import NewBlob
@@ -429,7 +430,7 @@ class CrashTests(TestCase):
         children = await client.list_dir(root)
         on_grid = []
         hashes = set()
-        for name, child in (await client.list_dir(children["commits"].cap)).items():
+        for name, child in (await read_index(client, children[COMMIT_DAYS].cap)).items():
             listing = await client.list_dir(child.cap)
             packs = {n for n in listing if n.startswith("pack-")}
             on_grid.extend(packs)
@@ -437,5 +438,5 @@ class CrashTests(TestCase):
             hashes.update(b.hash for b in segment.blobs)
         self.assertEqual(sorted(on_grid), sorted(packs_after))
         self.assertEqual(hashes, {r[0] for r in db.execute("SELECT hash FROM blobs")})
-        snapshots = await client.list_dir(children["snapshots"].cap)
+        snapshots = await read_index(client, children[SNAPSHOT_DAYS].cap)
         self.assertIn(snapshot_id, snapshots)

@@ -24,7 +24,7 @@ from gridbackupd.config import parse_config
 from gridbackupd.format.index import commit_name, encode_index_segment, parse_index_segment
 from gridbackupd.format.pack import parse_trailer
 from gridbackupd.grid.client import TahoeClient
-from gridbackupd.grid.layout import COMMITS, INDEX, PACK_PREFIX
+from gridbackupd.grid.layout import COMMIT_DAYS, INDEX, PACK_PREFIX
 from gridbackupd.service import from_config
 from gridbackupd.testing.configfile import write_config
 from gridbackupd.upload.packer import write_stored_pack
@@ -63,9 +63,14 @@ async def plant_bombs(client, rootcap, bombs, workdir):
     ``write_stored_pack`` around the hostile frames.  Returns how many
     blobs were replaced.
     """
-    commits_dir = (await client.list_dir(rootcap))[COMMITS].cap
+    index_dir = (await client.list_dir(rootcap))[COMMIT_DAYS].cap
     replaced = 0
-    for name, child in sorted((await client.list_dir(commits_dir)).items()):
+    # Today's bucket (layout version 2): a mutable directory, as the daemon left it.
+    buckets = [c.rw_uri for c in (await client.list_dir(index_dir)).values()]
+    assert buckets and all(buckets), "the daemon's commits are all in an open bucket"
+    commits = [(bucket, name, child) for bucket in buckets
+               for name, child in sorted((await client.list_dir(bucket)).items())]
+    for commits_dir, name, child in commits:
         listing = await client.list_dir(child.cap)
         packs = {n: c.cap for n, c in listing.items() if n.startswith(PACK_PREFIX)}
         segment = parse_index_segment(await client.download(listing[INDEX].cap), set(packs))

@@ -585,7 +585,8 @@ class Convert:
         matrix._new_state()
         matrix.daemon.extra_env = {VERSION_ENV: "1"}
         matrix.daemon.start()
-        await matrix.daemon.ready()
+        # A new set: its embedded grid is made first, slow on a loaded machine.
+        await matrix.daemon.eventually(matrix.daemon.ready, "a new set's daemon to be ready", timeout=3 * SETTLE)
         matrix.known.add(await _backup(matrix.daemon))
         matrix.daemon.close()
         matrix.daemon.extra_env = {}

@@ -74,6 +74,8 @@ _point("prune.packs_uploaded", "forget",
 _point("prune.commits_replaced", "forget", "the database names the replacement commits, none linked yet")
 _point("prune.commits_linked", "forget", "the replacement commits are linked, the retired ones not yet unlinked")
 _point("prune.retired_unlinked", "forget", "a retired commit is unlinked and its row dropped")
+_point("figures.computed", "forget",
+       "a kept snapshot's figures, counted against a forgotten one, are computed again and stored")
 # Scenario "forget_uploading": a forget of a snapshot whose child is still uploading.
 _point("forget.full_log_replaced", "forget_uploading",
        "a kept snapshot's log, not yet on the grid, is replaced by its full log, the row not yet marked full")

@@ -34,6 +34,7 @@ from gridbackupd import crashpoints
 from gridbackupd.api.http import endpoint_description, listen_unix, make_site
 from gridbackupd.api.http import listen as api_listen
 from gridbackupd.api.routes import router
+from gridbackupd.changes.filler import FiguresFiller
 from gridbackupd.errors import GridBackupError, ReadOnly, TahoeError, Unavailable, one_line
 from gridbackupd.grid.answers import announced_hosts, connected_count, offsite
 from gridbackupd.grid.caps import is_read_only
@@ -322,6 +323,7 @@ class GridBackupDaemon(OrderedServices):
         self.read_only = False  # the root cap gives read access only
         self.recovering = False  # rebuilding the local state from the grid
         self.recovery = None  # what the last recovery found (RecoveryReport.as_dict())
+        self.figures = None  # computes the figures no scan counted (changes.filler)
         self.snapshot_waiters = Waiters()
         self.notifier = None  # gridbackupd.notify: [notify]'s targets, GET /v1/notifications
         self.unclean_stop = False  # the last daemon here was killed (its api_endpoint is still there)
@@ -394,9 +396,11 @@ class GridBackupDaemon(OrderedServices):
                                        self._scanned, self.snapshot_waiters)
         restores = self.restorer = restorer(self.reactor, self.conn, self.statedir, self.pool, self._client,
                                             self.config.hostname, self.config)
+        self.figures = FiguresFiller(self.reactor, self.pool, self.statedir.database)
         super().startService()
         # Each recovers its interrupted rows as it starts, before the API answers.
         jobs.setServiceParent(self)
+        self.figures.setServiceParent(self)
         restores.setServiceParent(self)
         # Bound already; a child here so that it stops before the parts it serves.
         api.setServiceParent(self)

@@ -1,5 +1,5 @@
 """
-Reading snapshots for the API: listings, one entry, differences, figures.
+Reading snapshots for the API: listings, one entry, differences.
 
 Everything here that reads a backup log is a plain function meant for a
 worker thread: it streams the log (or the chain of logs of an incremental
@@ -23,6 +23,7 @@ import attr
 import zstandard
 
 from gridbackupd.api.errors import failure_answer
+from gridbackupd.changes import tally as changes
 from gridbackupd.errors import Conflict, Invalid, NotFound
 from gridbackupd.format import chain, hardlinks, logpaths
 from gridbackupd.format.logfields import LogFormatError
@@ -243,39 +244,13 @@ def find_entry(log_paths, path):
         raise Conflict("bad_hard_link", f"{logpaths.shown(path)}: {e}") from None
 
 
-def _compared(entry):
-    """What a difference looks at: content and metadata, not inode numbers or ctime."""
-    return (entry.kind, entry.size, entry.mtime_ns, entry.mode, entry.uid, entry.gid,
-            entry.target, entry.inline, entry.blobs, entry.sha256, entry.xattrs)
-
-
-def _changes(before, after):
-    """Yield ``(change, old, new)`` over two entry streams in path order."""
-    a = next(before, None)
-    b = next(after, None)
-    while a is not None or b is not None:
-        ka = logpaths.path_key(a.path) if a is not None else None
-        kb = logpaths.path_key(b.path) if b is not None else None
-        if kb is None or (ka is not None and ka < kb):
-            yield "deleted", a, None
-            a = next(before, None)
-        elif ka is None or kb < ka:
-            yield "added", None, b
-            b = next(after, None)
-        else:
-            if _compared(a) != _compared(b):
-                yield "changed", a, b
-            a = next(before, None)
-            b = next(after, None)
-
-
 def diff(paths_a, paths_b, top, cursor, limit):
     """The differences from snapshot A to B under ``top``, one page: (changes, next_cursor)."""
     start = logpaths.path_key(cursor) if cursor is not None else None
     found: list[dict] = []
     more = False
     with entries(paths_a) as before, entries(paths_b) as after:
-        for change, old, new in _changes(before, after):
+        for change, old, new in changes.stream(before, after):
             entry = new if new is not None else old
             if not logpaths.is_in_subtree(entry.path, top):
                 continue
@@ -296,26 +271,6 @@ def diff(paths_a, paths_b, top, cursor, limit):
         raw = base64.b64decode(last["path_b64"]) if "path_b64" in last else last["path"].encode("utf-8")
         next_cursor = encode_cursor(raw)
     return found, next_cursor
-
-
-def figures(paths_a, paths_b):
-    """Counts of the difference from A (None: nothing before) to B."""
-    counts = {"files_added": 0, "files_changed": 0, "files_deleted": 0,
-              "entries_added": 0, "entries_changed": 0, "entries_deleted": 0,
-              "bytes_added": 0, "bytes_deleted": 0}
-    with contextlib.ExitStack() as stack:
-        before = stack.enter_context(entries(paths_a)) if paths_a else iter(())
-        after = stack.enter_context(entries(paths_b))
-        for change, old, new in _changes(before, after):
-            entry = new if new is not None else old
-            counts["entries_" + change] += 1
-            if entry.kind == FILE:
-                counts["files_" + change] += 1
-                if change == "deleted":
-                    counts["bytes_deleted"] += old.size
-                elif change == "added" or old.kind != FILE or old.blobs != new.blobs or old.inline != new.inline:
-                    counts["bytes_added"] += new.size
-    return counts
 
 
 # -- one file's content ---------------------------------------------------------

@@ -138,6 +138,30 @@ def cmd_show(client, args, out):
     return OK
 
 
+def cmd_history(client, args, out):
+    """Every version of one path: the snapshots in which it was added, changed or deleted."""
+    query = path_query(snapshot_path(args.path))
+    if args.host:
+        query += "&host=" + urllib.parse.quote(args.host)
+    doc = client.call("GET", "/v1/history?" + query)
+    if args.json:
+        json.dump(doc, out, indent=1, sort_keys=True)
+        out.write("\n")
+        return OK
+    out.write(f"{'SNAPSHOT':<34} {'TIME':<19} {'CHANGE':<8} {'SIZE':>10} {'MTIME':<16}\n")
+    for v in doc.get("versions", []):
+        mtime = time.strftime("%Y-%m-%d %H:%M", time.localtime(v.get("mtime_ns", 0) / 1e9))
+        size = "-" if v.get("change") == "deleted" else human_bytes(v.get("size"))
+        out.write(f"{v['snapshot']:<34} {local_time(v.get('time')):<19} {v['change']:<8} {size:>10} "
+                  f"{mtime:<16}" + ("" if v.get("complete") else " (incomplete)") + "\n")
+    if not doc.get("versions"):
+        out.write("no version of this path in any snapshot\n")
+    if doc.get("uncounted"):
+        out.write(f"({doc['uncounted']} snapshots are still being indexed: "
+                  "their changes are not listed yet)\n")
+    return OK
+
+
 def cmd_ls(client, args, out):
     path = snapshot_path(args.path) if args.path else "/"
     query = path_query(path) + ("&recursive=true" if args.recursive else "")

@@ -51,6 +51,10 @@ def build_parser():
     p.add_argument("path", nargs="?", help="a directory (default: /)")
     p.add_argument("-r", "--recursive", action="store_true", help="everything below, not just the children")
     p.add_argument("--json", action="store_true", help="one JSON document per line")
+    p = subcommands.add_parser("history", help="every version of one path across the snapshots")
+    p.add_argument("path")
+    p.add_argument("--host", help="only this host's snapshots")
+    p.add_argument("--json", action="store_true", help="the API's answer as it is")
     p = subcommands.add_parser("cat", help="write one file of a snapshot to stdout")
     p.add_argument("snapshot")
     p.add_argument("path")
@@ -110,6 +114,7 @@ COMMANDS = {
     "cancel": commands.cmd_cancel, "pause": commands.cmd_pause, "resume": commands.cmd_resume,
     "take-over": commands.cmd_take_over, "forget": commands.cmd_forget, "job": commands.cmd_job,
     "jobs": commands.cmd_jobs, "show": commands.cmd_show, "notify": commands.cmd_notify,
+    "history": commands.cmd_history,
 }
 #: Commands that also need the configuration (where the daemon listens).
 WITH_CONFIG = {"ui": commands.cmd_ui}

@@ -19,11 +19,12 @@ import attr
 from twisted.logger import Logger
 
 from gridbackupd import crashpoints
+from gridbackupd.changes import compute
 from gridbackupd.format import chain
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
+from gridbackupd.state import changes, snapshots
 from gridbackupd.state import db as dbmod
-from gridbackupd.state import snapshots
 
 log = Logger()
 
@@ -99,13 +100,17 @@ async def forget(ctx, plan):
         if log_cap:
             await ctx.publisher.unlink_snapshot_log(snapshot_id)
             crashpoints.reached("forget.logs_unlinked")
-        snapshots.forget(ctx.conn, snapshot_id)
+        with dbmod.transaction(ctx.conn):
+            snapshots.forget(ctx.conn, snapshot_id)
+            changes.forget(ctx.conn, snapshot_id)
         if log_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(log_path)
         forgotten += 1
         ctx.progress["forgotten"] = forgotten
         log.info("forgot snapshot {id}", id=snapshot_id)
+    # The figures of the kept snapshots that were counted against a forgotten one.
+    await ctx.in_thread(compute.fill_missing, ctx.db_path)
     return {"snapshots_forgotten": forgotten, "logs_rewritten": rewritten}
 
 

@@ -38,6 +38,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
+from gridbackupd.changes import compute
 from gridbackupd.errors import FormatError, GridBackupError, TahoeError, TahoeTooLarge
 from gridbackupd.format import chain
 from gridbackupd.format.index import (
@@ -172,6 +173,8 @@ async def recover_state(reactor, conn, db_path, client, rootcap, logs_dir, pool,
             rows.append(row)
     snapshots.put_recovered(conn, rows)
     report.snapshots += len(rows)
+    # Their figures and change rows, once, by comparing each with the one before.
+    await deferToThreadPool(reactor, pool, compute.fill_missing, db_path)
     _finish(conn, report)
     log.info("recovered {n} snapshots from the grid ({errors} problems)",
              n=report.snapshots, errors=len(report.errors))

@@ -24,13 +24,16 @@ class Previous:
     passed on to ``out``: new and changed entries, and a ``Deletion`` for
     each previous entry the scan no longer has.  For a full log every entry
     is passed on.  ``find`` gives the previous entry at a path (the next
-    one emitted) for change detection.
+    one emitted) for change detection.  ``changes`` (a
+    ``changes.tally.Tally``), if given, is told of every entry added,
+    changed or deleted: the snapshot's figures, counted in the same pass.
     """
 
-    def __init__(self, entries, out, incremental=False):
+    def __init__(self, entries, out, incremental=False, changes=None):
         self._it = iter(entries or ())
         self._out = out
         self._incremental = incremental
+        self._changes = changes
         self._head = None
         self._key = None
         self._found = None
@@ -47,6 +50,8 @@ class Previous:
         """Pass the previous entries before ``key``: they are gone."""
         while self._head is not None and self._key < key:
             self.deleted += 1
+            if self._changes is not None:
+                self._changes.deleted(self._head)
             if self._incremental:
                 self._out(Deletion(self._head.path))
             self._advance()
@@ -76,8 +81,12 @@ class Previous:
                     return
             else:
                 self.changed += 1
+                if self._changes is not None:
+                    self._changes.changed(head, entry)
         else:
             self.changed += 1
+            if self._changes is not None:
+                self._changes.added(entry)
         self._out(entry)
 
     # -- a watched scan: what it does not walk comes from here --------------
@@ -110,6 +119,8 @@ class Previous:
                 self._key == key or self._key.startswith(prefix)):
             head = self._head
             self.deleted += 1
+            if self._changes is not None:
+                self._changes.deleted(head)
             if self._incremental:
                 self._out(Deletion(head.path))
             self._advance()
@@ -123,6 +134,8 @@ class Previous:
         """The scan is over: every previous entry left is gone."""
         while self._head is not None:
             self.deleted += 1
+            if self._changes is not None:
+                self._changes.deleted(self._head)
             if self._incremental:
                 self._out(Deletion(self._head.path))
             self._advance()

@@ -20,6 +20,8 @@ import attr
 from twisted.logger import Logger
 
 from gridbackupd import faultpoints
+from gridbackupd.changes import compute as compute_changes
+from gridbackupd.changes.tally import Tally
 from gridbackupd.errors import DiskFull, disk_full, is_disk_full
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logwriter import LogWriter
@@ -29,11 +31,13 @@ from gridbackupd.scan.compare import PreviousEntries
 from gridbackupd.scan.values import ScanOptions, ScanStopped
 from gridbackupd.scan.walker import Scanner
 from gridbackupd.scan.watched import WatchedScanner, paths_to_revisit
+from gridbackupd.state import changes as stored_changes
 from gridbackupd.state import checkpoints as stored
 from gridbackupd.state import db as dbmod
 from gridbackupd.state import queue
 
 BLOB_BATCH = 2000
+CHANGES_BATCH = 5000
 
 log = Logger()
 
@@ -166,6 +170,12 @@ class _Run:
         taker = checkpoints.Checkpoints(self.conn, snapshot_id, self.fingerprint, header.started,
                                         scan.checkpoint_every)
         previous = PreviousEntries(scan.previous_logs) if scan.previous_logs else None
+        # The figures are counted as the scan compares; a resumed scan did
+        # not count what it recorded before, so it computes them after.
+        tally = None
+        if resume is None:
+            stored_changes.start(self.conn, snapshot_id)
+            tally = Tally(lambda rows: stored_changes.add_rows(self.conn, snapshot_id, rows), CHANGES_BATCH)
         try:
             with open(tmp, "wb") as out, open(tmp + ".links", "wb") as links_out:
                 writer = LogWriter(faultpoints.writes("scan.log_write", out), header)
@@ -191,6 +201,7 @@ class _Run:
                     incremental=header.kind == "incremental",
                     resume_after=resume_after, links=links,
                     trust_ctime_before=previous.settled_before if previous is not None else 0,
+                    changes=tally,
                 )
                 revisit = self._revisit(resume)
                 scanner: Scanner
@@ -235,6 +246,7 @@ class _Run:
         if batch:
             self.flush()
         os.replace(tmp, scan.log_path)
+        self._store_figures(tally, previous)
         checkpoints.drop(self.conn, snapshot_id)
         _unlink(tmp + ".links")
         return {
@@ -260,6 +272,24 @@ class _Run:
             log.warn("the previous logs of {id} cannot be read ahead ({error}); every path is walked",
                      id=scan.snapshot_id, error=e)
             return None
+
+
+    def _store_figures(self, tally, previous):
+        """The figures against the parent (none: everything is added), counted or else computed."""
+        scan = self.scan
+        parent = scan.previous_logs[-1][0] if scan.previous_logs else None
+        if previous is not None and previous.failed:
+            return  # compared with part of the parent only: computed later, if its logs can be read
+        if tally is None:
+            logs = [(scan.snapshot_id, scan.log_path)]
+            if scan.header.kind == "incremental":
+                logs = list(scan.previous_logs) + logs
+            try:
+                tally = compute_changes.compare(scan.previous_logs, logs)
+            except (OSError, LogFormatError) as e:
+                log.warn("the figures of {id} are left to compute later: {error}", id=scan.snapshot_id, error=e)
+                return
+        stored_changes.finish(self.conn, scan.snapshot_id, parent, tally.counts, tally.rows)
 
 
 def _unlink(path):

@@ -72,13 +72,14 @@ class Scanner:
 
     ``emit_record`` gets every entry (a full log) or, with ``incremental``,
     only the entries that differ from ``previous`` and a ``Deletion`` for
-    each previous path that is gone.
+    each previous path that is gone.  ``changes`` counts the differences
+    (see ``compare.Previous``).
     """
 
     def __init__(self, options, previous, emit_record, emit_blob, progress, incremental=False,
-                 resume_after=None, links=None, trust_ctime_before=0):
+                 resume_after=None, links=None, trust_ctime_before=0, changes=None):
         self.options = options
-        self.previous = Previous(previous, emit_record, incremental)
+        self.previous = Previous(previous, emit_record, incremental, changes)
         self.emit_entry = self.previous.emit
         self.emit_blob = emit_blob
         self.progress = progress

@@ -180,6 +180,34 @@ MIGRATIONS = [
         last_sent REAL NOT NULL
     );
     """,
+    # snapshot_figures, snapshot_changes: what changed in each snapshot
+    # against the one before of its host (state/changes.py): its figures,
+    # and one row per changed path (a path's history is an index lookup).
+    """
+    CREATE TABLE snapshot_figures (
+        snapshot TEXT PRIMARY KEY,
+        parent TEXT,
+        files_added INTEGER NOT NULL,
+        files_changed INTEGER NOT NULL,
+        files_deleted INTEGER NOT NULL,
+        entries_added INTEGER NOT NULL,
+        entries_changed INTEGER NOT NULL,
+        entries_deleted INTEGER NOT NULL,
+        bytes_added INTEGER NOT NULL,
+        bytes_deleted INTEGER NOT NULL
+    );
+    CREATE INDEX snapshot_figures_parent ON snapshot_figures (parent);
+    CREATE TABLE snapshot_changes (
+        snapshot TEXT NOT NULL,
+        path BLOB NOT NULL,
+        change TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        PRIMARY KEY (snapshot, path)
+    ) WITHOUT ROWID;
+    CREATE INDEX snapshot_changes_path ON snapshot_changes (path);
+    """,
 ]
 
 

@@ -7,7 +7,16 @@ read is short, logs are read in worker threads, and long work is only queued.
 """
 
 from gridbackupd.api.http import Router
-from gridbackupd.api.routes import maintenance, notifications, restores, series, snapshots, status, uploads
+from gridbackupd.api.routes import (
+    history,
+    maintenance,
+    notifications,
+    restores,
+    series,
+    snapshots,
+    status,
+    uploads,
+)
 
 router = Router(status.router, snapshots.router, restores.router, uploads.router, maintenance.router,
-                series.router, notifications.router)
+                series.router, notifications.router, history.router)

@@ -1,6 +1,7 @@
 """
-The snapshots: the list, one snapshot with its figures, its files, one
-file's content (streamed from the grid) and the difference of two.
+The snapshots: the list and one snapshot with their figures (stored by
+the scan: no log is read), its files, one file's content (streamed from
+the grid) and the difference of two.
 
 Every ``{snapshot_id}`` may be ``latest``: ``state.snapshots.resolve``
 picks it, as it does for a restore.  Reading a log runs in a worker thread
@@ -18,14 +19,13 @@ from gridbackupd.api import browse
 from gridbackupd.api.errors import APIError, failure_answer
 from gridbackupd.api.http import STREAMED, Pacer, Raw, Router
 from gridbackupd.api.query import MAX_PAGE, PAGE, path_arg, query_arg, query_int
-from gridbackupd.errors import Conflict, DomainError, Invalid, NotFound, TahoeError
+from gridbackupd.errors import Conflict, Invalid, NotFound, TahoeError
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logpaths import shown
 from gridbackupd.model import FILE
 from gridbackupd.restore.gridwait import GridWait
-from gridbackupd.state import snapshots
+from gridbackupd.state import changes, snapshots
 from gridbackupd.state.blobs import locate
-from gridbackupd.waiters import OneShot
 
 CONTENT_AHEAD = 4
 
@@ -60,7 +60,11 @@ async def list_snapshots(daemon, request):
     rows = snapshots.summaries(daemon.conn, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
-    return 200, {"snapshots": [summary_doc(r) for r in rows],
+    docs = [summary_doc(r) for r in rows]
+    stored = changes.figures_of(daemon.conn, (d["id"] for d in docs))
+    for doc in docs:
+        doc["figures"] = _figures(daemon, stored.get(doc["id"]), doc)
+    return 200, {"snapshots": docs,
                  "next_cursor": rows[-1][0] if more else None}
 
 
@@ -79,19 +83,8 @@ async def get_snapshot(daemon, request, snapshot_id):
     doc["error_count"] = len(doc["errors"])
     if daemon.jobs and daemon.jobs.current == snapshot_id:
         doc["progress"] = daemon.jobs.status()
-    doc["figures"] = await _figures(daemon, snapshot_id, doc)
+    doc["figures"] = _figures(daemon, changes.figures(daemon.conn, snapshot_id), doc)
     return 200, doc
-
-
-# (state_dir, parent, snapshot) -> the figures or the error that stopped them
-_FIGURES_CACHE: dict[tuple, OneShot] = {}
-
-
-async def _result_or_error(coro):
-    try:
-        return await coro
-    except Exception as e:
-        return e
 
 
 async def _reading(daemon, fn, *args):
@@ -102,32 +95,17 @@ async def _reading(daemon, fn, *args):
         raise failure_answer(e) from e
 
 
-async def _figures(daemon, snapshot_id, doc):
-    """Files and bytes added, changed and deleted since the snapshot before (None: no log yet)."""
-    if doc["state"] in ("queued", "scanning", "failed"):
+def _figures(daemon, stored, doc):
+    """
+    Files, entries and bytes added, changed and deleted since the snapshot
+    before, as stored (``state.changes``): None until scanned, and for a
+    snapshot whose figures are still to be computed (which this asks for).
+    """
+    if stored is None:
+        if doc["state"] in changes.SCANNED and daemon.figures is not None:
+            daemon.figures.kick()
         return None
-    parent = snapshots.previous_logged(daemon.conn, snapshot_id, doc["host"])
-    key = (daemon.config.state_dir, parent, snapshot_id)
-    cached = _FIGURES_CACHE.get(key)
-    if cached is None:
-        try:
-            logs = browse.log_chain(daemon.conn, snapshot_id)
-            parent_logs = browse.log_chain(daemon.conn, parent) if parent else None
-        except (DomainError, APIError):
-            return None
-        if len(_FIGURES_CACHE) > 256:
-            _FIGURES_CACHE.clear()
-        # Requests that come while the logs are read wait for the same reading.
-        cached = _FIGURES_CACHE[key] = OneShot.of(Deferred.fromCoroutine(
-            _result_or_error(_reading(daemon, browse.figures, parent_logs, logs))))
-    counts = await cached.observe()
-    if isinstance(counts, Exception):
-        # The snapshot is still worth showing without its figures.
-        _FIGURES_CACHE.pop(key, None)
-        return None
-    result = dict(counts, parent=parent)
-    result["errors"] = doc["error_count"]
-    return result
+    return dict(stored, errors=doc["errors"] if isinstance(doc["errors"], int) else len(doc["errors"]))
 
 
 @router.route("GET", "/v1/snapshots/{snapshot_id}/files")

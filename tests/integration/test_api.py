@@ -284,6 +284,25 @@ class BrowseTests(DaemonCase):
         code, doc = await self.api.call("GET", f"/v1/snapshots/{first}")
         self.assertIsNone(doc["figures"]["parent"])
         self.assertEqual(doc["figures"]["files_added"], doc["files"])
+        # Stored with the snapshot: answered with every log moved away.
+        logs = [r[0] for r in self.daemon.conn.execute("SELECT log_path FROM snapshots")]
+        for path in logs:
+            os.rename(path, path + ".away")
+        code, doc = await self.api.call("GET", f"/v1/snapshots/{second}")
+        self.assertEqual(doc["figures"], figures)
+        code, doc = await self.api.call("GET", "/v1/snapshots")
+        self.assertEqual([s["figures"]["files_added"] for s in doc["snapshots"]],
+                         [doc["snapshots"][0]["files"], 1])
+        # A file's history: every snapshot it changed in.
+        code, doc = await self.api.call("GET", f"/v1/history?path={tree}/docs/letter.txt")
+        self.assertEqual(code, 200, doc)
+        self.assertEqual([(v["snapshot"], v["change"], v["size"]) for v in doc["versions"]],
+                         [(first, "added", 3300), (second, "changed", 800)])
+        code, doc = await self.api.call("GET", f"/v1/history?path={tree}/tiny&host={self.daemon.config.hostname}")
+        self.assertEqual([(v["snapshot"], v["change"]) for v in doc["versions"]],
+                         [(first, "added"), (second, "deleted")])
+        for path in logs:
+            os.rename(path + ".away", path)
 
         # Snapshot list pages.
         code, doc = await self.api.call("GET", "/v1/snapshots?limit=1")

@@ -5,6 +5,7 @@ backup paths does not exist.
 """
 
 import io
+import json
 import os
 
 from twisted.internet.threads import deferToThread
@@ -63,6 +64,16 @@ class OutputTests(DaemonTestCase):
         code, out, err = await self.gb("show", "latest")
         self.assertEqual((code, err), (0, ""))
         self.assertIn(f"snapshot {snapshot_id}: ".encode(), out)
+        letter = os.path.join(self.tree, "docs", "letter.txt")
+        code, out, err = await self.gb("history", letter)
+        self.assertEqual((code, err), (0, ""))
+        lines = out.decode().splitlines()
+        self.assertTrue(lines[0].startswith("SNAPSHOT "), lines)
+        self.assertRegex(lines[1], rf"^{snapshot_id} .* added +\S+ ")
+        code, out, err = await self.gb("history", letter, "--json")
+        self.assertEqual([v["change"] for v in json.loads(out)["versions"]], ["added"])
+        code, out, err = await self.gb("history", os.path.join(self.tree, "never"))
+        self.assertIn(b"no version of this path in any snapshot", out)
 
         target = os.path.join(self.base, "restored")
         typo = os.path.join(self.tree, "dcos")

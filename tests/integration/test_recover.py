@@ -24,6 +24,7 @@ from gridbackupd.model import DIR, FILE, Deletion, Entry, LogHeader
 from gridbackupd.restore.recover import RecoveryError, recover_state
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
+from gridbackupd.state import changes
 from gridbackupd.state import db as dbmod
 from gridbackupd.testing.fake_tahoe import fake_client
 
@@ -166,6 +167,15 @@ class RecoverFakeGridTests(TestCase):
         self.assertEqual(self.conn.execute("SELECT count(*) FROM commits WHERE linked = 1").fetchone()[0], 2)
         for snapshot_id in ("20260101T000000.000000Z-aaaaaaaa", "20260102T000000.000000Z-bbbbbbbb"):
             self.assertTrue(os.path.exists(os.path.join(self.base, "state", "logs", snapshot_id + ".log")))
+        # Figures and the change index, computed once at recovery.
+        figures = changes.figures(self.conn, "20260102T000000.000000Z-bbbbbbbb")
+        self.assertEqual((figures["parent"], figures["files_added"], figures["files_deleted"],
+                          figures["bytes_added"], figures["bytes_deleted"]),
+                         ("20260101T000000.000000Z-aaaaaaaa", 1, 1, 130_000, 500))
+        self.assertEqual(changes.figures(self.conn, "20260101T000000.000000Z-aaaaaaaa")["files_added"], 2)
+        self.assertEqual([(r[0], r[4], r[6]) for r in changes.history(self.conn, b"/data/small")],
+                         [("20260101T000000.000000Z-aaaaaaaa", "added", 500),
+                          ("20260102T000000.000000Z-bbbbbbbb", "deleted", 500)])
 
         target = os.path.join(self.base, "restored")
         state, status = await self.restore("latest", target)

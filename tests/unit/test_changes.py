@@ -109,7 +109,7 @@ class Backups:
             f.write(data)
         os.utime(path, ns=(mtime, mtime))
 
-    def backup(self, kind="incremental", host="h"):
+    def backup(self, kind="incremental", host="h", changed=None):
         """A scan against the newest snapshot of ``host`` (a full log if none); its id."""
         self.serial += 1
         snapshot_id = f"2026010{self.serial}T000000.000000Z-0000000{self.serial}"
@@ -125,7 +125,7 @@ class Backups:
         log_path = os.path.join(self.logs, snapshot_id + ".log")
         counts = scan_to_log(LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
                                      options=ScanOptions(roots=(self.tree,)), log_path=log_path,
-                                     previous_logs=parent_chain), ScanProgress())
+                                     previous_logs=parent_chain, changed=changed), ScanProgress())
         snapshots.mark_uploading(self.conn, snapshot_id, kind=kind, parent=header.parent,
                                  started=now, finished=now, files=counts["files"], bytes=counts["bytes"],
                                  errors=[], log_path=log_path)
@@ -192,6 +192,23 @@ class ScanFiguresTests(SynchronousTestCase):
         unchanged = b.backup()
         figures = self.check_against_reference(unchanged, third)
         self.assertEqual(sum(figures[k] for k in changes.KEYS), 0)
+
+    def test_a_watched_scan_counts_as_a_full_one(self):
+        """Entries taken from the parent are unchanged; a dirty directory's losses are deletions."""
+        b = self.b
+        b.write("quiet/a", b"a" * 3000)
+        b.write("busy/gone", b"g" * 2000)
+        b.write("busy/sub/deep", b"d" * 1000)
+        b.write("busy/kept", b"k" * 500)
+        first = b.backup()
+        os.unlink(os.path.join(b.tree, "busy", "gone"))
+        shutil.rmtree(os.path.join(b.tree, "busy", "sub"))
+        b.write("busy/new", b"n" * 700)
+        busy = os.fsencode(os.path.join(b.tree, "busy"))
+        second = b.backup(changed=frozenset({busy}))
+        figures = self.check_against_reference(second, first)
+        self.assertEqual((figures["files_added"], figures["files_deleted"], figures["bytes_deleted"]),
+                         (1, 2, 3000))
 
     def test_computed_figures_equal_the_counted_ones(self):
         """What recovery and older snapshots get: the same figures and rows, from the logs."""

@@ -14,12 +14,13 @@ token; the tree (half the small files 40 B and inline in the log, half
 1 KB with a blob each, as bench_scan.py makes them) is generated once and
 reused (``--reuse`` also keeps the daemon's state and grid, so that the
 1 GB is not uploaded again).  The first backup uploads everything; each
-timed run is an unchanged rescan, polled every 25 ms.  Each run also
-prints the scan's own time (the snapshot's ``finished - started``) and
-the CPU time the daemon used (all its threads: a figure that moves less
-than wall time when other work shares the machine).  ``--profile FILE``
-records the daemon with py-spy during one more rescan (speedscope JSON,
-or an SVG flame graph if FILE ends in .svg).
+timed run is an unchanged rescan, polled every 100 ms (each answer costs
+the daemon some CPU: polls every 10 ms took a seventh of it).  Each run
+also prints the scan's own time (the snapshot's ``finished - started``)
+and the CPU time the daemon used (all its threads: a figure that moves
+less than wall time when other work shares the machine).  ``--profile
+FILE`` records the daemon with py-spy during one more rescan (speedscope
+JSON, or an SVG flame graph if FILE ends in .svg).
 """
 
 import argparse
@@ -121,7 +122,7 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def backup(api, poll=0.025):
+def backup(api, poll=0.1):
     """(seconds from the request to the complete snapshot read back, the snapshot document)."""
     start = time.perf_counter()
     code, doc = api.call("POST", "/v1/backups")

@@ -115,6 +115,10 @@ class UploadConfig:
     pack_size: int = option(8 * 1024**2, "size", minimum=64 * 1024)
     inline_max: int = option(INLINE_MAX, "size", minimum=0)
     max_rate: int = option(0, "size", minimum=0)  # bytes/s, 0 = no limit
+    # Rules "DAYS START-END RATE", the first that holds wins (upload/schedule.py).
+    schedule: tuple = option((), "schedule")
+    # A command run before each upload round; a failure pauses uploads.
+    allow_if: str | None = option(None, "string")
     user_roots: tuple = option((b"/home", b"/root"), "user_roots")
     weight_recency: float = option(10.0, "number")
     weight_small: float = option(1.0, "number")
@@ -423,6 +427,16 @@ class _Reader:
             if not os.path.isabs(p):
                 self.fail(section, key, p, "expected absolute paths, one per line")
         return tuple(os.fsencode(os.path.normpath(p)) for p in roots)
+
+    def schedule(self, section, key, default):
+        """The upload schedule's rules; a bad line is refused with its number and what is wrong."""
+        from gridbackupd.upload.schedule import ScheduleError, parse_schedule
+
+        lines = self.lines(section, key, default)
+        try:
+            return parse_schedule(lines).rules
+        except ScheduleError as e:
+            raise ConfigError(f"{self.path}: [{section}] {key} {e}") from None
 
     def endpoint(self, section, key, default):
         """A Twisted server endpoint string, refused here if Twisted cannot parse it."""

@@ -40,7 +40,7 @@ ALLOWED = {
     "api": {"format", "state", "restore", "maintenance", "scan", "upload", "config", "changes"},
     "cli": {"config"},
     "mount": {"format", "state", "config"},
-    "config": {"format", "scan", "maintenance", "notify"},
+    "config": {"format", "scan", "maintenance", "notify", "upload"},
     "watch": {"scan", "config"},
     "service": {"config", "format", "state", "grid", "scan", "upload", "restore", "maintenance", "api", "notify",
                 "watch", "mount", "changes"},

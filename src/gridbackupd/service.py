@@ -49,12 +49,15 @@ from gridbackupd.notify.wiring import notifier as notifier_part
 from gridbackupd.restore.recover import mark_pending, needs_recovery, recover_state
 from gridbackupd.restore.requests import Restorer
 from gridbackupd.scan.chunker import ChunkParams
+from gridbackupd.scan.hooks import run_command
 from gridbackupd.scan.jobs import BackupJobs
 from gridbackupd.state import backupset, snapshots
 from gridbackupd.state import db as dbmod
 from gridbackupd.state.queue import Weights
 from gridbackupd.statedir import StateDir
 from gridbackupd.upload import sampler
+from gridbackupd.upload.allowif import TIMEOUT as ALLOW_IF_TIMEOUT
+from gridbackupd.upload.allowif import AllowIf
 from gridbackupd.upload.buckets import testing_overrides
 from gridbackupd.upload.publisher import Publisher, settings_document
 from gridbackupd.upload.uploader import Uploader
@@ -258,11 +261,23 @@ def uploader(reactor, conn, statedir, pool, client, publisher, upload):
     return Uploader(
         reactor, conn, client, publisher, pool, statedir.packs,
         pack_size=upload.pack_size, parallel=upload.parallel, inline_max=upload.inline_max,
-        max_rate=upload.max_rate,
+        max_rate=upload.max_rate, schedule=upload.schedule,
+        allow_if=allow_if(reactor, pool, upload.allow_if),
         weights=Weights(upload.weight_recency, upload.weight_small, upload.weight_user,
                         upload.weight_age, upload.user_roots),
         spool_dir=statedir.spool,
     )
+
+
+def allow_if(reactor, pool, command):
+    """``[upload] allow_if``: its command runs in the worker pool, killed with its group at a time-out."""
+    if not command:
+        return None
+
+    def run(command):
+        return deferToThreadPool(reactor, pool, run_command, command, {}, ALLOW_IF_TIMEOUT)
+
+    return AllowIf(reactor, command, run)
 
 
 def maintenance(reactor, conn, statedir, pool, client, rootcap, publisher, restorer, config, *,

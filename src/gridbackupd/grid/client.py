@@ -221,7 +221,7 @@ class TahoeClient:
 
     # -- files -------------------------------------------------------------
 
-    async def upload_file(self, path: str) -> str:
+    async def upload_file(self, path: str, wrap_body=None) -> str:
         """
         Upload the file at ``path`` as an immutable file; return its read cap.
 
@@ -229,10 +229,14 @@ class TahoeClient:
         a Content-Length), never read whole into memory; each attempt
         opens the file again.  Convergent encryption makes a repeated
         upload of the same bytes give the same cap, so retries are safe.
+        ``wrap_body`` (the uploader's rate limit) may wrap that producer in
+        one that paces it.
         """
         async def attempt():
             with open(path, "rb") as f:
                 producer = FileBodyProducer(f, cooperator=self._cooperator)
+                if wrap_body is not None:
+                    producer = wrap_body(producer)
                 try:
                     body = await self._call("upload_file", "PUT", self._url("uri"), data=producer)
                 finally:

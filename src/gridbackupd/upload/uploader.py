@@ -10,11 +10,13 @@ Very small blobs (up to ``inline_max`` bytes) are not packed: they are read
 and checked like packed ones and kept in the database until the next commit
 writes them into its index segment.
 
-Pausing lets the packs in flight finish and starts no new one.  ``max_rate``
-(bytes/s, 0 = no limit) is a token bucket on the reactor's clock: a pack
-starts only when the bucket is not in debt, and takes its size from it, so
-the average rate over a few packs stays under the limit (one PUT itself goes
-at the line's speed).  When the node fails, rounds back off (doubling,
+Pausing lets the packs in flight finish and starts no new one.  Uploads are
+paused by the user (kept across restarts), by ``[upload] allow_if`` failing
+(``upload.allowif``), or by the schedule's rate 0; ``paused_by`` says who, in
+that order.  The rate (``[upload] schedule``, else ``max_rate``) paces the
+bytes of each pack's body while it streams (``upload.throttle``), and at a
+low rate a pack holds at most ``PACK_SECONDS`` of it.  When the node fails,
+rounds back off (doubling,
 up to ``MAX_RETRY_DELAY``) and fewer packs go up at once, one more per
 successful pack until ``parallel`` again; the queue is kept whatever happens.
 While it waits to try again, ``last_error`` (one line) says why and
@@ -37,15 +39,20 @@ from gridbackupd.grid.retry import Backoff
 from gridbackupd.model import short_cap
 from gridbackupd.state import blobs, packs, queue
 from gridbackupd.upload import packer
+from gridbackupd.upload.allowif import RECHECK
 from gridbackupd.upload.publisher import WriterLockHeld
+from gridbackupd.upload.ratetimer import RateTimer
+from gridbackupd.upload.schedule import Schedule
 from gridbackupd.upload.stall import StallWatch
-from gridbackupd.upload.throttle import TokenBucket
+from gridbackupd.upload.throttle import Throttle, UploadAborted
 
 COMMIT_INTERVAL = 300.0
 RETRY_DELAY = 5.0
 MAX_RETRY_DELAY = 300.0
 _BACKOFF = Backoff(base=RETRY_DELAY, cap=MAX_RETRY_DELAY)
 RATE_WINDOW = 60.0
+# At a limited rate, a pack holds at most this many seconds of it (or one blob).
+PACK_SECONDS = 10.0
 
 
 class Uploader:
@@ -53,7 +60,8 @@ class Uploader:
 
     def __init__(self, reactor, conn, client, publisher, pool, workdir,
                  pack_size=8 * 1024 * 1024, parallel=4, inline_max=0, max_rate=0,
-                 weights=None, spool_dir=None):
+                 weights=None, spool_dir=None, schedule=(), zone=None, wallclock=clockmod.wall,
+                 allow_if=None):
         self.reactor = reactor
         self.spool_dir = spool_dir
         self._spooled = set()
@@ -65,13 +73,22 @@ class Uploader:
         self.pack_size = pack_size
         self.parallel = parallel
         self.inline_max = inline_max
-        self.bucket = TokenBucket(reactor, max_rate) if max_rate else None
+        self.max_rate = max_rate or None
+        # The rate as the schedule (rules, else max_rate) says, applied to the
+        # packs in flight by the throttle; neither exists without a limit.
+        self.throttle = None
+        self.rates = None
+        if schedule or max_rate:
+            self.throttle = Throttle(reactor, self.max_rate)
+            self.rates = RateTimer(reactor, Schedule(tuple(schedule), self.max_rate),
+                                   self._rate_changed, zone=zone, wallclock=wallclock)
+        self.allow_if = allow_if
         self.weights = weights
         self.in_flight = set()
         self.packs_in_flight = 0
         self.allowed_parallel = parallel
-        # A pause is kept in the database: a restart does not undo it.
-        self.paused_by = queue.paused_by(conn)
+        # A user's pause is kept in the database: a restart does not undo it.
+        self.user_paused = queue.paused_by(conn) is not None
         self.uploaded_bytes = 0
         self.uploaded_packs = 0
         self.inlined_blobs = 0
@@ -91,8 +108,31 @@ class Uploader:
         self.stall = StallWatch(reactor, conn, lambda: self.paused)
 
     @property
+    def paused_by(self):
+        """Who holds uploads: "user", "allow_if", "schedule" (rate 0), or None."""
+        if self.user_paused:
+            return "user"
+        if self.allow_if is not None and not self.allow_if.allowed:
+            return "allow_if"
+        if self.throttle is not None and self.throttle.rate == 0:
+            return "schedule"
+        return None
+
+    @property
     def paused(self):
         return self.paused_by is not None
+
+    def paused_reason(self):
+        """Why uploads are held (one line), or None."""
+        by = self.paused_by
+        if by == "user":
+            return "paused by the user (POST /v1/uploads/pause); resume to go on"
+        if by == "allow_if":
+            return self.allow_if.reason
+        if by == "schedule":
+            rule = self.rates.decision.rule if self.rates and self.rates.decision else None
+            return f"the upload schedule's rule {rule!r} sets the rate to 0" if rule else "[upload] max_rate"
+        return None
 
     # -- control -----------------------------------------------------------
 
@@ -104,6 +144,8 @@ class Uploader:
         if self.weights is not None:
             queue.set_weights(self.conn, self.weights)
         self._clean_spool(everything=True)
+        if self.rates is not None:
+            self.rates.start()
         self._running = Deferred.fromCoroutine(self._loop())
         self._running.addErrback(lambda f: self.log.failure("uploader stopped", f))
         return self._running
@@ -114,19 +156,33 @@ class Uploader:
             d, self._wakeup = self._wakeup, None
             d.callback(None)
 
-    def pause(self, who="user"):
+    def pause(self):
         """Start no new pack; the ones in flight finish (and are committed).  Kept across restarts."""
-        queue.set_paused_by(self.conn, who)
-        self.paused_by = who
+        queue.set_paused_by(self.conn, "user")
+        self.user_paused = True
 
     def resume(self):
+        """Undo the user's pause: the schedule and allow_if decide again."""
         queue.set_paused_by(self.conn, None)
-        self.paused_by = None
+        self.user_paused = False
         self.wake()
+
+    def _rate_changed(self, rate):
+        """The schedule's rate changed: pace the packs in flight by it, and start packs if it opened."""
+        if self.throttle is not None:
+            self.throttle.set_rate(rate)
+        if rate != 0:
+            self.wake()
 
     def stop(self):
         self._stopping = True
         self.stall.stop()
+        if self.rates is not None:
+            self.rates.stop()
+        if self.throttle is not None and self.throttle.rate is not None:
+            # Packs held back by the limit would keep the stop waiting: drop
+            # them (their blobs stay pending and go after the next start).
+            self.throttle.abort(UploadAborted("the daemon is stopping"))
         self.wake()
         return self._running
 
@@ -136,6 +192,11 @@ class Uploader:
         failed_rounds = 0
         while not self._stopping:
             try:
+                if not await self._allowed():
+                    # allow_if failed: no round (no traffic) until it succeeds.
+                    self.stall.reset()
+                    await self._sleep(RECHECK)
+                    continue
                 worked = await self.run_once()
                 failed_rounds = 0
                 self.last_error = None
@@ -166,6 +227,12 @@ class Uploader:
                 self.stall.idle()
                 await self._wakeup
                 self.stall.woken()
+
+    async def _allowed(self):
+        """Run ``allow_if`` (unless there is none, or the user paused anyway); True if uploads may go."""
+        if self.allow_if is None or self.user_paused:
+            return True
+        return await self.allow_if.check()
 
     async def _retry(self, delay):
         """Wait on a retry: that is no stall, ``last_error`` says why and ``retry_at`` until when."""
@@ -236,12 +303,12 @@ class Uploader:
             # After a failure fewer packs go up at once.
             while self.packs_in_flight >= self.allowed_parallel and not failures:
                 await _first(running)
-            if self.bucket is not None and queue.next_batch(self.conn, 1, self.in_flight):
-                await self.bucket.take(0)
+            if self.allow_if is not None and self.allow_if.due() and not self.user_paused:
+                await self.allow_if.check()  # a long round asks again every minute
             if self._stopping or failures or self.paused:
                 sem.release()
                 break
-            batch = queue.next_batch(self.conn, self.pack_size, self.in_flight)
+            batch = queue.next_batch(self.conn, self.pack_target(), self.in_flight)
             if not batch:
                 sem.release()
                 break
@@ -266,9 +333,17 @@ class Uploader:
                 await self.publisher.commit()
                 self._last_commit = self.reactor.seconds()
         await gatherResults(running)
+        failures = [f for f in failures if not (self._stopping and f.check(UploadAborted))]
         if failures:
             failures[0].raiseException()
         return count
+
+    def pack_target(self):
+        """The size of the next pack: ``pack_size``, or at a limited rate ``PACK_SECONDS`` of it."""
+        rate = self.throttle.rate if self.throttle is not None else None
+        if not rate:
+            return self.pack_size
+        return max(1, min(self.pack_size, int(rate * PACK_SECONDS)))
 
     async def _pack_and_upload(self, batch):
         if self.spool_dir:
@@ -293,11 +368,16 @@ class Uploader:
                 self._mark_stale(built.stale)
             if not built.blobs:
                 return
-            if self.bucket is not None:
-                await self.bucket.take(built.size)
             try:
-                cap = await self.client.upload_file(built.path)
-            except TahoeError:
+                if self.throttle is not None:
+                    cap = await self.client.upload_file(built.path, wrap_body=self.throttle.wrap)
+                else:
+                    cap = await self.client.upload_file(built.path)
+            except Exception as e:
+                if self.throttle is not None and self.throttle.aborted is not None:
+                    raise UploadAborted(one_line(e)) from e
+                if not isinstance(e, TahoeError):
+                    raise
                 self.consecutive_failures += 1
                 self.failed_packs += 1
                 self.allowed_parallel = max(1, self.allowed_parallel // 2)
@@ -359,7 +439,10 @@ class Uploader:
             "parallel": self.allowed_parallel,
             "paused": self.paused,
             "paused_by": self.paused_by,
-            "max_rate": self.bucket.rate if self.bucket is not None else None,
+            "paused_reason": self.paused_reason(),
+            "max_rate": self.max_rate,
+            "schedule": (self.rates.status() if self.rates is not None
+                         else {"rule": None, "rate": None, "next_change": None}),
             "rate_bytes_per_second": round(rate, 1),
             "eta_seconds": round(pending_bytes / rate, 1) if rate > 0 and pending_bytes else None,
             "consecutive_failures": self.consecutive_failures,

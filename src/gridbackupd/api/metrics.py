@@ -88,6 +88,21 @@ class DaemonCollector:
                      1.0 if upload.get("last_error") else 0.0)
         yield _gauge("gridbackup_upload_paused", "1 while uploads are paused",
                      1.0 if upload.get("paused") else 0.0)
+        paused_by = GaugeMetricFamily("gridbackup_upload_paused_by", "1 for who holds uploads",
+                                      labels=["by"])
+        for by in ("user", "allow_if", "schedule"):
+            paused_by.add_metric([by], 1.0 if upload.get("paused_by") == by else 0.0)
+        yield paused_by
+        if upload:
+            schedule = upload.get("schedule") or {}
+            rate = schedule.get("rate")
+            yield _gauge("gridbackup_upload_rate_limit_bytes_per_second",
+                         "the upload limit now, as the schedule or max_rate says (0 paused, +Inf unlimited)",
+                         float("inf") if rate is None else float(rate))
+            if schedule.get("next_change") is not None:
+                yield _gauge("gridbackup_upload_schedule_next_change_timestamp_seconds",
+                             "when the upload schedule's rule or rate changes next (Unix time)",
+                             float(schedule["next_change"]))
         yield _gauge("gridbackup_stalled",
                      "1 while a snapshot stays uploading with nothing pending, in flight or retrying",
                      1.0 if upload.get("stalled") else 0.0)

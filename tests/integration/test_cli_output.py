@@ -139,7 +139,12 @@ class RenderTests(SynchronousTestCase):
 
     def test_backup_wait_names_a_pause(self):
         self.assertEqual(render.upload_progress({"paused": True, "paused_by": "user", "pending_bytes": 2048}, False),
-                         "uploads paused by user ('gridbackup resume' starts them again): 2.0 KiB to go")
+                         "uploads paused by user (kept across restarts): 'gridbackup resume' starts them "
+                         "again: 2.0 KiB to go")
+        reason = "[upload] allow_if failed (exit status 1)"
+        self.assertEqual(render.upload_progress({"paused": True, "paused_by": "allow_if", "pending_bytes": 2048,
+                                                 "paused_reason": reason}, False),
+                         f"uploads paused by allow_if: {reason}: 2.0 KiB to go")
         self.assertEqual(render.upload_progress({"paused": False, "pending_bytes": 2048}, False),
                          "uploading: 2.0 KiB to go")
         lines = render.status_lines({"state": "ready", "upload": {"paused": True, "paused_by": "user"}}, False)

@@ -105,9 +105,16 @@ def upload_progress(upload, tty):
     pending, done = upload.get("pending_bytes", 0), upload.get("uploaded_bytes", 0)
     text = f"uploading: {human_bytes(pending)} to go"
     if upload.get("paused"):
-        text = (f"uploads paused by {upload.get('paused_by') or 'user'} "
-                f"('gridbackup resume' starts them again): {human_bytes(pending)} to go")
+        text = f"{paused_line(upload)}: {human_bytes(pending)} to go"
     return text + ("  " + bar(done, done + pending) if tty else "")
+
+
+def paused_line(upload):
+    """Who holds uploads, and what lets them go again."""
+    by = upload.get("paused_by") or "user"
+    if by == "user":
+        return "uploads paused by user (kept across restarts): 'gridbackup resume' starts them again"
+    return f"uploads paused by {by}: {upload.get('paused_reason') or 'until it allows them'}"
 
 
 def restore_progress(r, tty):
@@ -233,8 +240,7 @@ def status_lines(status, tty):
             text += "  " + bar(done, done + pending)
         lines.append(text)
         if upload.get("paused"):
-            lines.append(f"uploads paused by {upload.get('paused_by') or 'user'} "
-                         "(kept across restarts): 'gridbackup resume' starts them again")
+            lines.append(paused_line(upload))
         if upload.get("last_error"):
             lines.append(f"upload problem: {upload['last_error']}")
     else:

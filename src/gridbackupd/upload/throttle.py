@@ -11,9 +11,10 @@ take turns.  Two rules together make the limit exact and smooth:
   goes only if the ledger has room for it, so that no ``WINDOW``-second
   span (``[t, t + WINDOW)``, for any ``t``) ever holds more than
   ``rate * WINDOW`` bytes, a change of rate included;
-- a token bucket at the rate, holding at most ``BURST`` seconds of it,
-  written in slices of at most ``SLICE`` seconds of it: the bytes flow
-  steadily rather than in one burst at the start of each window.
+- a token bucket at the rate, holding at most ``BURST`` seconds of it
+  (starting empty), written in slices of at most ``SLICE`` seconds of it:
+  the bytes flow steadily rather than in one burst at the start of each
+  window, and a timer that fires late catches up.
 
 Pacing reads the reactor's clock, which the daemon makes monotonic
 (``clock.steady_reactor``): a wall clock set back or forward neither
@@ -34,7 +35,7 @@ from twisted.web.iweb import IBodyProducer
 from zope.interface import implementer
 
 WINDOW = 10.0  # seconds: the span over which the limit is exact
-BURST = 0.2  # seconds of the rate the bucket holds
+BURST = 0.5  # seconds of the rate the bucket holds: a late timer catches up
 SLICE = 0.1  # seconds of the rate written at once, at most
 # Buffered bytes of one pack above which its file is no longer read.
 HIGH_WATER = 256 * 1024
@@ -56,7 +57,7 @@ class Throttle:
     def __init__(self, clock, rate: int | None = None):
         self.clock = clock
         self.rate = rate
-        self.tokens = self._burst()
+        self.tokens = 0.0  # no burst to start with: 10 s later the ledger would hold that back
         self.stamp = clock.seconds()
         # (time, bytes) sent, oldest first; an entry's time is its last write's.
         self.ledger: collections.deque[list] = collections.deque()

@@ -13,11 +13,14 @@ import types
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from twisted.internet import reactor
 from twisted.internet.defer import succeed
 from twisted.internet.task import Cooperator
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.python.threadpool import ThreadPool
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import FileBodyProducer
 
+from gridbackupd import service
 from gridbackupd.api.metrics import DaemonCollector
 from gridbackupd.format.index import settings_document
 from gridbackupd.grid.retry import RetryPolicy
@@ -242,3 +245,17 @@ class LimitsTests(SynchronousTestCase):
         up.wake()
         self.assertEqual(len(ran), before + 1)
         self.assertEqual((up.paused_by, self.pending()), ("allow_if", 2))
+
+
+class WiringTests(TestCase):
+    async def test_allow_if_runs_its_command_in_the_worker_pool(self):
+        pool = ThreadPool(minthreads=0, maxthreads=1, name="test-allow-if")
+        pool.start()
+        self.addCleanup(pool.stop)
+        self.assertIsNone(service.allow_if(reactor, pool, None))
+        gate = service.allow_if(reactor, pool, "echo on a hotspot >&2; exit 4")
+        self.assertFalse(await gate.check())
+        self.assertEqual(gate.reason, "[upload] allow_if failed (exit status 4): on a hotspot")
+        gate = service.allow_if(reactor, pool, "true")
+        self.assertTrue(await gate.check())
+        self.assertIsNone(gate.reason)

@@ -5,11 +5,12 @@ so that every byte of request sent to the node is timed where it arrives.
 For each rate (set once by ``max_rate``, once by a ``schedule`` rule) it
 prints the mean rate over the upload and the most and least bytes in any
 10-second window of it, against the set rate (target: within 10%).  The
-proxy counts every request (headers, the publisher's small writes, which
+scan runs first, with uploads paused, so that the figures are the
+limit's and not the scan's pace.  The proxy counts every request (headers, the publisher's small writes, which
 the limit does not pace) as the kernel delivers it, so a window may show
 a little more than the daemon wrote in it.
 
-Usage: .venv/bin/python bench/bench_throttle.py [--rates 1MiB,4MiB] [--seconds 40] [--keep DIR]
+Usage: .venv/bin/python bench/bench_throttle.py [--rates 256KiB,1MiB,4MiB] [--seconds 40] [--keep DIR]
 Takes about (seconds + 30) per rate, plus the grid's start.
 """
 
@@ -96,8 +97,21 @@ async def measure(reactor, base, node_url, proxy, rate_text, how, seconds):
         state = await daemon.when_ready()
         assert state == "ready", daemon.error
         assert daemon.uploader.status()["schedule"]["rate"] == rate
-        proxy.log.clear()
+        # Scan first, uploads held: the figures are the limit's, not the scan's pace.
+        daemon.uploader.pause()
+        scanned = Deferred()
+        original = daemon.jobs.on_scanned
+
+        def on_scanned(sid):
+            original(sid)
+            if not scanned.called:
+                scanned.callback(sid)
+
+        daemon.jobs.on_scanned = on_scanned
         sid = daemon.jobs.request()
+        await scanned
+        proxy.log.clear()
+        daemon.uploader.resume()
         assert await daemon.wait_for_snapshot(sid) == "complete"
         packs = daemon.conn.execute("SELECT count(*), max(size) FROM packs").fetchone()
         sent = daemon.uploader.uploaded_bytes
@@ -146,7 +160,7 @@ async def main(reactor, args):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="1MiB,4MiB", type=lambda s: s.split(","))
+    parser.add_argument("--rates", default="256KiB,1MiB,4MiB", type=lambda s: s.split(","))
     parser.add_argument("--seconds", type=float, default=40.0)
     parser.add_argument("--keep", help="work in this directory and leave it")
     options = parser.parse_args()

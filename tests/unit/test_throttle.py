@@ -181,3 +181,10 @@ class ThrottleTests(SynchronousTestCase):
         end = max(t for t, _ in self.log)
         self.assertLess(end, 3_000_000 / rate * 1.03)
         self.assert_windows(rate, end)
+
+    def test_a_rate_of_a_few_bytes_a_second_still_sends(self):
+        throttle = Throttle(self.clock, 1)
+        d, consumer = self.stream(throttle, b"tiny")
+        self.run_until([d], step=0.5, limit=60)
+        self.assertEqual(bytes(consumer.data), b"tiny")
+        self.assertLessEqual(max(n for _, n in window_totals(self.log)), 10)

@@ -102,7 +102,8 @@ class Throttle:
     # -- the two rules -------------------------------------------------------
 
     def _burst(self) -> float:
-        return self.rate * BURST if self.rate else 0.0
+        # At least one slice, or a rate of a few bytes a second would never send one.
+        return max(self.rate * BURST, self._slice()) if self.rate else 0.0
 
     def _slice(self) -> float:
         if self.rate is None:

@@ -182,7 +182,7 @@ class LimitsTests(SynchronousTestCase):
         """The upload limit's samples in /metrics, by name (and label)."""
         daemon = types.SimpleNamespace(
             state="ready", jobs=None, uploader=up, conn=None, maintenance=None, restorer=None,
-            grid_status=lambda: {})
+            grid_status=lambda: {}, watch_status=lambda: {"state": "off", "directories": 0, "dirty": 0})
         found = {}
         for family in DaemonCollector(daemon).collect():
             for sample in family.samples:

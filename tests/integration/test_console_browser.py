@@ -41,6 +41,8 @@ node_url = embedded
 paths =
     {tree}
 scan_interval = 0
+# The test starts the backups it wants (watching would start one at once).
+watch = no
 [api]
 listen = tcp:{port}:interface=127.0.0.1
 """

@@ -136,14 +136,17 @@ class Watcher(Service):
         if not self.running:
             return
         if failure.check(WatchLimit):
-            limit = inotify.max_user_watches()
-            self._cannot_watch(DEGRADED, (
-                f"the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached after "
-                f"{self.backend.count()} directories: raise it and restart; until then a full scan "
-                "every scan_interval"))
+            self._watch_limit_reached()
             return
         self.log.failure("cannot set up the watches", failure)
         self._cannot_watch(DEGRADED, f"cannot set up the watches: {one_line(failure.value)}")
+
+    def _watch_limit_reached(self):
+        limit = inotify.max_user_watches()
+        self._cannot_watch(DEGRADED, (
+            f"the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached after "
+            f"{self.backend.count()} directories: raise it and restart; until then a full scan "
+            "every scan_interval"))
 
     def _cannot_watch(self, state, reason):
         """Say why, scan everything now and every scan_interval, as without a watcher."""
@@ -195,11 +198,7 @@ class Watcher(Service):
             if not self.running:
                 return
             if f.check(WatchLimit):
-                limit = inotify.max_user_watches()
-                self._cannot_watch(DEGRADED, (
-                    f"the inotify watch limit (fs.inotify.max_user_watches = {limit}) is reached after "
-                    f"{self.backend.count()} directories: raise it and restart; until then a full scan "
-                    "every scan_interval"))
+                self._watch_limit_reached()
             else:
                 self.log.failure("cannot watch {path}", f, path=os.fsdecode(path))
                 self._full_scan()

@@ -43,6 +43,7 @@ from gridbackupd.grid.localgrid import LocalGrid
 from gridbackupd.grid.nodes import cached_announcements
 from gridbackupd.grid.retry import Backoff
 from gridbackupd.maintenance.jobs import JobContext
+from gridbackupd.maintenance.forget import settle_replaced_logs
 from gridbackupd.maintenance.scheduler import Maintenance
 from gridbackupd.mount.indexer import MountIndexer
 from gridbackupd.notify.wiring import notifier as notifier_part
@@ -396,6 +397,7 @@ class GridBackupDaemon(OrderedServices):
         if moved:
             self.log.info("state_dir moved: {n} snapshot logs found again under {logs}",
                           n=moved, logs=self.statedir.logs)
+        settle_replaced_logs(self.conn)
         # A root cap without a database: this is a new machine (or a lost
         # state_dir); rebuild the state from the grid before the first scan.
         existing_cap = self.statedir.read_rootcap()

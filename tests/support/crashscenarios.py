@@ -211,7 +211,8 @@ class Matrix:
             if time.monotonic() > deadline:
                 listing = await self.snapshots()
                 raise RunFailed(f"not finished {SETTLE} s after the restart: "
-                                f"{[(s['id'], s['state']) for s in listing]} {context}")
+                                f"{[(s['id'], s['state']) for s in listing]} {context}\n"
+                                f"{await self.waits()}")
             if self.daemon.proc.poll() is not None:
                 raise RunFailed(f"the restarted daemon exited with {self.daemon.proc.returncode}")
             await deferLater(reactor, 0.25, lambda: None)
@@ -220,6 +221,27 @@ class Matrix:
             raise RunFailed(f"snapshots lost: {sorted(self.known - ids)}")
         await scenario.restored(self, context)
         await self.check_reachable(ids)
+
+    async def waits(self):
+        """What the unfinished work waits for, for a failure's message: the
+        database's view, the jobs, the restarted daemon's log."""
+        from gridbackupd.state import snapshots as snapshotsmod
+
+        lines = []
+        with contextlib.closing(dbmod.read_only_connection(StateDir(self.daemon.state).database)) as conn:
+            for row in snapshotsmod.uploading_waits(conn):
+                lines.append(f"uploading {row[0]}: {row[1]} blobs pending or uploaded, waits for parent {row[2]}")
+            lines.append("blob states: " + repr(conn.execute(
+                "SELECT state, count(*) FROM blobs GROUP BY state").fetchall()))
+        with contextlib.suppress(Exception):
+            code, jobs = await self.daemon.call("GET", "/v1/jobs")
+            lines.append("jobs: " + repr([(j["id"], j["state"], j.get("error")) for j in jobs["jobs"]]))
+        with contextlib.suppress(OSError):
+            with open(os.path.join(self.daemon.base, "twistd.log"), "rb") as f:
+                text = f.read().decode("utf-8", "replace")
+            since = text.rsplit("--- crash matrix: start", 1)[-1]
+            lines.append("the log since the restart, its end:\n" + "\n".join(since.splitlines()[-60:]))
+        return "\n".join(lines)
 
     def last_pack(self):
         """The newest pack row's id (0 for none): the packs of a run come after it."""

@@ -157,3 +157,21 @@ class ForgetPublishRaceTests(SynchronousTestCase):
         self.assertEqual(self.successResultOf(published), ["2-child"])
         self.assertEqual(self.successResultOf(done), {"snapshots_forgotten": 1, "logs_rewritten": 1})
         self.assert_child_full_on_grid()
+
+    def test_a_crash_after_the_replace_is_settled_at_start(self):
+        """
+        forget.full_log_replaced: the log on disk is full, the row still
+        names the parent.  The start makes the row say full, so the child
+        does not wait for the parent even if the parent's row goes first.
+        """
+        log_path = snapshots.log_of(self.conn, "2-child")[1]
+        forgetmod.write_full_log(self.db_path, "2-child", log_path + ".full")
+        os.replace(log_path + ".full", log_path)
+        self.assertEqual(forgetmod.settle_replaced_logs(self.conn), ["2-child"])
+        self.assertEqual(forgetmod.settle_replaced_logs(self.conn), [])
+        snapshots.forget(self.conn, "1-parent")
+        self.assertEqual(self.successResultOf(run(self.publisher.publish_snapshots())), ["2-child"])
+
+    def test_an_increment_on_disk_is_left_as_it_is(self):
+        self.assertEqual(forgetmod.settle_replaced_logs(self.conn), [])
+        self.assertEqual(snapshots.log_of(self.conn, "2-child")[0], "incremental")

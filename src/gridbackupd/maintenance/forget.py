@@ -21,6 +21,8 @@ from twisted.logger import Logger
 from gridbackupd import crashpoints
 from gridbackupd.changes import compute
 from gridbackupd.format import chain
+from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logreader import LogReader
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
 from gridbackupd.state import changes, snapshots
@@ -153,6 +155,29 @@ async def _rewrite_full(ctx, snapshot_id):
         raise
     log.info("rewrote the log of {id} as a full log: its parent is forgotten", id=snapshot_id)
     return True
+
+
+def settle_replaced_logs(conn):
+    """
+    At start: a crash between replacing a kept snapshot's unpublished log
+    by its full log and marking its row full (``forget.full_log_replaced``)
+    leaves a row that names a parent while the log on disk has none.  The
+    row is made to say what the file says, so that the snapshot never
+    waits for a parent the resumed forget may drop first.  Returns the ids.
+    """
+    settled = []
+    for snapshot_id, log_path in snapshots.unpublished_increments(conn):
+        try:
+            with open(log_path, "rb") as f:
+                kind = LogReader(f).header.kind
+        except (OSError, LogFormatError):
+            continue  # the scan's own recovery deals with a missing or partial log
+        if kind == "full":
+            snapshots.mark_full(conn, snapshot_id)
+            settled.append(snapshot_id)
+            log.info("the log of {id} was rewritten as a full log before a crash; its row says so now",
+                     id=snapshot_id)
+    return settled
 
 
 def write_full_log(db_path, snapshot_id, out_path):

@@ -288,6 +288,13 @@ def log_of(conn, snapshot_id):
         "SELECT kind, log_path, log_cap FROM snapshots WHERE id = ?", (snapshot_id,)).fetchone()
 
 
+def unpublished_increments(conn):
+    """(id, log path) of the scanned snapshots whose row says incremental and whose log is not on the grid."""
+    return conn.execute(
+        "SELECT id, log_path FROM snapshots WHERE kind = 'incremental' AND log_cap IS NULL "
+        "AND log_path IS NOT NULL AND state = 'uploading' ORDER BY id").fetchall()
+
+
 def mark_full(conn, snapshot_id, log_cap=None):
     """
     The snapshot's log was rewritten as a full log: no parent; its

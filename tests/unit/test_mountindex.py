@@ -98,6 +98,48 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(mountindex.snapshots(self.conn), [])
         self.assertEqual(self.conn.execute("SELECT count(*) FROM dirs").fetchone()[0], 0)
 
+    def test_an_unchanged_rescan_is_indexed_as_a_copy(self):
+        """
+        A snapshot whose log is an empty increment is indexed by copying its
+        parent's rows: the same listings and links as reading its chain,
+        with the directories above the backed-up path at its own time.
+        """
+        from gridbackupd.format.logwriter import write_log
+        from gridbackupd.model import LogHeader
+        from gridbackupd.mount import indexer
+
+        base = os.path.dirname(self.path)
+        entries = [d(b"/home/ann"), f(b"/home/ann/a", b"aa"), d(b"/home/ann/sub"),
+                   Entry(path=b"/home/ann/sub/z", kind=HARDLINK, target=b"/home/ann/a")]
+        logs = []
+        for sid, kind, parent, records in (("s1", "full", None, entries), ("s2", "incremental", "s1", []),
+                                           ("s3", "incremental", "s2", [f(b"/home/ann/b", b"new")])):
+            path = os.path.join(base, sid + ".log")
+            with open(path, "wb") as out:
+                write_log(out, LogHeader(snapshot=sid, kind=kind, parent=parent, host="h",
+                                         paths=(b"/home/ann",)), records)
+            logs.append((sid, path))
+        self.assertEqual(indexer.index_snapshot(self.conn, None, "s1", logs[:1], "h", 5.0, True), 4)
+        # Not a copy: the first, an incomplete one, one with records.
+        self.assertIsNone(indexer.copy_unchanged(self.conn, "s1", logs[:1], "h", 5.0, True))
+        self.assertIsNone(indexer.copy_unchanged(self.conn, "s2", logs[:2], "h", 6.0, False))
+        self.assertIsNone(indexer.copy_unchanged(self.conn, "s3", logs, "h", 7.0, True))
+        self.assertEqual(indexer.copy_unchanged(self.conn, "s2", logs[:2], "h", 6.0, True), 4)
+        other = mountindex.open_index(os.path.join(base, "other.sqlite"))
+        self.addCleanup(other.close)
+        indexer.index_snapshot(other, None, "s2", logs[:2], "h", 6.0, True)
+
+        def everything(conn):
+            dirs = {bytes(p): listing.decode(mountindex.listing(conn, "s2", bytes(p)))
+                    for (p,) in conn.execute("SELECT path FROM dirs WHERE snapshot = 's2'")}
+            links = sorted(conn.execute("SELECT dir, name, nlink FROM links WHERE snapshot = 's2'"))
+            return dirs, links, conn.execute("SELECT * FROM snaps WHERE id = 's2'").fetchall()
+
+        copied = everything(self.conn)
+        self.assertEqual(copied, everything(other))
+        self.assertEqual(copied[0][b"/"][0][listing.MTIME], 6_000_000_000)
+        self.assertEqual(self.rows("s1", b"/")[b"home"][listing.MTIME], 5_000_000_000)
+
     def test_read_only_open_of_a_missing_index(self):
         self.assertRaises(mountindex.IndexMissing, mountindex.open_index,
                           os.path.join(self.mktemp(), "nothing.sqlite"), readonly=True)

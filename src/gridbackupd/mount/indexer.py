@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from gridbackupd import crashpoints
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
+from gridbackupd.format.logreader import LogReader
 from gridbackupd.mount import listing
 from gridbackupd.state import blobs, mountindex, snapshots
 from gridbackupd.state import db as dbmod
@@ -59,6 +60,52 @@ def index_snapshot(index_conn, db_path, snapshot_id, log_paths, host, time, comp
             state_conn.close()
     crashpoints.reached("mount.index_written")
     return count
+
+
+def _empty_increment(log_path, parent_id):
+    """The header's roots if the log is an increment on ``parent_id`` with no record, else None."""
+    with open(log_path, "rb") as f:
+        reader = LogReader(f, verify=False)
+        header = reader.header
+        if header.kind != "incremental" or header.parent != parent_id:
+            return None
+        for _ in reader:
+            return None
+    return header.paths
+
+
+def copy_unchanged(index_conn, snapshot_id, log_paths, host, time, complete):
+    """
+    Index a snapshot whose own log is an empty increment on an indexed,
+    complete parent (an unchanged rescan) by copying the parent's rows, in
+    one transaction: its entries are the parent's.  Only the directories
+    above the backed-up paths, whose rows carry the snapshot's time, are
+    made again.  Returns the number of entries, or None when this does not
+    apply (the caller reads the chain).
+    """
+    if not complete or len(log_paths) < 2:
+        return None
+    parent_id = log_paths[-2][0]
+    parent = mountindex.indexed(index_conn, parent_id)
+    if parent is None or not parent[1]:
+        return None
+    roots = _empty_increment(log_paths[-1][1], parent_id)
+    if roots is None:
+        return None
+    parent_ns, now_ns = int(parent[0] * 1e9), int(time * 1e9)
+    with mountindex.writing_snapshot(index_conn, snapshot_id) as w:
+        mountindex.copy_rows(index_conn, parent_id, snapshot_id)
+        for path in sorted(listing.virtual_parents(roots)):
+            data = mountindex.listing(index_conn, snapshot_id, path)
+            if data is None:
+                continue
+            rows = [listing.virtual_row(r[listing.NAME], now_ns)
+                    if r == listing.virtual_row(r[listing.NAME], parent_ns) else r
+                    for r in listing.decode(data)]
+            mountindex.replace_directory(index_conn, snapshot_id, path, *listing.encode(rows))
+        w.finish(host, time, complete, parent[2])
+    crashpoints.reached("mount.index_written")
+    return parent[2]
 
 
 class MountIndexer:
@@ -150,8 +197,10 @@ class MountIndexer:
                     return
                 host, time, complete, paths = wanted[snapshot_id]
                 try:
-                    count = index_snapshot(conn, self.statedir.database, snapshot_id, paths, host, time,
-                                           complete, lambda: self._stopping)
+                    count = copy_unchanged(conn, snapshot_id, paths, host, time, complete)
+                    if count is None:
+                            count = index_snapshot(conn, self.statedir.database, snapshot_id, paths, host,
+                                               time, complete, lambda: self._stopping)
                 except Stopped:
                     return
                 except (LogFormatError, OSError) as e:

@@ -47,6 +47,17 @@ def virtual_row(name, mtime_ns):
     return (name, DIR, stat.S_IFDIR | 0o755, 0, 0, 0, mtime_ns, mtime_ns, 0, None, None, None, (), False)
 
 
+def virtual_parents(roots):
+    """The directories whose listings may hold a ``virtual_row``: ``/`` and those above each backed-up path."""
+    found = {b"/"}
+    for root in roots:
+        path = _parent(root.rstrip(b"/") or b"/")
+        while path != b"/":
+            found.add(path)
+            path = _parent(path)
+    return found
+
+
 def encode(rows):
     """``(digest, data)`` of a listing."""
     raw = marshal.dumps((FORMAT, tuple(rows)), 4)

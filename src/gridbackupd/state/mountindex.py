@@ -130,6 +130,25 @@ class _SnapshotWriter:
                           (self.snapshot_id, host, time, int(complete), entries))
 
 
+def indexed(conn, snapshot_id):
+    """``(time, complete, entries)`` of an indexed snapshot, or None."""
+    return conn.execute("SELECT time, complete, entries FROM snaps WHERE id = ?", (snapshot_id,)).fetchone()
+
+
+def copy_rows(conn, source, target):
+    """The directories and hard-link counts of ``source`` become ``target``'s too (in ``writing_snapshot``)."""
+    conn.execute("INSERT INTO dirs (snapshot, path, listing) SELECT ?, path, listing FROM dirs "
+                 "WHERE snapshot = ?", (target, source))
+    conn.execute("INSERT INTO links (snapshot, dir, name, nlink) SELECT ?, dir, name, nlink FROM links "
+                 "WHERE snapshot = ?", (target, source))
+
+
+def replace_directory(conn, snapshot_id, path, digest, data):
+    """One directory of a copied snapshot gets another listing (in ``writing_snapshot``)."""
+    conn.execute("INSERT OR IGNORE INTO listings (hash, data) VALUES (?, ?)", (digest, data))
+    conn.execute("UPDATE dirs SET listing = ? WHERE snapshot = ? AND path = ?", (digest, snapshot_id, path))
+
+
 def _drop_rows(conn, snapshot_id):
     for table, column in (("snaps", "id"), ("dirs", "snapshot"), ("links", "snapshot")):
         conn.execute(f"DELETE FROM {table} WHERE {column} = ?", (snapshot_id,))

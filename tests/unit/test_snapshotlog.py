@@ -308,6 +308,12 @@ class RoundTripTests(Base):
         self.assertRaises(LogFormatError, lambda: list(LogReader(io.BytesIO(odd))))
         self.assertEqual(list(LogReader(io.BytesIO(odd), verify=False))[0].mode, -1)
 
+    def test_unverified_integers_beyond_64_bits(self):
+        """orjson reads them as floats: such a line is read again strictly, to the exact integer."""
+        for value in (-(1 << 63) - 1, 1 << 64):
+            data = one_entry("/a", mtime_ns=value)
+            self.assertEqual(list(LogReader(io.BytesIO(data), verify=False))[0].mtime_ns, value)
+
     @PROPERTY
     @given(logs())
     def test_deterministic(self, log):

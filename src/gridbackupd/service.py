@@ -42,8 +42,8 @@ from gridbackupd.grid.client import TahoeClient
 from gridbackupd.grid.localgrid import LocalGrid
 from gridbackupd.grid.nodes import cached_announcements
 from gridbackupd.grid.retry import Backoff
-from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.forget import settle_replaced_logs
+from gridbackupd.maintenance.jobs import JobContext
 from gridbackupd.maintenance.scheduler import Maintenance
 from gridbackupd.mount.indexer import MountIndexer
 from gridbackupd.notify.wiring import notifier as notifier_part

@@ -109,7 +109,7 @@ class Backups:
             f.write(data)
         os.utime(path, ns=(mtime, mtime))
 
-    def backup(self, kind="incremental", host="h", changed=None):
+    def backup(self, kind="incremental", host="h", changed=None, complete=True):
         """A scan against the newest snapshot of ``host`` (a full log if none); its id."""
         self.serial += 1
         snapshot_id = f"2026010{self.serial}T000000.000000Z-0000000{self.serial}"
@@ -129,7 +129,8 @@ class Backups:
         snapshots.mark_uploading(self.conn, snapshot_id, kind=kind, parent=header.parent,
                                  started=now, finished=now, files=counts["files"], bytes=counts["bytes"],
                                  errors=[], log_path=log_path)
-        snapshots.mark_complete(self.conn, snapshot_id, "URI:CHK:x", True)
+        if complete:
+            snapshots.mark_complete(self.conn, snapshot_id, "URI:CHK:x", True)
         own = [(snapshot_id, log_path)]
         self.chains[snapshot_id] = (list(parent_chain) + own) if kind == "incremental" else own
         return snapshot_id
@@ -293,3 +294,29 @@ class ScanFiguresTests(SynchronousTestCase):
         self.assertEqual(mine[1][7], OLD + 5 * 10**9)
         self.assertEqual(len(changes.history(b.conn, path)), 4)
         self.assertEqual(changes.history(b.conn, path + b"x"), [])
+
+
+class CompleteParentTests(SynchronousTestCase):
+    """An unchanged file's blobs are not queued again when its parent is complete (all committed)."""
+
+    def queued(self, b, snapshot_id):
+        return b.conn.execute("SELECT count(*) FROM snapshot_blobs WHERE snapshot = ?",
+                              (snapshot_id,)).fetchone()[0]
+
+    def test_unchanged_blobs_of_a_complete_parent_are_not_queued(self):
+        b = Backups(self)
+        b.write("big", os.urandom(300_000))
+        b.backup()
+        # The blobs stay pending here (nothing uploads them): only the
+        # parent's state says whether they are looked up and queued.
+        b.write("new", os.urandom(5_000))
+        second = b.backup(complete=False)
+        self.assertEqual(self.queued(b, second), 1)  # the new file's only
+
+    def test_an_uploading_parent_has_its_blobs_looked_up(self):
+        b = Backups(self)
+        b.write("big", os.urandom(300_000))
+        b.backup(complete=False)
+        b.write("new", os.urandom(5_000))
+        second = b.backup(complete=False)
+        self.assertGreater(self.queued(b, second), 1)

@@ -3,12 +3,15 @@ The entries of a snapshot given as a chain of logs, merged streaming.
 """
 
 import heapq
+import itertools
 
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logpaths import path_key, shown
 from gridbackupd.model import Deletion
 
 __all__ = ["merge_records"]
+
+_END = object()
 
 
 def merge_records(base, *changes):
@@ -24,7 +27,16 @@ def merge_records(base, *changes):
     ``LogFormatError``.
     """
 
-    if not changes:
+    # Increments with no record (a snapshot in which nothing changed, the
+    # usual one) are left out of the merge: each layer costs every record
+    # a heap step.  Reading an empty one to its end checks it all the same.
+    layers = []
+    for i, records in enumerate(changes, 1):
+        it = iter(records)
+        first = next(it, _END)
+        if first is not _END:
+            layers.append((i, itertools.chain((first,), it)))
+    if not layers:
         # A full log alone: its records are the entries (it has no deletions).
         for record in base:
             if type(record) is Deletion:
@@ -37,7 +49,7 @@ def merge_records(base, *changes):
             yield path_key(record.path), layer, record
 
     merged = heapq.merge(
-        *(keyed(i, r) for i, r in enumerate([base, *changes])), key=_merge_order
+        *(keyed(i, r) for i, r in [(0, base), *layers]), key=_merge_order
     )
     current_key = None
     present = None

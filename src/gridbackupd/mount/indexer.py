@@ -58,7 +58,6 @@ def index_snapshot(index_conn, db_path, snapshot_id, log_paths, host, time, comp
     finally:
         if state_conn is not None:
             state_conn.close()
-    crashpoints.reached("mount.index_written")
     return count
 
 
@@ -104,7 +103,6 @@ def copy_unchanged(index_conn, snapshot_id, log_paths, host, time, complete):
                     for r in listing.decode(data)]
             mountindex.replace_directory(index_conn, snapshot_id, path, *listing.encode(rows))
         w.finish(host, time, complete, parent[2])
-    crashpoints.reached("mount.index_written")
     return parent[2]
 
 
@@ -199,13 +197,14 @@ class MountIndexer:
                 try:
                     count = copy_unchanged(conn, snapshot_id, paths, host, time, complete)
                     if count is None:
-                            count = index_snapshot(conn, self.statedir.database, snapshot_id, paths, host,
+                        count = index_snapshot(conn, self.statedir.database, snapshot_id, paths, host,
                                                time, complete, lambda: self._stopping)
                 except Stopped:
                     return
                 except (LogFormatError, OSError) as e:
                     log.warn("snapshot {id} cannot be indexed for mounting: {why}", id=snapshot_id, why=e)
                     continue
+                crashpoints.reached("mount.index_written")
                 log.info("snapshot {id} indexed for mounting ({n} entries)", id=snapshot_id, n=count)
         finally:
             conn.close()

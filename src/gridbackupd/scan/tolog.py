@@ -34,7 +34,7 @@ from gridbackupd.scan.watched import WatchedScanner, paths_to_revisit
 from gridbackupd.state import changes as stored_changes
 from gridbackupd.state import checkpoints as stored
 from gridbackupd.state import db as dbmod
-from gridbackupd.state import queue
+from gridbackupd.state import queue, snapshots
 
 BLOB_BATCH = 2000
 CHANGES_BATCH = 5000
@@ -202,6 +202,8 @@ class _Run:
                     resume_after=resume_after, links=links,
                     trust_ctime_before=previous.settled_before if previous is not None else 0,
                     changes=tally,
+                    previous_committed=previous is not None and snapshots.state_of(
+                        self.conn, scan.previous_logs[-1][0]) == "complete",
                 )
                 revisit = self._revisit(resume)
                 scanner: Scanner

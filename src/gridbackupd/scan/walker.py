@@ -77,8 +77,12 @@ class Scanner:
     """
 
     def __init__(self, options, previous, emit_record, emit_blob, progress, incremental=False,
-                 resume_after=None, links=None, trust_ctime_before=0, changes=None):
+                 resume_after=None, links=None, trust_ctime_before=0, changes=None,
+                 previous_committed=False):
         self.options = options
+        # Every blob of ``previous`` is committed (its snapshot is complete):
+        # an unchanged file's blobs need not be queued, nor looked up.
+        self.previous_committed = previous_committed
         self.previous = Previous(previous, emit_record, incremental, changes)
         self.emit_entry = self.previous.emit
         self.emit_blob = emit_blob
@@ -352,11 +356,12 @@ class Scanner:
         # Blobs go before their entry: a checkpoint taken after the entry
         # must have them queued (a resumed scan starts after the entry).
         if unchanged(prev, st):
-            offset = 0
-            dev, ino, base = st.st_dev, st.st_ino, self._base
-            for h, size in prev.blobs:
-                self.emit_blob(NewBlob(h, size, path, offset, st.st_mtime_ns, dev, ino, base))
-                offset += size
+            if not self.previous_committed:
+                offset = 0
+                dev, ino, base = st.st_dev, st.st_ino, self._base
+                for h, size in prev.blobs:
+                    self.emit_blob(NewBlob(h, size, path, offset, st.st_mtime_ns, dev, ino, base))
+                    offset += size
             if st.st_nlink > 1:
                 self._link(st, path)
             if same is not None:

@@ -52,7 +52,7 @@ def index_snapshot(index_conn, db_path, snapshot_id, log_paths, host, time, comp
 
     try:
         with mountindex.writing_snapshot(index_conn, snapshot_id) as w, \
-                chain.open_chain(top, known.get) as (_, records):
+                chain.open_chain(top, known.get, verify=False) as (_, records):
             count = listing.build(entries(records), w, int(time * 1e9), None if complete else pending)
             w.finish(host, time, complete, count)
     finally:

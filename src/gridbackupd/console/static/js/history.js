@@ -27,7 +27,6 @@ function row(v, path) {
     h("td", {}, change ? badge(change, kind) : "–", v.complete === false ? [" ", badge("incomplete", "warn")] : null),
     h("td", {class: "num nowrap"}, v.size !== undefined && v.size !== null ? fmt.bytes(v.size) : "–"),
     h("td", {class: "nowrap"}, mtime),
-    h("td", {class: "mono small hide-narrow"}, v.sha256 ? v.sha256.slice(0, 12) : ""),
     h("td", {class: "nowrap"}, gone ? h("span", {class: "muted"}, "deleted here") : [
       h("a", {href: contentUrl(snap, path), download: fmt.basename(fmt.shownPath(path))}, "Download"), " · ",
       h("a", {href: `#/restore?${new URLSearchParams({snapshot: snap, ...pathParams(path)})}`}, "Restore…")]));
@@ -52,7 +51,7 @@ export function render(root, ctx) {
       fill(out,
         h("p", {}, h("span", {class: "path"}, fmt.shownPath(path)), ` — ${fmt.count(versions.length)} versions, newest first`),
         doc.uncounted ? notice("info", `${fmt.count(doc.uncounted)} snapshots are still being counted: their versions show once done.`) : null,
-        versions.length ? table(["snapshot time", "snapshot", "change", "size", "modified", "sha256", ""], versions.map((v) => row(v, path)), "history")
+        versions.length ? table(["snapshot time", "snapshot", "change", "size", "modified", ""], versions.map((v) => row(v, path)), "history")
           : h("p", {class: "muted"}, "No snapshot has this path."));
     } catch (e) {
       fill(out, notice("error", e.status === 404 && e.code === "not_found"

@@ -95,6 +95,10 @@ _point("convert.bucket_made", "convert", "a sealed bucket of a v1 directory's ch
 _point("convert.bucket_linked", "convert", "that bucket is linked in its v2 index")
 _point("convert.settings_written", "convert", "gridbackup.json says version 2; v1 still linked")
 _point("convert.old_unlinked", "convert", "a v1 directory is unlinked from the root")
+# Scenario "notify": a test notification to a webhook.
+_point("notify.recorded", "notify",
+       "a notification (and its condition's change) is recorded, nothing sent")
+_point("notify.sent", "notify", "a target took the notification, its delivery not yet recorded")
 # Scenario "restore": a whole-snapshot restore.
 _point("restore.mid_file", "restore", "part of a file's content is written to its temporary name")
 _point("restore.before_rename", "restore", "a file is complete under its temporary name, with its metadata")

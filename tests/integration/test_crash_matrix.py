@@ -34,12 +34,14 @@ from twisted.trial.unittest import TestCase
 
 from gridbackupd import crashpoints
 from tests.support.crashscenarios import SCENARIOS, Matrix, RunFailed
+from tests.support.receivers import HTTPReceiver
 from tests.support.sharedgrid import shared_node_url
 
 #: point -> why it fails today.  Must only shrink.
 KNOWN_FAILING: dict[str, str] = {}
 
-ORDER = ("backup", "mount_index", "start", "forget", "forget_uploading", "restore", "seal", "convert")
+ORDER = ("backup", "mount_index", "start", "forget", "forget_uploading", "notify", "restore", "seal",
+         "convert")
 GROUP_LANES = 2
 TWICE_RUNS = 3
 
@@ -74,11 +76,12 @@ class CrashMatrixTests(TestCase):
         # points need a grid of the daemon's own).  The group: embedded
         # grids, two lanes side by side (a start of its nodes is the
         # slowest part of a run).
-        alone = Matrix(self, os.path.join(base, "daemon"), "daemon", node_url)
-        alone_start = Matrix(self, os.path.join(base, "daemon-start"), "daemon", "embedded")
+        hook = HTTPReceiver(self)
+        alone = Matrix(self, os.path.join(base, "daemon"), "daemon", node_url, hook)
+        alone_start = Matrix(self, os.path.join(base, "daemon-start"), "daemon", "embedded", hook)
         lanes = [[(p, alone_start if p.scenario == "start" else alone) for p in points]]
         for n in range(GROUP_LANES):
-            matrix = Matrix(self, os.path.join(base, f"group{n}"), "group", "embedded")
+            matrix = Matrix(self, os.path.join(base, f"group{n}"), "group", "embedded", hook)
             lanes.append([(p, matrix) for p in points[n::GROUP_LANES]])
         failures = []
         runs = 0

@@ -60,7 +60,7 @@ class NotReached(AssertionError):
 class CrashDaemon(Daemon):
     """A ``Daemon`` started in its own session, with a crash point or none."""
 
-    def __init__(self, testcase, base, port, node_url):
+    def __init__(self, testcase, base, port, node_url, hook=None):
         super().__init__(testcase, base, port)
         self.state = os.path.join(base, "state")
         # Every crash point each life of this daemon passed, one a line.
@@ -70,6 +70,9 @@ class CrashDaemon(Daemon):
         with open(os.path.join(base, "gridbackup.ini"), "w") as f:
             f.write(CONFIG.format(node_url=node_url, tree=os.path.join(base, "data"), port=port,
                                   parallel=PARALLEL))
+            if hook is not None:
+                # Notifications to the test's webhook (the "notify" scenario's).
+                f.write(f"[notify]\nwebhook = {hook}\n")
 
     def start(self, crash_at=None):
         env = dict(os.environ)

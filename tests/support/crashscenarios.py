@@ -14,6 +14,7 @@ A scenario is the point's ``scenario`` in ``gridbackupd.crashpoints``:
   once a forget (with a prune) of the first: the forget waits for the scan
   and rewrites the child's log while its blobs are still uploading;
 - ``restore``: a whole-snapshot restore of the latest snapshot;
+- ``notify``: a test notification to the test's webhook;
 - ``mount_index``: a backup, finished once its snapshot is also in the
   mount index (which the daemon builds after the snapshot completes);
 - ``seal``: with buckets of one second (on-grid layout version 2), a
@@ -30,6 +31,7 @@ import shutil
 import time
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from gridbackupd import crashpoints
@@ -54,11 +56,13 @@ class RunFailed(AssertionError):
 class Matrix:
     """One state directory, one tree, one way to die; the runs of many points."""
 
-    def __init__(self, testcase, base, mode, node_url):
+    def __init__(self, testcase, base, mode, node_url, hook=None):
         self.testcase = testcase
         self.base = base
         self.mode = mode
         self.node_url = node_url
+        # An HTTPReceiver the daemons notify (tests.support.receivers), or None.
+        self.hook = hook
         self.serial = 0
         self._new_state()
 
@@ -75,7 +79,8 @@ class Matrix:
         for i in range(300):
             with open(os.path.join(self.tree, "many", f"{i:03d}"), "wb") as f:
                 f.write(b"%d\n" % i)
-        self.daemon = CrashDaemon(self.testcase, self.dir, free_port(), self.node_url)
+        self.daemon = CrashDaemon(self.testcase, self.dir, free_port(), self.node_url,
+                                  hook=self.hook.url("/hook") if self.hook is not None else None)
         self.known: set[str] = set()  # the snapshots there must be
 
     @property
@@ -517,6 +522,52 @@ class Restore:
         matrix.compare(context["target"])
 
 
+class Notify:
+    """
+    A test notification to the webhook (``POST /v1/notifications/test``):
+    the daemon dies once it is recorded, or once the webhook took it; the
+    restart sends it (again) by itself, and records it sent.
+    """
+
+    @staticmethod
+    async def crash(matrix, point):
+        if matrix.hook is None:
+            raise RunFailed("the notify scenario needs a Matrix with a webhook")
+        matrix.daemon.start(point)
+        await matrix.daemon.ready()
+        heard = len(matrix.hook.received.items)
+        asked = Deferred.fromCoroutine(matrix.daemon.call("POST", "/v1/notifications/test"))
+        asked.addErrback(lambda _: None)  # the daemon dies under the request
+        context = {"heard": heard}
+
+        async def finished():
+            code, doc = await matrix.daemon.call("GET", "/v1/notifications")
+            tests = [n for n in doc["notifications"] if n["event"] == "test"]
+            return code == 200 and tests and all(d["state"] != "pending" for d in tests[0]["deliveries"].values())
+
+        return await matrix.daemon.died(finished), context
+
+    @staticmethod
+    async def done(matrix, context, ids):
+        code, doc = await matrix.daemon.call("GET", "/v1/notifications")
+        tests = [n for n in doc["notifications"] if n["event"] == "test"]
+        if not tests:
+            raise RunFailed("the test notification was not recorded")
+        states = {d["state"] for d in tests[0]["deliveries"].values()}
+        if "failed" in states:
+            raise RunFailed(f"the test notification failed: {tests[0]['deliveries']}")
+        if states == {"sent"}:
+            context["time"] = tests[0]["time"]
+            return True
+        return False
+
+    @staticmethod
+    async def restored(matrix, context):
+        bodies = [json.loads(r["body"]) for r in matrix.hook.received.items[context["heard"]:]]
+        if not any(b["event"] == "test" and b["time"] == context["time"] for b in bodies):
+            raise RunFailed(f"the webhook never got the test notification: {bodies}")
+
+
 def _mount_indexed(matrix, snapshot_id):
     """Whether the daemon's mount index holds the snapshot."""
     from gridbackupd.state import mountindex
@@ -642,4 +693,5 @@ class Convert:
 
 
 SCENARIOS = {"backup": Backup, "mount_index": MountIndex, "start": Start, "forget": Forget,
-             "forget_uploading": ForgetUploading, "restore": Restore, "seal": Seal, "convert": Convert}
+             "forget_uploading": ForgetUploading, "restore": Restore, "seal": Seal, "convert": Convert,
+             "notify": Notify}

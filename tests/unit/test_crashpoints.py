@@ -64,8 +64,8 @@ class TriggerTests(SynchronousTestCase):
     def test_registry_names_its_scenarios(self):
         self.assertGreater(len(crashpoints.POINTS), 20)
         scenarios = {p.scenario for p in crashpoints.POINTS.values()}
-        self.assertEqual(scenarios, {"backup", "mount_index", "start", "forget", "forget_uploading", "restore",
-                                     "seal", "convert"})
+        self.assertEqual(scenarios, {"backup", "mount_index", "start", "forget", "forget_uploading", "notify",
+                                     "restore", "seal", "convert"})
         for name, point in crashpoints.POINTS.items():
             self.assertEqual(name, point.name)
             self.assertRegex(name, r"^[a-z]+\.[a-z_]+$")

@@ -8,6 +8,7 @@ transports against real receivers are in tests/integration/test_notify.py.
 
 import json
 import os
+import sqlite3
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -128,6 +129,26 @@ class NotifierTests(SynchronousTestCase):
         self.assertEqual(self.events(), [("writer_lock_held", "writer_lock_held", False)])
         self.clock.advance(DAY / 2)
         self.assertEqual(self.events()[1:], [("writer_lock_held", "writer_lock_held", True)])
+
+    def test_a_condition_is_announced_with_its_notification_or_not_at_all(self):
+        """The condition's row and its notification's are one transaction: a failed write leaves neither."""
+        n = self.make()
+        self.flags.lock = "the backup set's writer lock is held by laptop"
+        real_add = stored.add
+
+        def failing_add(*args, **kwargs):
+            raise sqlite3.OperationalError("disk I/O error")
+
+        stored.add = failing_add
+        try:
+            self.assertRaises(sqlite3.OperationalError, n.check)
+        finally:
+            stored.add = real_add
+        self.assertEqual(stored.conditions(self.conn), {})
+        self.assertEqual(stored.recent(self.conn, 10), [])
+        self.clock.advance(notifiermod.POLL)
+        self.assertEqual(self.events(), [("writer_lock_held", "writer_lock_held", False)])
+        self.assertEqual(set(stored.conditions(self.conn)), {"writer_lock_held"})
 
     def test_retries_with_backoff_on_the_clock(self):
         n = self.make()

@@ -20,9 +20,11 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 
+from gridbackupd import crashpoints
 from gridbackupd.errors import one_line
 from gridbackupd.notify import conditions as condmod
 from gridbackupd.notify.events import document
+from gridbackupd.state import db as dbmod
 from gridbackupd.state import notifications as stored
 
 POLL = 5.0
@@ -85,20 +87,23 @@ class Notifier(Service):
         now = self.clock.seconds()
         active = condmod.current(self.conn, self.host, now, self.stale_after, self.sources)
         announced = stored.conditions(self.conn)
+        # Each change of a condition and its notification are one transaction:
+        # a crash between them would leave a condition marked announced that
+        # nobody was told of (until ``repeat_every``), or told twice.
         for condition, (message, details) in sorted(active.items()):
             if condition not in announced:
-                stored.condition_started(self.conn, condition, now)
-                self.notify(condition, message, condition=condition, since=now, active=active, details=details)
+                self.notify(condition, message, condition=condition, since=now, active=active, details=details,
+                            change=lambda c=condition: stored.condition_started(self.conn, c, now))
             else:
                 since, last_sent = announced[condition]
                 if now - last_sent >= self.repeat_every:
-                    stored.condition_repeated(self.conn, condition, now)
                     self.notify(condition, message, condition=condition, since=since, repeat=True,
-                                active=active, details=details)
+                                active=active, details=details,
+                                change=lambda c=condition: stored.condition_repeated(self.conn, c, now))
         for condition in sorted(set(announced) - set(active)):
-            stored.condition_ended(self.conn, condition)
             since = announced[condition][0]
-            self.notify("healthy", f"{condition} is over", condition=condition, since=since, active=active)
+            self.notify("healthy", f"{condition} is over", condition=condition, since=since, active=active,
+                        change=lambda c=condition: stored.condition_ended(self.conn, c))
 
     def crash_recovered(self, work):
         """At start, after a daemon that was killed: what its restart redid."""
@@ -107,18 +112,31 @@ class Notifier(Service):
 
     # -- sending ---------------------------------------------------------------------
 
-    def notify(self, event, message, **fields):
-        """Record a notification and start sending it to every target that wants it; its id."""
+    def notify(self, event, message, change=None, **fields):
+        """
+        Record a notification and start sending it to every target that
+        wants it; its id.  ``change()``, if given, records the condition's
+        change in the same transaction.
+        """
         now = self.clock.seconds()
         doc = document(event, self.host, now, message, **fields)
         targets = [t for t in self.targets if t.wants(event)]
         deliveries = {t.name: {"state": "pending", "attempts": 0, "last_attempt": None, "error": None}
                       for t in targets}
-        notification_id = stored.add(self.conn, now, event, doc["condition"], doc, deliveries)
+        notification_id = self._record(now, event, doc, deliveries, change)
         self._own.add(notification_id)
         self.log.info("notification {event}: {message}", event=event, message=message)
         for target in targets:
             self._start(self._deliver(notification_id, target, doc, 0))
+        return notification_id
+
+    def _record(self, now, event, doc, deliveries, change=None):
+        """The notification's row (and its condition's change), durable before anything is sent."""
+        with dbmod.transaction(self.conn):
+            if change is not None:
+                change()
+            notification_id = stored.add(self.conn, now, event, doc["condition"], doc, deliveries)
+        crashpoints.reached("notify.recorded")
         return notification_id
 
     def _resend(self, row):
@@ -145,6 +163,7 @@ class Notifier(Service):
             error = one_line(e)
         else:
             error = None
+            crashpoints.reached("notify.sent")
         attempts += 1
         last = attempts > len(RETRY_DELAYS)
         state = "sent" if error is None else ("failed" if last else "pending")
@@ -173,7 +192,7 @@ class Notifier(Service):
                        active=stored.conditions(self.conn))
         deliveries = {t.name: {"state": "pending", "attempts": 0, "last_attempt": None, "error": None}
                       for t in self.targets}
-        notification_id = stored.add(self.conn, now, "test", None, doc, deliveries)
+        notification_id = self._record(now, "test", doc, deliveries)
         # At once, each within its transport's time limit (30 s): the CLI waits 60 s for the answer.
         tried = await gatherResults([
             Deferred.fromCoroutine(self._attempt(notification_id, target, doc, len(RETRY_DELAYS)))

@@ -24,7 +24,6 @@ from gridbackupd import crashpoints
 from gridbackupd.errors import one_line
 from gridbackupd.notify import conditions as condmod
 from gridbackupd.notify.events import document
-from gridbackupd.state import db as dbmod
 from gridbackupd.state import notifications as stored
 
 POLL = 5.0
@@ -87,23 +86,19 @@ class Notifier(Service):
         now = self.clock.seconds()
         active = condmod.current(self.conn, self.host, now, self.stale_after, self.sources)
         announced = stored.conditions(self.conn)
-        # Each change of a condition and its notification are one transaction:
-        # a crash between them would leave a condition marked announced that
-        # nobody was told of (until ``repeat_every``), or told twice.
         for condition, (message, details) in sorted(active.items()):
             if condition not in announced:
                 self.notify(condition, message, condition=condition, since=now, active=active, details=details,
-                            change=lambda c=condition: stored.condition_started(self.conn, c, now))
+                            change="started")
             else:
                 since, last_sent = announced[condition]
                 if now - last_sent >= self.repeat_every:
                     self.notify(condition, message, condition=condition, since=since, repeat=True,
-                                active=active, details=details,
-                                change=lambda c=condition: stored.condition_repeated(self.conn, c, now))
+                                active=active, details=details, change="repeated")
         for condition in sorted(set(announced) - set(active)):
             since = announced[condition][0]
             self.notify("healthy", f"{condition} is over", condition=condition, since=since, active=active,
-                        change=lambda c=condition: stored.condition_ended(self.conn, c))
+                        change="ended")
 
     def crash_recovered(self, work):
         """At start, after a daemon that was killed: what its restart redid."""
@@ -115,8 +110,8 @@ class Notifier(Service):
     def notify(self, event, message, change=None, **fields):
         """
         Record a notification and start sending it to every target that
-        wants it; its id.  ``change()``, if given, records the condition's
-        change in the same transaction.
+        wants it; its id.  ``change`` ("started", "repeated", "ended"): the
+        change of its condition, recorded with it (``stored.add``).
         """
         now = self.clock.seconds()
         doc = document(event, self.host, now, message, **fields)
@@ -132,10 +127,7 @@ class Notifier(Service):
 
     def _record(self, now, event, doc, deliveries, change=None):
         """The notification's row (and its condition's change), durable before anything is sent."""
-        with dbmod.transaction(self.conn):
-            if change is not None:
-                change()
-            notification_id = stored.add(self.conn, now, event, doc["condition"], doc, deliveries)
+        notification_id = stored.add(self.conn, now, event, doc["condition"], doc, deliveries, change=change)
         crashpoints.reached("notify.recorded")
         return notification_id
 

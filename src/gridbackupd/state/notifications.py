@@ -15,9 +15,16 @@ KEEP = 200  # notifications kept; older ones are dropped as new ones come
 COLUMNS = "id, time, event, condition, body, deliveries"
 
 
-def add(conn, time, event, condition, body, deliveries, keep=KEEP):
-    """Record a notification (its JSON body and per-target delivery state); its id."""
+def add(conn, time, event, condition, body, deliveries, keep=KEEP, change=None):
+    """
+    Record a notification (its JSON body and per-target delivery state);
+    its id.  ``change``, "started", "repeated" or "ended", records that
+    change of ``condition`` in the same transaction: a condition is never
+    marked announced without its notification, nor told twice.
+    """
     with dbmod.transaction(conn):
+        if change is not None:
+            _CONDITION_CHANGES[change](conn, condition, time)
         cur = conn.execute(
             "INSERT INTO notifications (time, event, condition, body, deliveries) VALUES (?, ?, ?, ?, ?)",
             (time, event, condition, json.dumps(body), json.dumps(deliveries)))
@@ -56,22 +63,22 @@ def conditions(conn):
         "SELECT condition, since, last_sent FROM notify_conditions").fetchall()}
 
 
-def condition_started(conn, condition, now):
-    with dbmod.transaction(conn):
-        conn.execute(
-            "INSERT INTO notify_conditions (condition, since, last_sent) VALUES (?, ?, ?) "
-            "ON CONFLICT(condition) DO UPDATE SET since = excluded.since, last_sent = excluded.last_sent",
-            (condition, now, now))
+def _condition_started(conn, condition, now):
+    conn.execute(
+        "INSERT INTO notify_conditions (condition, since, last_sent) VALUES (?, ?, ?) "
+        "ON CONFLICT(condition) DO UPDATE SET since = excluded.since, last_sent = excluded.last_sent",
+        (condition, now, now))
 
 
-def condition_repeated(conn, condition, now):
-    with dbmod.transaction(conn):
-        conn.execute("UPDATE notify_conditions SET last_sent = ? WHERE condition = ?", (now, condition))
+def _condition_repeated(conn, condition, now):
+    conn.execute("UPDATE notify_conditions SET last_sent = ? WHERE condition = ?", (now, condition))
 
 
-def condition_ended(conn, condition):
-    with dbmod.transaction(conn):
-        conn.execute("DELETE FROM notify_conditions WHERE condition = ?", (condition,))
+def _condition_ended(conn, condition, now):
+    conn.execute("DELETE FROM notify_conditions WHERE condition = ?", (condition,))
+
+
+_CONDITION_CHANGES = {"started": _condition_started, "repeated": _condition_repeated, "ended": _condition_ended}
 
 
 # -- what the conditions read of the other tables ------------------------------------

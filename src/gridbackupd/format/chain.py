@@ -19,7 +19,7 @@ import contextlib
 import os
 
 from gridbackupd.format.logfields import LogFormatError
-from gridbackupd.format.logmerge import merge_records
+from gridbackupd.format.logmerge import SkippingMerge, merge_records
 from gridbackupd.format.logreader import LogReader
 
 # A chain longer than this is refused rather than followed (a cycle, or a
@@ -75,13 +75,14 @@ def chain_paths(log_path, resolve=None):
 
 
 @contextlib.contextmanager
-def open_chain(log_path, resolve=None, verify=True):
+def open_chain(log_path, resolve=None, verify=True, skipping=False):
     """
     ``with open_chain(path) as (header, entries):`` the header of the log at
     ``path`` and the snapshot's complete entries (an iterator of ``Entry``,
     path order), merged from its chain.  The chain is checked as it is
     read: iterate to the end before trusting it (a ``LogFormatError`` then
-    says what is wrong).  ``verify=False``: see ``LogReader``.
+    says what is wrong).  ``verify=False``: see ``LogReader``; with it,
+    ``skipping`` gives a ``logmerge.SkippingMerge``.
     """
     paths = chain_paths(log_path, resolve)
     with contextlib.ExitStack() as stack:
@@ -97,7 +98,10 @@ def open_chain(log_path, resolve=None, verify=True):
                 )
         if readers[0].header.kind != "full":
             raise ChainError(f"the chain of {readers[-1].header.snapshot} does not start with a full log")
-        yield readers[-1].header, merge_records(*(iter(r) for r in readers))
+        if skipping:
+            yield readers[-1].header, SkippingMerge(readers)
+        else:
+            yield readers[-1].header, merge_records(*(iter(r) for r in readers))
 
 
 def snapshot_entries(snapshot_id, resolve):

@@ -9,7 +9,7 @@ from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logpaths import path_key, shown
 from gridbackupd.model import Deletion
 
-__all__ = ["merge_records"]
+__all__ = ["SkippingMerge", "merge_records"]
 
 _END = object()
 
@@ -74,3 +74,72 @@ def merge_records(base, *changes):
 
 def _merge_order(item):
     return item[0], item[1]
+
+
+class SkippingMerge:
+    """
+    ``merge_records`` over ``LogReader``s (``verify=False``), able to let a
+    sub-tree go by unread (``skip_below``): a watched scan takes a directory
+    it did not list from its parent without decoding what is below it.
+    Iterating yields what ``merge_records`` yields.
+    """
+
+    def __init__(self, readers):
+        # [key, record, records, reader, number] per log, oldest first; key
+        # None at the end.  An increment with no record (read to its end,
+        # so checked) is left out, as merge_records does.
+        self._layers = []
+        for number, reader in enumerate(readers):
+            layer = [None, None, iter(reader), reader, number]
+            self._advance(layer)
+            if number == 0 or layer[0] is not None:
+                self._layers.append(layer)
+
+    @staticmethod
+    def _advance(layer):
+        record = next(layer[2], None)
+        layer[0] = None if record is None else path_key(record.path)
+        layer[1] = record
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        layers, advance = self._layers, self._advance
+        while True:
+            if len(layers) == 1:
+                layer = layers[0]
+                record = layer[1]
+                if record is None:
+                    raise StopIteration
+                advance(layer)
+                if type(record) is Deletion:
+                    raise LogFormatError(f"a full log deletes {shown(record.path)}")
+                return record
+            key = min((layer[0] for layer in layers if layer[0] is not None), default=None)
+            if key is None:
+                raise StopIteration
+            present = None
+            for layer in layers:
+                if layer[0] != key:
+                    continue
+                record = layer[1]
+                if type(record) is Deletion:
+                    if present is None:
+                        raise LogFormatError(
+                            f"incremental log {layer[4]} deletes {shown(record.path)}, "
+                            f"which the snapshot before it does not have"
+                        )
+                    present = None
+                else:
+                    present = record
+                advance(layer)
+            if present is not None:
+                return present
+
+    def skip_below(self, prefix):
+        """Every record whose ``path_key`` starts with ``prefix`` (a directory's key and NUL) goes by."""
+        for layer in self._layers:
+            if layer[0] is not None and layer[0].startswith(prefix):
+                layer[3].skip_below(prefix)
+                self._advance(layer)

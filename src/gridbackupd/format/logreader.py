@@ -75,6 +75,8 @@ _ENTRY_ALLOWED = _ENTRY_REQUIRED | _ENTRY_OPTIONAL
 _ENTRY_REQUIRED_COUNT = len(_ENTRY_REQUIRED)
 _DELETION_KEYS = frozenset(["t", "path"])
 _CONTINUATION_KEYS = frozenset(["t", "blobs"])
+# How a continuation line starts, as written (compact): a skip counts them.
+_BLOB_LINE = b'{"t":"b","blobs":[['
 _TRAILER_KEYS = frozenset(["t", "records"])
 
 
@@ -363,6 +365,8 @@ class LogReader:
         # when written or when recovered from the grid.
         self._verify = verify
         self._fast = None  # the line orjson parsed last (verify=False)
+        self._skip = None  # skip_below's prefix, while records are skipped
+        self._skipped = 0  # records the line reader passed over, for the trailer's count
         self._partial = _partial_length is not None
         self._frame = FrameReader(fileobj, _partial_length)
         self._lines = self._read_lines()
@@ -387,6 +391,21 @@ class LogReader:
             chunk = self._read_chunk()
             if not chunk:
                 break
+            if self._skip is not None:
+                # A chunk whose last line is still below the skipped
+                # directory is passed over without splitting it into lines.
+                data = pending + chunk
+                end = data.rfind(b"\n")
+                if end >= 0 and self._line_below(data[data.rfind(b"\n", 0, end) + 1:end]):
+                    end += 1
+                    lines = data.count(b"\n", 0, end)
+                    self._lineno += lines
+                    self._skipped += lines - data.count(_BLOB_LINE, 0, end)
+                    pending = data[end:]
+                    if len(pending) > limit:
+                        raise self._fail("line too long", self._lineno + 1)
+                    continue
+                pending, chunk = b"", data
             parts = chunk.split(b"\n")
             if len(parts) == 1:
                 pending += chunk
@@ -395,11 +414,16 @@ class LogReader:
                 continue
             parts[0] = pending + parts[0]
             pending = parts.pop()
-            for line in parts:
+            at = self._skip_lines(parts, 0) if self._skip is not None else 0
+            while at < len(parts):
+                line = parts[at]
+                at += 1
                 self._lineno += 1
                 if len(line) > limit:
                     raise self._fail("line too long")
                 yield line
+                if self._skip is not None:
+                    at = self._skip_lines(parts, at)
             if len(pending) > limit:
                 raise self._fail("line too long", self._lineno + 1)
         try:
@@ -408,6 +432,72 @@ class LogReader:
             raise self._fail(str(e), self._lineno + 1) from None
         if pending:
             raise self._fail("the last line has no newline", self._lineno + 1)
+
+    # -- skipping a sub-tree unread (verify=False) ----------------------------
+
+    def skip_below(self, prefix):
+        """
+        Let the records whose ``path_key`` starts with ``prefix`` (the
+        ``path_key`` of a directory and a NUL: its sub-tree, one contiguous
+        run) go by unread: the iteration goes on with the first record past
+        them.  Only for a trusted log (``verify=False``): lines are passed
+        over whole chunks at a time, by looking at the last line of each
+        and bisecting the chunk where the run ends; they are counted for
+        the trailer, and the frame's checksum still covers them.
+        """
+        if self._verify or self._partial:
+            raise ValueError("only a trusted, whole log can be skipped through")
+        self._skip = prefix
+
+    def _skip_lines(self, parts, at):
+        """
+        The index of the first line of ``parts`` from ``at`` on that is
+        neither below the skipped prefix nor a continuation of a record
+        that is (the skip is then over), or ``len(parts)``.
+        """
+        end = len(parts)
+        if at >= end:
+            return end
+        if self._below(parts, end - 1, at):
+            stop = end
+        else:
+            lo, stop = at, end
+            while lo < stop:
+                mid = (lo + stop) // 2
+                if self._below(parts, mid, at):
+                    lo = mid + 1
+                else:
+                    stop = mid
+            self._skip = None
+        if stop > at:
+            passed = parts[at:stop]
+            self._lineno += stop - at
+            self._skipped += stop - at - b"\n".join(passed).count(_BLOB_LINE)
+        return stop
+
+    def _below(self, parts, index, first):
+        """Whether line ``index`` is (or continues) a record below the skipped prefix."""
+        while parts[index].startswith(_BLOB_LINE):
+            if index == first:
+                # Continues a record before the skip's first line: one being skipped.
+                return True
+            index -= 1
+        return self._line_below(parts[index])
+
+    def _line_below(self, line):
+        """Whether ``line``, a record's, is below the skipped prefix (a continuation line: not known, no)."""
+        if line.startswith(_BLOB_LINE):
+            return False
+        try:
+            obj = orjson.loads(line)
+            path = obj["path"]
+        except (orjson.JSONDecodeError, TypeError, KeyError):
+            return False  # the trailer, or a line for the reader to judge
+        try:
+            path = path.encode("utf-8") if type(path) is str else _decode_bytes(path, "path")
+        except (ValueError, AttributeError):
+            return False
+        return path_key(path).startswith(self._skip)
 
     def _next_object(self):
         """The next line as a JSON object, or None at the end."""
@@ -475,6 +565,9 @@ class LogReader:
         blobs: list = []
         while True:
             obj = self._next_object()
+            if self._skipped:
+                count += self._skipped
+                self._skipped = 0
             if obj is None:
                 if self._partial:
                     if pending is not None:
@@ -525,6 +618,13 @@ class LogReader:
             except ValueError as e:
                 raise self._fail(str(e)) from None
             key = path_key(record.path)
+            if self._skip is not None:
+                if key.startswith(self._skip):
+                    # Read before the skip was asked: passed over all the
+                    # same, with its continuation lines (the line reader's).
+                    count += 1
+                    continue
+                self._skip = None
             if last_key is not None and key <= last_key:
                 if key == last_key:
                     raise self._fail(f"path {shown(record.path)} appears twice")

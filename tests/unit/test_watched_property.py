@@ -19,14 +19,16 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from gridbackupd.format import chain
 from gridbackupd.format.logreader import read_log
-from gridbackupd.model import LogHeader
+from gridbackupd.model import FILE, HARDLINK, LogHeader
+from gridbackupd.scan import watched
+from gridbackupd.scan.compare import PreviousEntries
 from gridbackupd.scan.tolog import LogScan, scan_to_log
 from gridbackupd.scan.values import ScanOptions, ScanProgress
 from gridbackupd.state import db as dbmod
 
 _LONG = int(os.environ.get("GRIDBACKUP_WATCHED_EXAMPLES", "0"))
 PROPERTY = settings(
-    max_examples=_LONG or 30, derandomize=not _LONG, deadline=None, database=None,
+    max_examples=_LONG or 150, derandomize=not _LONG, deadline=None, database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
@@ -155,16 +157,21 @@ class Scans:
         self.db_path = os.path.join(base, "state.sqlite")
         dbmod.open_database(self.db_path).close()
 
-    def scan(self, name, kind="full", parent=None, changed=None):
-        """(log path, progress) of a scan; ``parent``: the (id, log path) before."""
+    def scan(self, name, kind="full", parents=(), changed=None, previous_totals=None):
+        """
+        (log path, counts) of a scan; ``parents``: the chain before, as
+        (id, log path) pairs; ``previous_totals``: its totals, for a scan
+        that counts by difference.
+        """
         log_path = os.path.join(self.base, name + ".log")
         header = LogHeader(snapshot=name, kind=kind, paths=(self.root,),
-                           parent=parent[0] if kind == "incremental" else None)
+                           parent=parents[-1][0] if kind == "incremental" else None)
         progress = ScanProgress()
         counts = scan_to_log(LogScan(
             db_path=self.db_path, snapshot_id=name, header=header,
             options=ScanOptions(roots=(self.root,)), log_path=log_path,
-            previous_logs=[parent] if parent else [], changed=changed), progress)
+            previous_logs=parents, changed=changed,
+            copy_blobs=previous_totals is None, previous_totals=previous_totals), progress)
         return log_path, counts
 
     def entries(self, log_path):
@@ -191,18 +198,92 @@ class WatchedScanProperty(SynchronousTestCase):
         root = os.path.join(os.fsencode(base), b"tree")
         os.mkdir(root)
         tree = Tree(root, data)
-        for op in data.draw(st.lists(st.sampled_from(["create", "mkdir", "create", "hard_link"]),
-                                     min_size=3, max_size=25)):
+        for op in data.draw(st.lists(st.sampled_from(["create", "mkdir", "create", "mkdir", "hard_link"]),
+                                     min_size=3, max_size=40)):
             tree.apply(op)
         scans = Scans(base, root)
-        parent = ("parent", scans.scan("parent")[0])
-        tree.dirty.clear()
-        for op in data.draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=8)):
-            tree.apply(op)
-        kind = data.draw(st.sampled_from(["full", "incremental"]))
-        watched_log, counts = scans.scan("watched", kind, parent, changed=frozenset(tree.dirty))
-        self.assertEqual(counts["scan"], "watched")
-        full_log, full_counts = scans.scan("full", "full", parent)
-        self.assertEqual(scans.entries(watched_log), records(full_log))
-        self.assertEqual((counts["files"], counts["bytes"]), (full_counts["files"], full_counts["bytes"]))
-        self.assertLessEqual(counts["visited"], full_counts["visited"])
+        parent_log, counts = scans.scan("parent")
+        parents = [("parent", parent_log)]
+        # Two rounds: the second watched scan's parent may be the first's
+        # incremental log, a chain of two to take entries from.
+        for n in range(data.draw(st.integers(1, 2))):
+            totals = counts["totals"]
+            tree.dirty.clear()
+            for op in data.draw(st.lists(st.sampled_from(OPS), min_size=1, max_size=8)):
+                tree.apply(op)
+            kind = data.draw(st.sampled_from(["full", "incremental"]))
+            # The parent's totals given: an incremental scan counts by
+            # difference and passes what it takes from the parent over unread.
+            by_difference = kind == "incremental" and data.draw(st.booleans())
+            watched_log, counts = scans.scan(f"watched{n}", kind, parents, changed=frozenset(tree.dirty),
+                                             previous_totals=totals if by_difference else None)
+            self.assertEqual(counts["scan"], "watched")
+            full_log, full_counts = scans.scan(f"full{n}", "full", parents)
+            held = scans.entries(watched_log)
+            self.assertEqual(held, records(full_log))
+            self.assertEqual((counts["files"], counts["bytes"]), (full_counts["files"], full_counts["bytes"]))
+            self.assertLessEqual(counts["visited"], full_counts["visited"])
+            # What the snapshot holds, counted (by difference or not).
+            self.assertEqual(full_counts["totals"], (
+                len(held), sum(e.kind in (FILE, HARDLINK) for e in held),
+                sum(e.size for e in held if e.kind in (FILE, HARDLINK))))
+            self.assertEqual(counts["totals"], full_counts["totals"])
+            parents = (parents if kind == "incremental" else []) + [(f"watched{n}", watched_log)]
+            # The paths to look at again that the scan wrote beside its log
+            # are the ones a search of the log finds.
+            for log in (parent_log, watched_log):
+                side = log + watched.REVISIT_SUFFIX
+                written = watched._read_revisit(log)
+                self.assertIsNotNone(written)
+                os.rename(side, side + ".off")
+                self.assertEqual(written, watched.paths_to_revisit([("", log)]))
+                os.rename(side + ".off", side)
+
+
+class ByDifferenceTests(SynchronousTestCase):
+    """
+    Watched scans that count by difference over a chain, on a tree with
+    many sub-trees to pass over unread: each equals a full walk, entry for
+    entry and in its totals.
+    """
+
+    def test_a_chain_of_watched_scans(self):
+        base = tempfile.mkdtemp(prefix="bydifference-")
+        self.addCleanup(shutil.rmtree, base)
+        root = os.path.join(os.fsencode(base), b"tree")
+        dirs = [os.path.join(root, b"d%02d" % i, b"s%d" % j) for i in range(30) for j in range(3)]
+        for d in dirs:
+            os.makedirs(d)
+            for k in range(12):
+                with open(os.path.join(d, b"f%02d" % k), "wb") as f:
+                    f.write(b"x" * k * 40)
+        for top, subdirs, names in os.walk(root):
+            for name in subdirs + names:
+                os.utime(os.path.join(top, name), ns=(OLD, OLD))
+        scans = Scans(base, root)
+        log, counts = scans.scan("s0")
+        parents = [("s0", log)]
+        skipped = []
+        original = PreviousEntries.skip_below
+        self.patch(PreviousEntries, "skip_below", lambda entries, prefix: (
+            skipped.append(prefix), original(entries, prefix))[1])
+        changes = [
+            lambda: open(os.path.join(dirs[5], b"new"), "wb").close() or [dirs[5]],
+            lambda: shutil.rmtree(dirs[40]) or [os.path.dirname(dirs[40])],
+            lambda: os.rename(dirs[70], os.path.join(dirs[2], b"moved")) or [os.path.dirname(dirs[70]), dirs[2]],
+            lambda: os.truncate(os.path.join(dirs[88], b"f03"), 7) or [dirs[88]],
+        ]
+        for n, change in enumerate(changes, 1):
+            dirty = change()
+            for d in dirty:
+                os.utime(d, ns=(OLD, OLD))
+            name = f"s{n}"
+            log, watched = scans.scan(name, "incremental", parents, changed=frozenset(dirty),
+                                      previous_totals=counts["totals"])
+            full_log, full = scans.scan(f"full{n}", "full", parents)
+            self.assertEqual(scans.entries(log), records(full_log))
+            self.assertEqual(watched["totals"], full["totals"])
+            self.assertEqual((watched["files"], watched["bytes"]), (full["files"], full["bytes"]))
+            parents.append((name, log))
+            counts = watched
+        self.assertGreater(len(skipped), 100)

@@ -25,6 +25,7 @@ from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logreader import LogReader
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
+from gridbackupd.scan.watched import REVISIT_SUFFIX
 from gridbackupd.state import changes, snapshots
 from gridbackupd.state import db as dbmod
 
@@ -106,8 +107,9 @@ async def forget(ctx, plan):
             snapshots.forget(ctx.conn, snapshot_id)
             changes.forget(ctx.conn, snapshot_id)
         if log_path:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(log_path)
+            for path in (log_path, log_path + REVISIT_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
         forgotten += 1
         ctx.progress["forgotten"] = forgotten
         log.info("forgot snapshot {id}", id=snapshot_id)

@@ -11,7 +11,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logpaths import path_key
 from gridbackupd.format.logreader import LogReader
-from gridbackupd.model import FILE, POSSIBLY_INCONSISTENT, RACY, Deletion
+from gridbackupd.model import FILE, HARDLINK, POSSIBLY_INCONSISTENT, RACY, Deletion
 
 
 class Previous:
@@ -27,9 +27,17 @@ class Previous:
     one emitted) for change detection.  ``changes`` (a
     ``changes.tally.Tally``), if given, is told of every entry added,
     changed or deleted: the snapshot's figures, counted in the same pass.
+
+    ``totals`` is [entries, files, bytes] of the new snapshot (files and
+    bytes of files and hard links), counted from what it holds, or None
+    once unknown (a resumed scan).  Given the previous snapshot's totals
+    (``parent_totals``) and entries that can skip (``PreviousEntries``
+    with ``skipping``), an incremental scan counts by difference
+    instead: ``copy_below`` then lets a sub-tree go by unread.
     """
 
-    def __init__(self, entries, out, incremental=False, changes=None):
+    def __init__(self, entries, out, incremental=False, changes=None, parent_totals=None):
+        self._entries = entries
         self._it = iter(entries or ())
         self._out = out
         self._incremental = incremental
@@ -37,10 +45,30 @@ class Previous:
         self._head = None
         self._key = None
         self._found = None
-        self.unchanged = 0
         self.changed = 0
         self.deleted = 0
+        self.by_difference = (incremental and parent_totals is not None
+                              and getattr(entries, "skipping", False))
+        self.totals: list[int] | None = list(parent_totals) if self.by_difference else [0, 0, 0]
         self._advance()
+
+    def _count(self, entry, sign):
+        totals = self.totals
+        assert totals is not None
+        totals[0] += sign
+        if entry.kind == FILE or entry.kind == HARDLINK:
+            totals[1] += sign
+            totals[2] += sign * entry.size
+
+    def _gone(self, head):
+        """A previous entry the snapshot no longer has."""
+        self.deleted += 1
+        if self._changes is not None:
+            self._changes.deleted(head)
+        if self._incremental:
+            self._out(Deletion(head.path))
+        if self.by_difference:
+            self._count(head, -1)
 
     def _advance(self):
         self._head = head = next(self._it, None)
@@ -49,11 +77,7 @@ class Previous:
     def _skip_to(self, key):
         """Pass the previous entries before ``key``: they are gone."""
         while self._head is not None and self._key < key:
-            self.deleted += 1
-            if self._changes is not None:
-                self._changes.deleted(self._head)
-            if self._incremental:
-                self._out(Deletion(self._head.path))
+            self._gone(self._head)
             self._advance()
 
     def find(self, path):
@@ -69,14 +93,17 @@ class Previous:
         found = self._found
         key = found[1] if found is not None and found[0] == path else path_key(path)
         self._found = None
+        if self.totals is not None:
+            self._count(entry, 1)
         if self._key is not None and self._key < key:
             self._skip_to(key)
         if self._key == key:
             head = self._head
             same = head is entry or head == entry
             self._advance()
+            if self.by_difference:
+                self._count(head, -1)
             if same:
-                self.unchanged += 1
                 if self._incremental:
                     return
             else:
@@ -104,10 +131,18 @@ class Previous:
         called for each.
         """
         prefix = _below(path)
+        if self.by_difference:
+            # Counted in the parent's totals, and not in an incremental log:
+            # nothing to do with them, so they are not even read.
+            if self._key is not None and self._key.startswith(prefix):
+                self._entries.skip_below(prefix)
+                self._advance()
+            return
         while self._key is not None and self._key.startswith(prefix):
             head = self._head
             each(head)
-            self.unchanged += 1
+            if self.totals is not None:
+                self._count(head, 1)
             if not self._incremental:
                 self._out(head)
             self._advance()
@@ -117,27 +152,20 @@ class Previous:
         key, prefix = path_key(path), _below(path)
         while self._head is not None and self._key is not None and (
                 self._key == key or self._key.startswith(prefix)):
-            head = self._head
-            self.deleted += 1
-            if self._changes is not None:
-                self._changes.deleted(head)
-            if self._incremental:
-                self._out(Deletion(head.path))
+            self._gone(self._head)
             self._advance()
 
     def skip_done(self, key):
         """A resumed scan: the previous entries up to ``key`` were merged before."""
+        self.totals = None  # what the scan before the checkpoint held is not known
+        self.by_difference = False
         while self._head is not None and self._key <= key:
             self._advance()
 
     def finish(self):
         """The scan is over: every previous entry left is gone."""
         while self._head is not None:
-            self.deleted += 1
-            if self._changes is not None:
-                self._changes.deleted(self._head)
-            if self._incremental:
-                self._out(Deletion(self._head.path))
+            self._gone(self._head)
             self._advance()
 
 
@@ -172,7 +200,10 @@ class PreviousEntries:
 
     log = Logger()
 
-    def __init__(self, chain_logs):
+    def __init__(self, chain_logs, skipping=False):
+        # skipping: sub-trees can be let go by unread (skip_below).
+        self.skipping = skipping
+        self._merge = None
         self.failed = None
         self._known = dict(chain_logs)
         self._last = chain_logs[-1][1]
@@ -194,11 +225,26 @@ class PreviousEntries:
             # The previous snapshot's local logs were checked when this daemon
             # wrote them or recovered them from the grid: read them without
             # the per-entry checks, which are a third of an unchanged rescan.
-            with chain.open_chain(self._last, self._known.get, verify=False) as (_, records):
+            with chain.open_chain(self._last, self._known.get, verify=False,
+                                  skipping=self.skipping) as (_, records):
+                self._merge = records
                 yield from records
         except (OSError, LogFormatError) as e:
-            self.failed = str(e)
-            self.log.warn("previous log unusable, reading the rest again: {error}", error=e)
+            self._unusable(e)
+
+    def _unusable(self, e):
+        self.failed = str(e)
+        self.log.warn("previous log unusable, reading the rest again: {error}", error=e)
+
+    def skip_below(self, prefix):
+        """The entries whose ``path_key`` starts with ``prefix`` go by unread (``skipping``)."""
+        if self._merge is None or self.failed is not None:
+            return
+        try:
+            self._merge.skip_below(prefix)
+        except (OSError, LogFormatError) as e:
+            self._unusable(e)
+            self._gen.close()
 
     def __iter__(self):
         return self._gen

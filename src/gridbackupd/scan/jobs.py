@@ -289,7 +289,8 @@ class BackupJobs(QueuedRunner):
             scan = LogScan(db_path=self.db_path, snapshot_id=snapshot_id, header=header,
                            options=options, log_path=log_path, previous_logs=parent_chain,
                            checkpoint_every=self.backup.checkpoint_interval, changed=changed,
-                           copy_blobs=snapshots.state_of(self.conn, parent) != "complete")
+                           copy_blobs=snapshots.state_of(self.conn, parent) != "complete",
+                           previous_totals=snapshots.totals(self.conn, parent) if parent else None)
             counts = await deferToThreadPool(self.reactor, self.pool, scan_to_log, scan, progress)
         except ScanStopped:
             # The row stays 'scanning' with its checkpoint: the next start
@@ -320,7 +321,7 @@ class BackupJobs(QueuedRunner):
         snapshots.mark_uploading(
             self.conn, snapshot_id, kind=kind, parent=parent, started=counts["started"],
             finished=max(counts["started"], self._finished(started)), files=counts["files"], bytes=counts["bytes"],
-            errors=progress.error_list(), log_path=log_path,
+            errors=progress.error_list(), log_path=log_path, totals=counts.get("totals"),
         )
         crashpoints.reached("scan.log_finished")
         self.log.info(

@@ -30,7 +30,7 @@ from gridbackupd.scan import checkpoints
 from gridbackupd.scan.compare import PreviousEntries
 from gridbackupd.scan.values import ScanOptions, ScanStopped
 from gridbackupd.scan.walker import Scanner
-from gridbackupd.scan.watched import WatchedScanner, paths_to_revisit
+from gridbackupd.scan.watched import WatchedScanner, marked, paths_to_revisit, write_revisit
 from gridbackupd.state import changes as stored_changes
 from gridbackupd.state import checkpoints as stored
 from gridbackupd.state import db as dbmod
@@ -63,6 +63,10 @@ class LogScan:
     # bytes; None for a full walk.  ``copy_blobs``: see WatchedScanner.
     changed: frozenset | None = None
     copy_blobs: bool = True
+    # (entries, files, bytes) of the previous snapshot as its scan counted
+    # them (``state.snapshots.totals``), or None: an incremental watched
+    # scan that has them counts by difference (``compare.Previous``).
+    previous_totals: tuple | None = None
 
     @property
     def logs_dir(self):
@@ -169,7 +173,14 @@ class _Run:
         tmp = f"{scan.log_path}.tmp{resumes}"
         taker = checkpoints.Checkpoints(self.conn, snapshot_id, self.fingerprint, header.started,
                                         scan.checkpoint_every)
-        previous = PreviousEntries(scan.previous_logs) if scan.previous_logs else None
+        to_revisit = self._revisit(resume)
+        # What a watched scan takes unchanged from the parent is passed over
+        # unread, when nothing needs it: not the log (incremental), not the
+        # queue (copy_blobs), not the counts (the parent's totals known).
+        by_difference = (to_revisit is not None and header.kind == "incremental" and not scan.copy_blobs
+                         and scan.previous_totals is not None)
+        previous = (PreviousEntries(scan.previous_logs, skipping=by_difference)
+                    if scan.previous_logs else None)
         # The figures are counted as the scan compares; a resumed scan did
         # not count what it recorded before, so it computes them after.
         tally = None
@@ -192,8 +203,13 @@ class _Run:
                 if resume is None and resumes:
                     raise _StartOver()
 
+                # A resumed log's first records are not seen: nothing is written beside it.
+                revisit: list[bytes] | None = [] if resume is None else None
+
                 def emit_record(record):
                     writer.add(record)
+                    if revisit is not None:
+                        revisit.extend(marked(record))
                     if taker.due():
                         taker.take(writer, out, links_out, scanner, progress, batch, resumes)
 
@@ -204,17 +220,17 @@ class _Run:
                     changes=tally,
                     previous_committed=previous is not None and snapshots.state_of(
                         self.conn, scan.previous_logs[-1][0]) == "complete",
+                    parent_totals=scan.previous_totals if by_difference else None,
                 )
-                revisit = self._revisit(resume)
                 scanner: Scanner
-                if revisit is not None:
+                if to_revisit is not None:
                     scanner = WatchedScanner(
                         scan.options, previous, emit_record, self.emit_blob, progress,
-                        dirty=scan.changed, revisit=revisit, copy_blobs=scan.copy_blobs, **kwargs)
+                        dirty=scan.changed, revisit=to_revisit, copy_blobs=scan.copy_blobs, **kwargs)
                 else:
                     scanner = Scanner(scan.options, previous, emit_record, self.emit_blob, progress,
                                       **kwargs)
-                watched = revisit is not None
+                watched = to_revisit is not None
                 if resume is not None:
                     # The new file holds the checkpoint's records: from now on
                     # it is the one to resume from, and the old one can go.
@@ -226,6 +242,10 @@ class _Run:
                 except ScanStopped:
                     taker.take(writer, out, links_out, scanner, progress, batch, resumes)
                     raise
+                totals = scanner.previous.totals
+                if scanner.previous.by_difference and totals is not None:
+                    # Counted by difference: the progress saw only what was visited.
+                    progress.entries, progress.files, progress.bytes = totals
                 if previous is not None and (header.kind == "incremental" or watched) and previous.failed:
                     writer.abort()
                 else:
@@ -248,6 +268,12 @@ class _Run:
         if batch:
             self.flush()
         os.replace(tmp, scan.log_path)
+        if revisit is not None:
+            try:
+                write_revisit(scan.log_path, revisit)
+            except OSError as e:
+                log.warn("the paths to look at again in {id} are left to find in its log: {error}",
+                         id=snapshot_id, error=e)
         self._store_figures(tally, previous)
         checkpoints.drop(self.conn, snapshot_id)
         _unlink(tmp + ".links")
@@ -256,7 +282,7 @@ class _Run:
             "records": writer.records, "changed": scanner.previous.changed,
             "deleted": scanner.previous.deleted, "resumes": resumes,
             "started": header.started, "scan": "watched" if watched else "full",
-            "visited": progress.visited,
+            "visited": progress.visited, "totals": tuple(totals) if totals is not None else None,
         }
 
     def _revisit(self, resume):

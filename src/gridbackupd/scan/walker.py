@@ -78,12 +78,12 @@ class Scanner:
 
     def __init__(self, options, previous, emit_record, emit_blob, progress, incremental=False,
                  resume_after=None, links=None, trust_ctime_before=0, changes=None,
-                 previous_committed=False):
+                 previous_committed=False, parent_totals=None):
         self.options = options
         # Every blob of ``previous`` is committed (its snapshot is complete):
         # an unchanged file's blobs need not be queued, nor looked up.
         self.previous_committed = previous_committed
-        self.previous = Previous(previous, emit_record, incremental, changes)
+        self.previous = Previous(previous, emit_record, incremental, changes, parent_totals)
         self.emit_entry = self.previous.emit
         self.emit_blob = emit_blob
         self.progress = progress

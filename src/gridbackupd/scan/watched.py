@@ -35,6 +35,52 @@ from gridbackupd.scan.walker import MAX_DEPTH, PATH_MAX, Scanner
 # Lines of a log that name a path to look at again (compact JSON, as written).
 _MARKERS = (b'"kind":"hardlink"', b'"flags":[')
 _READ = 1 << 20
+# Beside a log the scan wrote: the paths it names to look at again.
+REVISIT_SUFFIX = ".revisit"
+
+
+def marked(record):
+    """The paths of a record that ``paths_to_revisit`` finds in a log: () for most."""
+    if type(record) is Entry:
+        if record.kind == HARDLINK:
+            return (record.path, record.target)
+        if record.flags:
+            return (record.path,)
+    return ()
+
+
+def _identity(log_path):
+    st = os.stat(log_path)
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def write_revisit(log_path, paths):
+    """
+    Beside the log just written at ``log_path``: ``paths``, what
+    ``paths_to_revisit`` would find in it, so that a watched scan need not
+    read the whole log to know.  A cache: it names the log's size, mtime
+    and inode, and a file missing, unreadable or naming another log (a
+    forget rewrote it, a recovery brought it back) is not used.
+    """
+    side = log_path + REVISIT_SUFFIX
+    doc = {"log": _identity(log_path),
+           "paths": sorted(base64.b64encode(p).decode("ascii") for p in set(paths))}
+    fd = os.open(side + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f)
+    os.replace(side + ".tmp", side)
+
+
+def _read_revisit(log_path):
+    """``write_revisit``'s paths for the log at ``log_path``, or None if there are none for it."""
+    try:
+        with open(log_path + REVISIT_SUFFIX, "rb") as f:
+            doc = json.load(f)
+        if doc["log"] != _identity(log_path):
+            return None
+        return {base64.b64decode(p, validate=True) for p in doc["paths"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def paths_to_revisit(chain_logs):
@@ -42,11 +88,16 @@ def paths_to_revisit(chain_logs):
     The paths of the parent's logs (``(id, path)`` pairs) a watched scan
     looks at whatever the watcher said: hard links and their targets, and
     flagged entries.  A superset is harmless (a path looked at gives what a
-    full walk gives).  Reads the local logs raw, without decoding the
-    entries around them; raises OSError or LogFormatError.
+    full walk gives).  From each log's ``write_revisit`` file, or else by
+    reading the log raw, without decoding the entries around them; raises
+    OSError or LogFormatError.
     """
     paths: set[bytes] = set()
     for _, log_path in chain_logs:
+        known = _read_revisit(log_path)
+        if known is not None:
+            paths |= known
+            continue
         with open(log_path, "rb") as f:
             try:
                 reader = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE).stream_reader(f)

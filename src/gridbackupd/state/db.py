@@ -208,6 +208,18 @@ MIGRATIONS = [
     ) WITHOUT ROWID;
     CREATE INDEX snapshot_changes_path ON snapshot_changes (path);
     """,
+    # snapshot_totals: how many entries, files (and hard links) and bytes a
+    # snapshot holds, as its scan counted them (scan/compare.py): a watched
+    # scan of its child counts by difference, without reading what it takes
+    # from it unchanged.  None for a snapshot recovered or resumed.
+    """
+    CREATE TABLE snapshot_totals (
+        snapshot TEXT PRIMARY KEY,
+        entries INTEGER NOT NULL,
+        files INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    );
+    """,
 ]
 
 

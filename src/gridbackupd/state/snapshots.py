@@ -150,8 +150,13 @@ def reroot_logs(conn, logs_dir):
     return len(moved)
 
 
-def mark_uploading(conn, snapshot_id, *, kind, parent, started, finished, files, bytes, errors, log_path):
-    """A scanned snapshot is ``uploading`` only with its finished log's path and its counts."""
+def mark_uploading(conn, snapshot_id, *, kind, parent, started, finished, files, bytes, errors, log_path,
+                   totals=None):
+    """
+    A scanned snapshot is ``uploading`` only with its finished log's path
+    and its counts; ``totals``: (entries, files, bytes) it holds, if its
+    scan counted them (see ``totals``).
+    """
     with dbmod.transaction(conn):
         conn.execute(
             "UPDATE snapshots SET state = 'uploading', kind = ?, parent = ?, started = ?, "
@@ -159,6 +164,17 @@ def mark_uploading(conn, snapshot_id, *, kind, parent, started, finished, files,
             (kind, parent if kind == "incremental" else None, started, finished,
              files, bytes, json.dumps(errors), log_path, snapshot_id),
         )
+        conn.execute("DELETE FROM snapshot_totals WHERE snapshot = ?", (snapshot_id,))
+        if totals is not None:
+            conn.execute("INSERT INTO snapshot_totals (snapshot, entries, files, bytes) VALUES (?, ?, ?, ?)",
+                         (snapshot_id, *totals))
+
+
+def totals(conn, snapshot_id):
+    """(entries, files, bytes) the snapshot holds, as its scan counted them, or None if it did not."""
+    row = conn.execute("SELECT entries, files, bytes FROM snapshot_totals WHERE snapshot = ?",
+                       (snapshot_id,)).fetchone()
+    return tuple(row) if row is not None else None
 
 
 # -- from upload to published log ----------------------------------------------
@@ -311,6 +327,7 @@ def forget(conn, snapshot_id):
     """The snapshot is gone, with the blobs it held on to, in one transaction (a no-op if already gone)."""
     with dbmod.transaction(conn):
         conn.execute("DELETE FROM snapshot_blobs WHERE snapshot = ?", (snapshot_id,))
+        conn.execute("DELETE FROM snapshot_totals WHERE snapshot = ?", (snapshot_id,))
         conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
 
 

@@ -98,47 +98,125 @@ class IndexTests(SynchronousTestCase):
         self.assertEqual(mountindex.snapshots(self.conn), [])
         self.assertEqual(self.conn.execute("SELECT count(*) FROM dirs").fetchone()[0], 0)
 
+    def write_chain(self, snapshots, roots=(b"/home/ann",)):
+        """``[(id, path)]`` of logs of ``snapshots`` (``[records]``): a full log, then increments."""
+        from gridbackupd.format.logwriter import write_log
+        from gridbackupd.model import LogHeader
+
+        base = os.path.dirname(self.path)
+        logs = []
+        for n, records in enumerate(snapshots):
+            sid = f"s{n + 1}"
+            path = os.path.join(base, sid + ".log")
+            with open(path, "wb") as out:
+                write_log(out, LogHeader(snapshot=sid, kind="incremental" if n else "full",
+                                         parent=f"s{n}" if n else None, host="h", paths=roots), records)
+            logs.append((sid, path))
+        return logs
+
+    def everything(self, conn, snapshot_id):
+        """Every listing, link count and the snapshot's row in an index."""
+        dirs = {bytes(p): listing.decode(mountindex.listing(conn, snapshot_id, bytes(p)))
+                for (p,) in conn.execute("SELECT path FROM dirs WHERE snapshot = ?", (snapshot_id,))}
+        links = sorted(conn.execute("SELECT dir, name, nlink FROM links WHERE snapshot = ?", (snapshot_id,)))
+        return dirs, links, conn.execute("SELECT * FROM snaps WHERE id = ?", (snapshot_id,)).fetchall()
+
+    def read_anew(self, snapshot_id, logs, time):
+        """What reading the chain gives, in an index of its own."""
+        from gridbackupd.mount import indexer
+
+        other = mountindex.open_index(os.path.join(self.mktemp(), "other.sqlite"))
+        self.addCleanup(other.close)
+        indexer.index_snapshot(other, None, snapshot_id, logs, "h", time, True)
+        return self.everything(other, snapshot_id)
+
     def test_an_unchanged_rescan_is_indexed_as_a_copy(self):
         """
         A snapshot whose log is an empty increment is indexed by copying its
         parent's rows: the same listings and links as reading its chain,
         with the directories above the backed-up path at its own time.
         """
-        from gridbackupd.format.logwriter import write_log
-        from gridbackupd.model import LogHeader
         from gridbackupd.mount import indexer
 
-        base = os.path.dirname(self.path)
         entries = [d(b"/home/ann"), f(b"/home/ann/a", b"aa"), d(b"/home/ann/sub"),
                    Entry(path=b"/home/ann/sub/z", kind=HARDLINK, target=b"/home/ann/a")]
-        logs = []
-        for sid, kind, parent, records in (("s1", "full", None, entries), ("s2", "incremental", "s1", []),
-                                           ("s3", "incremental", "s2", [f(b"/home/ann/b", b"new")])):
-            path = os.path.join(base, sid + ".log")
-            with open(path, "wb") as out:
-                write_log(out, LogHeader(snapshot=sid, kind=kind, parent=parent, host="h",
-                                         paths=(b"/home/ann",)), records)
-            logs.append((sid, path))
+        logs = self.write_chain([entries, [], [Entry(path=b"/home/ann/b", kind=HARDLINK, target=b"/home/ann/a")]])
         self.assertEqual(indexer.index_snapshot(self.conn, None, "s1", logs[:1], "h", 5.0, True), 4)
-        # Not a copy: the first, an incomplete one, one with records.
-        self.assertIsNone(indexer.copy_unchanged(self.conn, "s1", logs[:1], "h", 5.0, True))
-        self.assertIsNone(indexer.copy_unchanged(self.conn, "s2", logs[:2], "h", 6.0, False))
-        self.assertIsNone(indexer.copy_unchanged(self.conn, "s3", logs, "h", 7.0, True))
-        self.assertEqual(indexer.copy_unchanged(self.conn, "s2", logs[:2], "h", 6.0, True), 4)
-        other = mountindex.open_index(os.path.join(base, "other.sqlite"))
-        self.addCleanup(other.close)
-        indexer.index_snapshot(other, None, "s2", logs[:2], "h", 6.0, True)
-
-        def everything(conn):
-            dirs = {bytes(p): listing.decode(mountindex.listing(conn, "s2", bytes(p)))
-                    for (p,) in conn.execute("SELECT path FROM dirs WHERE snapshot = 's2'")}
-            links = sorted(conn.execute("SELECT dir, name, nlink FROM links WHERE snapshot = 's2'"))
-            return dirs, links, conn.execute("SELECT * FROM snaps WHERE id = 's2'").fetchall()
-
-        copied = everything(self.conn)
-        self.assertEqual(copied, everything(other))
+        # Not from the parent: the first, an incomplete one, one with a hard link among its changes.
+        self.assertIsNone(indexer.index_from_parent(self.conn, "s1", logs[:1], "h", 5.0, True))
+        self.assertIsNone(indexer.index_from_parent(self.conn, "s2", logs[:2], "h", 6.0, False))
+        self.assertIsNone(indexer.index_from_parent(self.conn, "s3", logs, "h", 7.0, True))
+        self.assertEqual(indexer.index_from_parent(self.conn, "s2", logs[:2], "h", 6.0, True), 4)
+        copied = self.everything(self.conn, "s2")
+        self.assertEqual(copied, self.read_anew("s2", logs[:2], 6.0))
         self.assertEqual(copied[0][b"/"][0][listing.MTIME], 6_000_000_000)
         self.assertEqual(self.rows("s1", b"/")[b"home"][listing.MTIME], 5_000_000_000)
+
+    def test_changes_are_applied_to_the_parents_rows(self):
+        """
+        A snapshot whose increment has records is indexed from its parent's
+        rows with them applied (files and directories added, changed,
+        deleted, replaced by one of another kind): the same index as reading
+        its chain, over random changes and a chain of increments.
+        """
+        import random
+
+        from gridbackupd.format.logpaths import path_key
+        from gridbackupd.model import Deletion
+        from gridbackupd.mount import indexer
+
+        for seed in range(25):
+            rnd = random.Random(seed)
+            current = {b"/home/ann": d(b"/home/ann")}
+            counter = iter(range(10**6))
+
+            def change(current):
+                dirs = [p for p, e in current.items() if e.kind == DIR]
+                files = [p for p, e in current.items() if e.kind != DIR]
+                op = rnd.choice(["file", "dir", "write", "touch_dir", "delete", "to_dir", "to_file"])
+                if op in ("file", "dir"):
+                    path = rnd.choice(dirs) + b"/%s%d" % (rnd.choice([b"a", b"b", b"\xff"]), next(counter))
+                    current[path] = f(path, path) if op == "file" else d(path, next(counter))
+                elif op == "write" and files:
+                    path = rnd.choice(files)
+                    current[path] = f(path, b"%d" % next(counter))
+                elif op == "touch_dir":
+                    path = rnd.choice(dirs)  # the backed-up path itself too: a row of a virtual directory
+                    current[path] = d(path, next(counter))
+                elif op in ("delete", "to_file") and len(current) > 1:
+                    path = rnd.choice([p for p in current if p != b"/home/ann"])
+                    for below in [p for p in current if p == path or p.startswith(path + b"/")]:
+                        del current[below]
+                    if op == "to_file":
+                        current[path] = f(path, b"now a file")
+                elif op == "to_dir" and files:
+                    path = rnd.choice(files)
+                    current[path] = d(path, next(counter))
+
+            for _ in range(30):
+                change(current)
+            snapshots = [[current[p] for p in sorted(current, key=path_key)]]
+            for _ in range(3):
+                before = dict(current)
+                for _ in range(rnd.randrange(0, 12)):
+                    change(current)
+                records = []
+                for path in sorted(set(before) | set(current), key=path_key):
+                    if path not in current:
+                        records.append(Deletion(path))
+                    elif before.get(path) != current[path]:
+                        records.append(current[path])
+                snapshots.append(records)
+            logs = self.write_chain(snapshots)
+            conn = mountindex.open_index(os.path.join(self.mktemp(), "index.sqlite"))
+            self.addCleanup(conn.close)
+            indexer.index_snapshot(conn, None, "s1", logs[:1], "h", 1.0, True)
+            for n in range(2, len(logs) + 1):
+                sid = f"s{n}"
+                count = indexer.index_from_parent(conn, sid, logs[:n], "h", float(n), True)
+                self.assertIsNotNone(count, (seed, sid))
+                self.assertEqual(self.everything(conn, sid), self.read_anew(sid, logs[:n], float(n)),
+                                 (seed, sid))
 
     def test_read_only_open_of_a_missing_index(self):
         self.assertRaises(mountindex.IndexMissing, mountindex.open_index,

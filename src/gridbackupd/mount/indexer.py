@@ -19,6 +19,7 @@ from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logreader import LogReader
 from gridbackupd.mount import listing
+from gridbackupd.model import DIR, HARDLINK, Deletion
 from gridbackupd.state import blobs, mountindex, snapshots
 from gridbackupd.state import db as dbmod
 
@@ -61,26 +62,46 @@ def index_snapshot(index_conn, db_path, snapshot_id, log_paths, host, time, comp
     return count
 
 
-def _empty_increment(log_path, parent_id):
-    """The header's roots if the log is an increment on ``parent_id`` with no record, else None."""
+# An increment with more records than this is indexed by reading its chain:
+# its changes are held in memory, grouped by directory.
+MAX_APPLIED = 50_000
+
+
+class _ReadTheChain(Exception):
+    """The increment cannot be applied to its parent's index (links, roots, size): read the chain."""
+
+
+def _increment(log_path, parent_id):
+    """(roots, records) of the log if it is an increment on ``parent_id`` of at most MAX_APPLIED records."""
     with open(log_path, "rb") as f:
         reader = LogReader(f, verify=False)
         header = reader.header
         if header.kind != "incremental" or header.parent != parent_id:
-            return None
-        for _ in reader:
-            return None
-    return header.paths
+            raise _ReadTheChain()
+        records = []
+        for record in reader:
+            if len(records) >= MAX_APPLIED:
+                raise _ReadTheChain()
+            records.append(record)
+    return header.paths, records
 
 
-def copy_unchanged(index_conn, snapshot_id, log_paths, host, time, complete):
+def _roots(log_path):
+    with open(log_path, "rb") as f:
+        return LogReader(f, verify=False).header.paths
+
+
+def index_from_parent(index_conn, snapshot_id, log_paths, host, time, complete):
     """
-    Index a snapshot whose own log is an empty increment on an indexed,
-    complete parent (an unchanged rescan) by copying the parent's rows, in
-    one transaction: its entries are the parent's.  Only the directories
-    above the backed-up paths, whose rows carry the snapshot's time, are
-    made again.  Returns the number of entries, or None when this does not
-    apply (the caller reads the chain).
+    Index a complete snapshot whose own log is an increment on an indexed,
+    complete parent by copying the parent's rows and applying the
+    increment's records, in one transaction: only the directories it
+    changes are listed again (an unchanged rescan changes none), and the
+    directories above the backed-up paths, whose rows carry the
+    snapshot's time.  Returns the number of entries, or None when this
+    does not apply (the caller reads the chain): an incomplete snapshot
+    (pending files), other backed-up paths than the parent's, a hard link
+    among the changes (their counts), more than MAX_APPLIED records.
     """
     if not complete or len(log_paths) < 2:
         return None
@@ -88,22 +109,72 @@ def copy_unchanged(index_conn, snapshot_id, log_paths, host, time, complete):
     parent = mountindex.indexed(index_conn, parent_id)
     if parent is None or not parent[1]:
         return None
-    roots = _empty_increment(log_paths[-1][1], parent_id)
-    if roots is None:
+    try:
+        roots, records = _increment(log_paths[-1][1], parent_id)
+        if roots != _roots(log_paths[-2][1]):
+            return None
+        parent_ns, now_ns = int(parent[0] * 1e9), int(time * 1e9)
+        with mountindex.writing_snapshot(index_conn, snapshot_id) as w:
+            mountindex.copy_rows(index_conn, parent_id, snapshot_id)
+            count = parent[2] + _apply(index_conn, snapshot_id, records)
+            for path in sorted(listing.virtual_parents(roots)):
+                data = mountindex.listing(index_conn, snapshot_id, path)
+                if data is None:
+                    continue
+                rows = [listing.virtual_row(r[listing.NAME], now_ns)
+                        if r == listing.virtual_row(r[listing.NAME], parent_ns) else r
+                        for r in listing.decode(data)]
+                mountindex.put_directory(index_conn, snapshot_id, path, *listing.encode(rows))
+            w.finish(host, time, complete, count)
+    except _ReadTheChain:
         return None
-    parent_ns, now_ns = int(parent[0] * 1e9), int(time * 1e9)
-    with mountindex.writing_snapshot(index_conn, snapshot_id) as w:
-        mountindex.copy_rows(index_conn, parent_id, snapshot_id)
-        for path in sorted(listing.virtual_parents(roots)):
-            data = mountindex.listing(index_conn, snapshot_id, path)
-            if data is None:
-                continue
-            rows = [listing.virtual_row(r[listing.NAME], now_ns)
-                    if r == listing.virtual_row(r[listing.NAME], parent_ns) else r
-                    for r in listing.decode(data)]
-            mountindex.replace_directory(index_conn, snapshot_id, path, *listing.encode(rows))
-        w.finish(host, time, complete, parent[2])
-    return parent[2]
+    return count
+
+
+def _apply(conn, snapshot_id, records):
+    """The increment's records on the copied rows; how many entries more (or fewer) the snapshot has."""
+    changes: dict[bytes, dict[bytes, object]] = {}  # directory -> {name: row, or None: gone}
+    made = set()  # directories that are new (or were something else)
+    gone = set()  # paths deleted, or no longer directories: no listing of theirs to change
+    more = 0
+    for record in records:
+        path = record.path
+        parent, name = listing.parent_and_name(path)
+        if mountindex.links(conn, snapshot_id, parent).get(name) is not None:
+            raise _ReadTheChain()  # a hard-linked entry: its counts change
+        if type(record) is Deletion:
+            changes.setdefault(parent, {})[name] = None
+            mountindex.drop_directory(conn, snapshot_id, path)
+            gone.add(path)
+            more -= 1
+            continue
+        if record.kind == HARDLINK:
+            raise _ReadTheChain()
+        changes.setdefault(parent, {})[name] = listing.row_of(record, name)
+        had = mountindex.listing(conn, snapshot_id, path) is not None
+        if record.kind == DIR:
+            if not had:
+                made.add(path)
+                changes.setdefault(path, {})
+        else:
+            mountindex.drop_directory(conn, snapshot_id, path)
+            gone.add(path)
+    for directory in sorted(changes):
+        if directory in gone:
+            continue
+        data = None if directory in made else mountindex.listing(conn, snapshot_id, directory)
+        if data is None and directory not in made:
+            raise _ReadTheChain()  # a change in a directory the parent's index does not have
+        rows = {} if data is None else {r[listing.NAME]: r for r in listing.decode(data)}
+        for name, row in changes[directory].items():
+            if row is None:
+                rows.pop(name, None)
+            else:
+                more += name not in rows
+                rows[name] = row
+        mountindex.put_directory(conn, snapshot_id, directory,
+                                 *listing.encode([rows[n] for n in sorted(rows)]))
+    return more
 
 
 class MountIndexer:
@@ -195,7 +266,7 @@ class MountIndexer:
                     return
                 host, time, complete, paths = wanted[snapshot_id]
                 try:
-                    count = copy_unchanged(conn, snapshot_id, paths, host, time, complete)
+                    count = index_from_parent(conn, snapshot_id, paths, host, time, complete)
                     if count is None:
                         count = index_snapshot(conn, self.statedir.database, snapshot_id, paths, host,
                                                time, complete, lambda: self._stopping)

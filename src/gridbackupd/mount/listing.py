@@ -79,6 +79,12 @@ def _parent(path):
     return path.rsplit(b"/", 1)[0] or b"/"
 
 
+def parent_and_name(path):
+    """The directory whose listing holds ``path``, and its name there."""
+    head, name = path.rsplit(b"/", 1)
+    return head or b"/", name
+
+
 def _name(path):
     return path.rsplit(b"/", 1)[1]
 

@@ -143,10 +143,16 @@ def copy_rows(conn, source, target):
                  "WHERE snapshot = ?", (target, source))
 
 
-def replace_directory(conn, snapshot_id, path, digest, data):
-    """One directory of a copied snapshot gets another listing (in ``writing_snapshot``)."""
+def put_directory(conn, snapshot_id, path, digest, data):
+    """A directory of a copied snapshot gets this listing, or is added with it (in ``writing_snapshot``)."""
     conn.execute("INSERT OR IGNORE INTO listings (hash, data) VALUES (?, ?)", (digest, data))
-    conn.execute("UPDATE dirs SET listing = ? WHERE snapshot = ? AND path = ?", (digest, snapshot_id, path))
+    conn.execute("INSERT OR REPLACE INTO dirs (snapshot, path, listing) VALUES (?, ?, ?)",
+                 (snapshot_id, path, digest))
+
+
+def drop_directory(conn, snapshot_id, path):
+    """A directory of a copied snapshot is no more (in ``writing_snapshot``; a no-op if it was not one)."""
+    conn.execute("DELETE FROM dirs WHERE snapshot = ? AND path = ?", (snapshot_id, path))
 
 
 def _drop_rows(conn, snapshot_id):

@@ -60,7 +60,7 @@ def make_tree(root, files, per_dir):
     print(f"  generated {files:,} files in {d:,} directories in {time.time() - t0:.1f} s", flush=True)
 
 
-def scan(state, root, snapshot_id, previous, kind, changed=None):
+def scan(state, root, snapshot_id, previous, kind, changed=None, previous_totals=None):
     db_path = os.path.join(state, "state.sqlite")
     logs = os.path.join(state, "logs")
     os.makedirs(logs, exist_ok=True)
@@ -73,7 +73,8 @@ def scan(state, root, snapshot_id, previous, kind, changed=None):
     t0 = time.perf_counter()
     counts = scan_to_log(LogScan(db_path=db_path, snapshot_id=snapshot_id, header=header,
                                  options=ScanOptions(roots=(root,)), log_path=log_path,
-                                 previous_logs=previous, changed=changed, copy_blobs=False), progress)
+                                 previous_logs=previous, changed=changed, copy_blobs=False,
+                                 previous_totals=previous_totals), progress)
     counts["seconds"] = time.perf_counter() - t0
     counts["entries"] = progress.entries
     return counts, log_path
@@ -97,11 +98,15 @@ def main():
     with open(os.path.join(changed_dir, "file003"), "wb") as f:
         f.write(b"one file changed\n")
     previous = [("s1", parent_log)]
+    # The parent's totals known (as the daemon stores them): the watched
+    # scan counts by difference and passes the unchanged sub-trees over.
     watched, _ = scan(state, root, "s2", previous, "incremental",
-                      changed=frozenset([os.fsencode(changed_dir)]))
+                      changed=frozenset([os.fsencode(changed_dir)]), previous_totals=parent["totals"])
+    assert watched["totals"][0] == watched["entries"]
     full, _ = scan(state, root, "s3", previous, "incremental")
     assert watched["scan"] == "watched" and full["scan"] == "full"
-    assert (watched["files"], watched["records"]) == (full["files"], full["records"]), (watched, full)
+    assert (watched["files"], watched["records"], watched["totals"]) == (
+        full["files"], full["records"], full["totals"]), (watched, full)
     for label, c in (("watched scan", watched), ("full walk", full)):
         print(f"  {label}, one file changed, incremental log: {c['seconds']:.2f} s, visited "
               f"{c['visited']:,} of {c['entries']:,} entries, {c['records']} records written")

@@ -18,8 +18,8 @@ from gridbackupd import crashpoints
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logreader import LogReader
-from gridbackupd.mount import listing
 from gridbackupd.model import DIR, HARDLINK, Deletion
+from gridbackupd.mount import listing
 from gridbackupd.state import blobs, mountindex, snapshots
 from gridbackupd.state import db as dbmod
 
@@ -78,7 +78,7 @@ def _increment(log_path, parent_id):
         header = reader.header
         if header.kind != "incremental" or header.parent != parent_id:
             raise _ReadTheChain()
-        records = []
+        records: list = []
         for record in reader:
             if len(records) >= MAX_APPLIED:
                 raise _ReadTheChain()

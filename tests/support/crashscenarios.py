@@ -495,11 +495,12 @@ class ForgetUploading(Forget):
         # A child still uploading when the forget, queued behind its scan,
         # rewrites its log (its parent is forgotten): uploads are paused, so
         # that its blobs wait and no pack is in flight when the daemon dies.
-        # (A daemon killed mid-upload of a pack leaves the Tahoe node's
-        # storage servers holding incoming shares of that pack for 30
-        # minutes, which refuse the same pack sent again: on the shared
-        # grid, whose nodes outlive the daemon, the restart could not
-        # finish in time.  Seen twice in CI.)
+        # (Seen twice in CI with a pack in flight: on the shared grid, whose
+        # nodes outlive the daemon, the restart's upload of the same pack
+        # kept failing with UploadUnhappinessError, "placed on only 2
+        # servers", and could not finish in time.  Why is not known: a PUT
+        # cut off mid-body or after it and sent again goes through at once
+        # on a fresh grid.)
         await _call_ok(matrix.daemon, "POST", "/v1/uploads/pause")
         matrix.write_file(f"child-{matrix.files}", size=4_000_000)
         child = (await _post(matrix.daemon, "/v1/backups"))["id"]

@@ -14,7 +14,7 @@ __all__ = ["SkippingMerge", "merge_records"]
 _END = object()
 
 
-def merge_records(base, *changes):
+def merge_records(base, *changes, skipping=None):
     """
     The entries of a snapshot given as a chain of logs, streaming.
 
@@ -24,7 +24,9 @@ def merge_records(base, *changes):
     entries in ``path_key`` order: for each path the newest entry, none if
     the newest record is a ``Deletion``.  Holds one record per log.  A
     deletion of a path the snapshot before it does not have raises
-    ``LogFormatError``.
+    ``LogFormatError``.  ``skipping`` (a ``SkippingMerge``): while its
+    ``prefix`` is set, the records already read whose key starts with it
+    are dropped unresolved (the logs drop the others unread).
     """
 
     # Increments with no record (a snapshot in which nothing changed, the
@@ -56,9 +58,13 @@ def merge_records(base, *changes):
     for key, layer, record in merged:
         if key != current_key:
             if present is not None:
-                yield present
+                yield present  # the one place a skip can be asked
             current_key = key
             present = None
+        if skipping is not None and skipping.prefix is not None:
+            if key.startswith(skipping.prefix):
+                continue
+            skipping.prefix = None
         if type(record) is Deletion:
             if present is None:
                 raise LogFormatError(
@@ -79,67 +85,25 @@ def _merge_order(item):
 class SkippingMerge:
     """
     ``merge_records`` over ``LogReader``s (``verify=False``), able to let a
-    sub-tree go by unread (``skip_below``): a watched scan takes a directory
-    it did not list from its parent without decoding what is below it.
-    Iterating yields what ``merge_records`` yields.
+    sub-tree go by unread (``skip_below``, between two entries): a watched
+    scan takes a directory it did not list from its parent without
+    decoding what is below it.  Iterating yields what ``merge_records``
+    yields.
     """
 
     def __init__(self, readers):
-        # [key, record, records, reader, number] per log, oldest first; key
-        # None at the end.  An increment with no record (read to its end,
-        # so checked) is left out, as merge_records does.
-        self._layers = []
-        for number, reader in enumerate(readers):
-            layer = [None, None, iter(reader), reader, number]
-            self._advance(layer)
-            if number == 0 or layer[0] is not None:
-                self._layers.append(layer)
-
-    @staticmethod
-    def _advance(layer):
-        record = next(layer[2], None)
-        layer[0] = None if record is None else path_key(record.path)
-        layer[1] = record
+        self.prefix = None  # the sub-tree being skipped (merge_records reads it)
+        self._readers = readers
+        self._merged = merge_records(*(iter(r) for r in readers), skipping=self)
 
     def __iter__(self):
-        return self
+        return self._merged
 
     def __next__(self):
-        layers, advance = self._layers, self._advance
-        while True:
-            if len(layers) == 1:
-                layer = layers[0]
-                record = layer[1]
-                if record is None:
-                    raise StopIteration
-                advance(layer)
-                if type(record) is Deletion:
-                    raise LogFormatError(f"a full log deletes {shown(record.path)}")
-                return record
-            key = min((layer[0] for layer in layers if layer[0] is not None), default=None)
-            if key is None:
-                raise StopIteration
-            present = None
-            for layer in layers:
-                if layer[0] != key:
-                    continue
-                record = layer[1]
-                if type(record) is Deletion:
-                    if present is None:
-                        raise LogFormatError(
-                            f"incremental log {layer[4]} deletes {shown(record.path)}, "
-                            f"which the snapshot before it does not have"
-                        )
-                    present = None
-                else:
-                    present = record
-                advance(layer)
-            if present is not None:
-                return present
+        return next(self._merged)
 
     def skip_below(self, prefix):
         """Every record whose ``path_key`` starts with ``prefix`` (a directory's key and NUL) goes by."""
-        for layer in self._layers:
-            if layer[0] is not None and layer[0].startswith(prefix):
-                layer[3].skip_below(prefix)
-                self._advance(layer)
+        self.prefix = prefix
+        for reader in self._readers:
+            reader.skip_below(prefix)

@@ -20,7 +20,7 @@ import os
 
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logmerge import SkippingMerge, merge_records
-from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.logreader import LogReader, read_header
 
 # A chain longer than this is refused rather than followed (a cycle, or a
 # full_every far above anything sensible).
@@ -55,8 +55,7 @@ def chain_paths(log_path, resolve=None):
     seen = set()
     path = log_path
     while True:
-        with open(path, "rb") as f:
-            header = LogReader(f).header
+        header = read_header(path)
         if header.snapshot in seen or len(paths) >= MAX_CHAIN:
             raise ChainError(f"the chain of logs of {header.snapshot} loops or is too long")
         seen.add(header.snapshot)

@@ -33,7 +33,7 @@ from gridbackupd.format.logframe import FrameError, FrameReader
 from gridbackupd.format.logpaths import path_key, path_problem, shown
 from gridbackupd.model import KINDS, Deletion, Entry, LogHeader
 
-__all__ = ["LogReader", "read_log", "read_partial"]
+__all__ = ["LogReader", "read_header", "read_log", "read_partial"]
 
 _HEADER_KEYS = frozenset(
     [
@@ -661,6 +661,12 @@ def read_partial(fileobj, length):
     """
     reader = LogReader(fileobj, _partial_length=length)
     return reader.header, iter(reader)
+
+
+def read_header(path):
+    """The header of the log file at ``path``, checked; its records are not read."""
+    with open(path, "rb") as f:
+        return LogReader(f).header
 
 
 def read_log(fileobj):

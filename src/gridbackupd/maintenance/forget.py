@@ -22,7 +22,7 @@ from gridbackupd import crashpoints
 from gridbackupd.changes import compute
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
-from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.logreader import read_header
 from gridbackupd.format.logwriter import LogWriter
 from gridbackupd.maintenance.retention import SnapshotInfo, apply_policy
 from gridbackupd.scan.watched import REVISIT_SUFFIX
@@ -170,8 +170,7 @@ def settle_replaced_logs(conn):
     settled = []
     for snapshot_id, log_path in snapshots.unpublished_increments(conn):
         try:
-            with open(log_path, "rb") as f:
-                kind = LogReader(f).header.kind
+            kind = read_header(log_path).kind
         except (OSError, LogFormatError):
             continue  # the scan's own recovery deals with a missing or partial log
         if kind == "full":

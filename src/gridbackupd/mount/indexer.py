@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from gridbackupd import crashpoints
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
-from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.logreader import LogReader, read_header
 from gridbackupd.model import DIR, HARDLINK, Deletion
 from gridbackupd.mount import listing
 from gridbackupd.state import blobs, mountindex, snapshots
@@ -86,11 +86,6 @@ def _increment(log_path, parent_id):
     return header.paths, records
 
 
-def _roots(log_path):
-    with open(log_path, "rb") as f:
-        return LogReader(f, verify=False).header.paths
-
-
 def index_from_parent(index_conn, snapshot_id, log_paths, host, time, complete):
     """
     Index a complete snapshot whose own log is an increment on an indexed,
@@ -111,7 +106,7 @@ def index_from_parent(index_conn, snapshot_id, log_paths, host, time, complete):
         return None
     try:
         roots, records = _increment(log_paths[-1][1], parent_id)
-        if roots != _roots(log_paths[-2][1]):
+        if roots != read_header(log_paths[-2][1]).paths:
             return None
         parent_ns, now_ns = int(parent[0] * 1e9), int(time * 1e9)
         with mountindex.writing_snapshot(index_conn, snapshot_id) as w:
@@ -151,9 +146,8 @@ def _apply(conn, snapshot_id, records):
         if record.kind == HARDLINK:
             raise _ReadTheChain()
         changes.setdefault(parent, {})[name] = listing.row_of(record, name)
-        had = mountindex.listing(conn, snapshot_id, path) is not None
         if record.kind == DIR:
-            if not had:
+            if not mountindex.is_directory(conn, snapshot_id, path):
                 made.add(path)
                 changes.setdefault(path, {})
         else:

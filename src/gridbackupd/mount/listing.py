@@ -51,10 +51,10 @@ def virtual_parents(roots):
     """The directories whose listings may hold a ``virtual_row``: ``/`` and those above each backed-up path."""
     found = {b"/"}
     for root in roots:
-        path = _parent(root.rstrip(b"/") or b"/")
+        path = parent_and_name(root.rstrip(b"/") or b"/")[0]
         while path != b"/":
             found.add(path)
-            path = _parent(path)
+            path = parent_and_name(path)[0]
     return found
 
 
@@ -75,18 +75,10 @@ def decode(data):
     return rows
 
 
-def _parent(path):
-    return path.rsplit(b"/", 1)[0] or b"/"
-
-
 def parent_and_name(path):
     """The directory whose listing holds ``path``, and its name there."""
     head, name = path.rsplit(b"/", 1)
     return head or b"/", name
-
-
-def _name(path):
-    return path.rsplit(b"/", 1)[1]
 
 
 def build(entries, sink, mtime_ns, pending=None):
@@ -109,7 +101,7 @@ def build(entries, sink, mtime_ns, pending=None):
 
     for entry in entries:
         count += 1
-        parent = _parent(entry.path)
+        parent, name = parent_and_name(entry.path)
         while not logpaths.is_in_subtree(parent, stack[-1][0]):
             close()
         top = stack[-1][0]
@@ -122,7 +114,7 @@ def build(entries, sink, mtime_ns, pending=None):
                 stack.append((path, []))
         rows = stack[-1][1]
         is_pending = entry.kind == FILE and pending is not None and pending(entry)
-        rows.append(row_of(entry, _name(entry.path), is_pending))
+        rows.append(row_of(entry, name, is_pending))
         if entry.kind == HARDLINK:
             link_targets.setdefault(entry.target, []).append(entry.path)
         elif entry.kind == DIR:
@@ -132,5 +124,5 @@ def build(entries, sink, mtime_ns, pending=None):
     for target, paths in link_targets.items():
         nlink = 1 + len(paths)
         for path in (target, *paths):
-            sink.link(_parent(path), _name(path), nlink)
+            sink.link(*parent_and_name(path), nlink)
     return count

@@ -51,7 +51,7 @@ from gridbackupd.format.index import (
 )
 from gridbackupd.format.logfields import LogFormatError, check_id
 from gridbackupd.format.logframe import MAX_LOG
-from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.logreader import read_header
 from gridbackupd.format.pack import FOOTER, PackFormatError, check_pack_size, parse_trailer, trailer_length
 from gridbackupd.grid.caps import expected_size
 from gridbackupd.grid.layout import (
@@ -303,8 +303,7 @@ def _describe_snapshots(db_path, logs_dir, paths):
 
 
 def _describe(conn, snapshot_id, path, cap, known):
-    with open(path, "rb") as f:
-        header = LogReader(f).header
+    header = read_header(path)
     if header.snapshot != snapshot_id:
         raise LogFormatError(
             f"the log linked as {snapshot_id} says it is snapshot {header.snapshot}")

@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from gridbackupd.format import chain
 from gridbackupd.format.logfields import LogFormatError
 from gridbackupd.format.logpaths import path_key
-from gridbackupd.format.logreader import LogReader
+from gridbackupd.format.logreader import read_header
 from gridbackupd.model import FILE, HARDLINK, POSSIBLY_INCONSISTENT, RACY, Deletion
 
 
@@ -212,10 +212,7 @@ class PreviousEntries:
         # chain was settled when it was recorded (see Scanner).
         self.settled_before = 0
         try:
-            started = []
-            for _, path in chain_logs:
-                with open(path, "rb") as f:
-                    started.append(LogReader(f).header.started)
+            started = [read_header(path).started for _, path in chain_logs]
             self.settled_before = int((min(started) - 1.0) * 1e9)
         except (OSError, LogFormatError, OverflowError, ValueError):
             pass

@@ -203,13 +203,14 @@ class _Run:
                 if resume is None and resumes:
                     raise _StartOver()
 
-                # A resumed log's first records are not seen: nothing is written beside it.
-                revisit: list[bytes] | None = [] if resume is None else None
+                # The paths of this log to look at again (write_revisit); a
+                # resumed log's first records are not seen: none then.
+                marked_paths: list[bytes] | None = [] if resume is None else None
 
                 def emit_record(record):
                     writer.add(record)
-                    if revisit is not None:
-                        revisit.extend(marked(record))
+                    if marked_paths is not None:
+                        marked_paths.extend(marked(record))
                     if taker.due():
                         taker.take(writer, out, links_out, scanner, progress, batch, resumes)
 
@@ -268,9 +269,9 @@ class _Run:
         if batch:
             self.flush()
         os.replace(tmp, scan.log_path)
-        if revisit is not None:
+        if marked_paths is not None:
             try:
-                write_revisit(scan.log_path, revisit)
+                write_revisit(scan.log_path, marked_paths)
             except OSError as e:
                 log.warn("the paths to look at again in {id} are left to find in its log: {error}",
                          id=snapshot_id, error=e)

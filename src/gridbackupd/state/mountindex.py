@@ -150,6 +150,12 @@ def put_directory(conn, snapshot_id, path, digest, data):
                  (snapshot_id, path, digest))
 
 
+def is_directory(conn, snapshot_id, path):
+    """Whether the snapshot's index has a listing for ``path``."""
+    row = conn.execute("SELECT 1 FROM dirs WHERE snapshot = ? AND path = ?", (snapshot_id, path)).fetchone()
+    return row is not None
+
+
 def drop_directory(conn, snapshot_id, path):
     """A directory of a copied snapshot is no more (in ``writing_snapshot``; a no-op if it was not one)."""
     conn.execute("DELETE FROM dirs WHERE snapshot = ? AND path = ?", (snapshot_id, path))
